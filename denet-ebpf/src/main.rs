@@ -1,0 +1,246 @@
+//! Kernel side of denet-agent: follows a process tree from fork to exit.
+//!
+//! Every program first checks whether the current task's process is in `TRACKED`
+//! and returns at once when it is not, so untracked tasks pay one hash lookup.
+//! Nothing here panics, and everything that cannot be delivered is counted in
+//! `COUNTERS` (see `denet_common::counter`).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
+    },
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+};
+use denet_common::{
+    counter, EventHeader, ExecEvent, ExitEvent, ForkEvent, KernelOffsets, ARGV_MAX, EVENT_EXEC,
+    EVENT_EXIT, EVENT_FORK, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_FILENAME_TRUNCATED,
+    FILENAME_MAX, TRACKED_MAX_ENTRIES,
+};
+
+/// Struct member offsets, filled in by the agent from vmlinux BTF before loading.
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    task_pid: 0,
+    task_tgid: 0,
+    task_mm: 0,
+    task_exit_code: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    binprm_filename: 0,
+    _pad: 0,
+};
+
+/// Tracked processes: tgid -> parent tgid.
+#[map]
+static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(TRACKED_MAX_ENTRIES, 0);
+
+/// Lifecycle events (fork, exec, exit); size overridden by the agent.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Per-CPU sequence numbers and error/drop counters, indexed by
+/// `denet_common::counter`. Per-CPU so increments need no atomics: these tracepoints
+/// run with preemption disabled, so nothing else touches a CPU's slot meanwhile.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[inline(always)]
+fn offsets() -> KernelOffsets {
+    // SAFETY: read-only global patched at load time; volatile so the compiler does not
+    // constant-fold the zero initialiser.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+fn bump(slot: u32) -> u64 {
+    match COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: the pointer comes from the map and is valid for this CPU's slot.
+        Some(ptr) => unsafe {
+            let old = *ptr;
+            *ptr = old + 1;
+            old
+        },
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn is_tracked(tgid: u32) -> bool {
+    // SAFETY: only existence is checked; the value is not read.
+    unsafe { TRACKED.get(&tgid) }.is_some()
+}
+
+/// Read a kernel value at `base + off`; counts a read error and yields zero on failure.
+#[inline(always)]
+fn read_at<T: Default>(base: *const u8, off: u32) -> T {
+    // SAFETY: bpf_probe_read_kernel validates the address; a fault returns an error.
+    match unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize).cast::<T>()) } {
+        Ok(v) => v,
+        Err(_) => {
+            bump(counter::READ_ERRORS);
+            T::default()
+        }
+    }
+}
+
+#[inline(always)]
+fn header(kind: u32, pid: u32, tgid: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        // SAFETY: plain helper call without arguments.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        seq: bump(counter::SEQ),
+        // SAFETY: plain helper call without arguments.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        pid,
+        tgid,
+    }
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let parent_tgid = (pid_tgid >> 32) as u32;
+    if !is_tracked(parent_tgid) {
+        return 0;
+    }
+    let off = offsets();
+    let child: *const u8 = ctx.arg(1);
+    let child_pid: u32 = read_at(child, off.task_pid);
+    let child_tgid: u32 = read_at(child, off.task_tgid);
+    if child_pid != child_tgid {
+        // A new thread: its work is accounted to its process, which is tracked already.
+        bump(counter::THREADS_CREATED);
+        return 0;
+    }
+    if TRACKED.insert(&child_tgid, &parent_tgid, 0).is_err() {
+        bump(counter::TRACK_INSERT_ERRORS);
+    }
+    let event = ForkEvent {
+        header: header(EVENT_FORK, child_pid, child_tgid),
+        parent_tgid,
+        parent_pid: pid_tgid as u32,
+    };
+    if EVENTS.output::<ForkEvent>(&event, 0).is_err() {
+        bump(counter::RINGBUF_DROPS);
+    }
+    0
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_tracked(tgid) {
+        return 0;
+    }
+    let hdr = header(EVENT_EXEC, pid_tgid as u32, tgid);
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        bump(counter::RINGBUF_DROPS);
+        return 0;
+    };
+    let event = entry.as_mut_ptr();
+    let off = offsets();
+    let task: *const u8 = ctx.arg(0);
+    let old_pid: u64 = ctx.arg(1);
+    let bprm: *const u8 = ctx.arg(2);
+    // SAFETY: `event` points into the reserved ring-buffer record, which is large
+    // enough for an ExecEvent; fields are written through raw pointers so the 4 KiB
+    // record never lands on the 512-byte eBPF stack.
+    unsafe {
+        (*event).header = hdr;
+        (*event).old_pid = old_pid as u32;
+        let mut flags = 0u32;
+
+        let filename_ptr: *const u8 = read_at(bprm, off.binprm_filename);
+        let filename = &mut (*event).filename;
+        match bpf_probe_read_kernel_str_bytes(filename_ptr, filename) {
+            Ok(s) => {
+                if s.len() >= FILENAME_MAX - 1 {
+                    flags |= EXEC_FILENAME_TRUNCATED;
+                }
+            }
+            Err(_) => {
+                filename[0] = 0;
+                bump(counter::READ_ERRORS);
+            }
+        }
+
+        let mm: *const u8 = read_at(task, off.task_mm);
+        let arg_start: u64 = read_at(mm, off.mm_arg_start);
+        let arg_end: u64 = read_at(mm, off.mm_arg_end);
+        let total = arg_end.saturating_sub(arg_start);
+        let mut len = total;
+        if len > ARGV_MAX as u64 {
+            len = ARGV_MAX as u64;
+            flags |= EXEC_ARGV_TRUNCATED;
+        }
+        // The mask restates the bound in a form the verifier tracks.
+        let len = (len as u32) & (2 * ARGV_MAX as u32 - 1);
+        let len = if len > ARGV_MAX as u32 { ARGV_MAX as u32 } else { len };
+        let ret = if len > 0 {
+            generated::bpf_probe_read_user(
+                (*event).argv.as_mut_ptr().cast(),
+                len,
+                arg_start as *const core::ffi::c_void,
+            )
+        } else {
+            0
+        };
+        if ret != 0 {
+            flags |= EXEC_ARGV_UNREADABLE;
+            (*event).argv_len = 0;
+        } else {
+            (*event).argv_len = len;
+        }
+        (*event).argv_total_len = total as u32;
+        (*event).flags = flags;
+    }
+    entry.submit(0);
+    0
+}
+
+/// `sched_process_exit(struct task_struct *p, bool group_dead)`: fires for every
+/// exiting thread; only the last one (group_dead) ends the process.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_tracked(tgid) {
+        return 0;
+    }
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 0xff == 0 {
+        return 0;
+    }
+    let task: *const u8 = ctx.arg(0);
+    let exit_code: u32 = read_at(task, offsets().task_exit_code);
+    // Removal failure only means it was already gone; nothing to count.
+    let _ = TRACKED.remove(&tgid);
+    let event = ExitEvent {
+        header: header(EVENT_EXIT, pid_tgid as u32, tgid),
+        exit_code,
+        _pad: 0,
+    };
+    if EVENTS.output::<ExitEvent>(&event, 0).is_err() {
+        bump(counter::RINGBUF_DROPS);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,48 @@
+//! Project tasks: `cargo xtask build-ebpf`, `cargo xtask bench`.
+
+#[allow(dead_code)]
+mod ebpf_build;
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "denet-agent project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the eBPF object (target/ebpf/bpfel-unknown-none/release/denet).
+    BuildEbpf,
+    /// Check that rustc (nightly) and bpf-linker use the same LLVM major.
+    CheckToolchain,
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::BuildEbpf => {
+            let object = ebpf_build::build(&root.join("denet-ebpf"), &root.join("target/ebpf"))
+                .map_err(|e| anyhow!(e))?;
+            println!("{}", object.display());
+        }
+        Task::CheckToolchain => {
+            ebpf_build::check_llvm_match().map_err(|e| anyhow!(e))?;
+            println!("ok: rustc and bpf-linker use LLVM {}", ebpf_build::rustc_llvm_major().map_err(|e| anyhow!(e))?);
+        }
+    }
+    Ok(())
+}
