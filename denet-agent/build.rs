@@ -23,7 +23,12 @@ fn run() -> Result<(), String> {
         .to_path_buf();
     println!("cargo:rerun-if-env-changed=DENET_EBPF_OBJECT");
     println!("cargo:rerun-if-env-changed=DENET_EBPF_TARGET_DIR");
-    for path in ["denet-ebpf/src", "denet-ebpf/Cargo.toml", "denet-common/src", "xtask/src/ebpf_build.rs"] {
+    for path in [
+        "denet-ebpf/src",
+        "denet-ebpf/Cargo.toml",
+        "denet-common/src",
+        "xtask/src/ebpf_build.rs",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     let object = match env::var_os("DENET_EBPF_OBJECT") {

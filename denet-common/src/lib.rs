@@ -74,14 +74,51 @@ pub struct ExecEvent {
     pub argv: [u8; ARGV_MAX],
 }
 
-/// The last thread of a tracked process exited (the process is gone).
+/// [`ExitEvent::flags`]: this was the last thread: the process is gone.
+pub const EXIT_GROUP_DEAD: u32 = 1;
+
+/// `struct task_io_accounting` (CONFIG_TASK_IO_ACCOUNTING), bytes and syscall counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoAccounting {
+    pub rchar: u64,
+    pub wchar: u64,
+    pub syscr: u64,
+    pub syscw: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub cancelled_write_bytes: u64,
+}
+
+/// A thread of a tracked process exited. Emitted for every thread, so the agent can
+/// sum per-thread counters into the process; the last thread has `EXIT_GROUP_DEAD`
+/// and also carries the memory high-water marks of the process's address space.
+/// Read at `sched_process_exit`, which fires before `exit_mm()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitEvent {
     pub header: EventHeader,
     /// `task->exit_code` in wait-status encoding (`code << 8 | signal`).
     pub exit_code: u32,
-    pub _pad: u32,
+    /// `EXIT_*` flags.
+    pub flags: u32,
+    /// `task->utime`, `task->stime`: tick-sampled user and system time, ns.
+    pub utime_ns: u64,
+    pub stime_ns: u64,
+    /// `task->se.sum_exec_runtime`: precise on-CPU time, ns.
+    pub sum_exec_runtime_ns: u64,
+    pub nvcsw: u64,
+    pub nivcsw: u64,
+    pub min_flt: u64,
+    pub maj_flt: u64,
+    pub io: IoAccounting,
+    /// `mm->hiwater_rss`, pages (0 for threads that are not the last, or no mm).
+    pub hiwater_rss_pages: u64,
+    /// `mm->hiwater_vm`, pages.
+    pub hiwater_vm_pages: u64,
+    /// Current RSS (file + anon + shmem counters), pages; VmHWM is the max of this
+    /// and `hiwater_rss` as in the kernel's `get_mm_hiwater_rss()`.
+    pub rss_pages: u64,
 }
 
 /// Kernel struct member offsets (bytes), resolved by the agent from
@@ -94,11 +131,32 @@ pub struct KernelOffsets {
     pub task_tgid: u32,
     pub task_mm: u32,
     pub task_exit_code: u32,
+    pub task_utime: u32,
+    pub task_stime: u32,
+    /// `task_struct.se` + `sched_entity.sum_exec_runtime`.
+    pub task_sum_exec_runtime: u32,
+    pub task_nvcsw: u32,
+    pub task_nivcsw: u32,
+    pub task_min_flt: u32,
+    pub task_maj_flt: u32,
+    /// `task_struct.ioac`, laid out as [`IoAccounting`] (checked at load).
+    pub task_ioac: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    pub mm_hiwater_rss: u32,
+    pub mm_hiwater_vm: u32,
+    /// `mm_struct.rss_stat`: `struct percpu_counter[NR_MM_COUNTERS]`.
+    pub mm_rss_stat: u32,
+    /// `sizeof(struct percpu_counter)`.
+    pub percpu_counter_size: u32,
+    /// `percpu_counter.count`.
+    pub percpu_counter_count: u32,
     pub binprm_filename: u32,
-    pub _pad: u32,
 }
+
+/// `enum mm_counter_type` slots that make up RSS: MM_FILEPAGES, MM_ANONPAGES,
+/// MM_SHMEMPAGES (MM_SWAPENTS = 2 is not resident).
+pub const RSS_COUNTERS: [u32; 3] = [0, 1, 3];
 
 /// Slots of the per-CPU `COUNTERS` array map (userspace sums the CPUs). Everything the kernel side cannot deliver is
 /// counted here, never dropped silently.
@@ -136,6 +194,7 @@ unsafe impl Wire for EventHeader {}
 unsafe impl Wire for ForkEvent {}
 unsafe impl Wire for ExecEvent {}
 unsafe impl Wire for ExitEvent {}
+unsafe impl Wire for IoAccounting {}
 
 /// Read a `T` from the start of `bytes` (userspace side of the ring buffer).
 /// Returns `None` when the slice is too short.

@@ -17,9 +17,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use denet_common::{
-    counter, EventHeader, ExecEvent, ExitEvent, ForkEvent, KernelOffsets, ARGV_MAX, EVENT_EXEC,
-    EVENT_EXIT, EVENT_FORK, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_FILENAME_TRUNCATED,
-    FILENAME_MAX, TRACKED_MAX_ENTRIES,
+    counter, EventHeader, ExecEvent, ExitEvent, ForkEvent, IoAccounting, KernelOffsets, ARGV_MAX,
+    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE,
+    EXEC_FILENAME_TRUNCATED, EXIT_GROUP_DEAD, FILENAME_MAX, RSS_COUNTERS, TRACKED_MAX_ENTRIES,
 };
 
 /// Struct member offsets, filled in by the agent from vmlinux BTF before loading.
@@ -29,10 +29,22 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_tgid: 0,
     task_mm: 0,
     task_exit_code: 0,
+    task_utime: 0,
+    task_stime: 0,
+    task_sum_exec_runtime: 0,
+    task_nvcsw: 0,
+    task_nivcsw: 0,
+    task_min_flt: 0,
+    task_maj_flt: 0,
+    task_ioac: 0,
     mm_arg_start: 0,
     mm_arg_end: 0,
+    mm_hiwater_rss: 0,
+    mm_hiwater_vm: 0,
+    mm_rss_stat: 0,
+    percpu_counter_size: 0,
+    percpu_counter_count: 0,
     binprm_filename: 0,
-    _pad: 0,
 };
 
 /// Tracked processes: tgid -> parent tgid.
@@ -208,7 +220,8 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// `sched_process_exit(struct task_struct *p, bool group_dead)`: fires for every
-/// exiting thread; only the last one (group_dead) ends the process.
+/// exiting thread, before `exit_mm()`. Each thread's counters are sent so the agent can
+/// sum them; the last thread (group_dead) ends the process and adds its memory marks.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -216,22 +229,57 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     if !is_tracked(tgid) {
         return 0;
     }
-    let group_dead: u64 = ctx.arg(1);
-    if group_dead & 0xff == 0 {
-        return 0;
-    }
+    let group_dead = ctx.arg::<u64>(1) & 0xff != 0;
     let task: *const u8 = ctx.arg(0);
-    let exit_code: u32 = read_at(task, offsets().task_exit_code);
-    // Removal failure only means it was already gone; nothing to count.
-    let _ = TRACKED.remove(&tgid);
-    let event = ExitEvent {
-        header: header(EVENT_EXIT, pid_tgid as u32, tgid),
-        exit_code,
-        _pad: 0,
-    };
-    if EVENTS.output::<ExitEvent>(&event, 0).is_err() {
-        bump(counter::RINGBUF_DROPS);
+    let hdr = header(EVENT_EXIT, pid_tgid as u32, tgid);
+    if group_dead {
+        // Removal failure only means it was already gone; nothing to count.
+        let _ = TRACKED.remove(&tgid);
     }
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+        bump(counter::RINGBUF_DROPS);
+        return 0;
+    };
+    let off = offsets();
+    let event = ExitEvent {
+        header: hdr,
+        exit_code: read_at(task, off.task_exit_code),
+        flags: if group_dead { EXIT_GROUP_DEAD } else { 0 },
+        utime_ns: read_at(task, off.task_utime),
+        stime_ns: read_at(task, off.task_stime),
+        sum_exec_runtime_ns: read_at(task, off.task_sum_exec_runtime),
+        nvcsw: read_at(task, off.task_nvcsw),
+        nivcsw: read_at(task, off.task_nivcsw),
+        min_flt: read_at(task, off.task_min_flt),
+        maj_flt: read_at(task, off.task_maj_flt),
+        io: read_at::<IoAccounting>(task, off.task_ioac),
+        hiwater_rss_pages: 0,
+        hiwater_vm_pages: 0,
+        rss_pages: 0,
+    };
+    entry.write(event);
+    if group_dead {
+        let mm: *const u8 = read_at(task, off.task_mm);
+        if !mm.is_null() {
+            let mut rss: u64 = 0;
+            for slot in RSS_COUNTERS {
+                let at = off.mm_rss_stat + slot * off.percpu_counter_size + off.percpu_counter_count;
+                // percpu_counter_read_positive(): the folded count, never negative.
+                let count: i64 = read_at(mm, at);
+                if count > 0 {
+                    rss += count as u64;
+                }
+            }
+            // SAFETY: the record was fully initialised by `write` above.
+            unsafe {
+                let e = entry.as_mut_ptr();
+                (*e).hiwater_rss_pages = read_at(mm, off.mm_hiwater_rss);
+                (*e).hiwater_vm_pages = read_at(mm, off.mm_hiwater_vm);
+                (*e).rss_pages = rss;
+            }
+        }
+    }
+    entry.submit(0);
     0
 }
 

@@ -123,7 +123,10 @@ pub fn build(ebpf_dir: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     }
     let object = target_dir.join(EBPF_TARGET).join("release").join("denet");
     if !object.is_file() {
-        return Err(format!("eBPF build produced no object at {}", object.display()));
+        return Err(format!(
+            "eBPF build produced no object at {}",
+            object.display()
+        ));
     }
     Ok(object)
 }

@@ -41,7 +41,10 @@ fn main() -> Result<()> {
         }
         Task::CheckToolchain => {
             ebpf_build::check_llvm_match().map_err(|e| anyhow!(e))?;
-            println!("ok: rustc and bpf-linker use LLVM {}", ebpf_build::rustc_llvm_major().map_err(|e| anyhow!(e))?);
+            println!(
+                "ok: rustc and bpf-linker use LLVM {}",
+                ebpf_build::rustc_llvm_major().map_err(|e| anyhow!(e))?
+            );
         }
     }
     Ok(())

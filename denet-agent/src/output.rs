@@ -1,0 +1,42 @@
+//! JSONL writer: one record per line, flushed after every line so a killed agent
+//! still leaves a readable file.
+
+use std::{
+    fs::File,
+    io::{self, BufWriter, Write},
+    path::Path,
+};
+
+use serde::Serialize;
+
+pub struct JsonlWriter {
+    out: BufWriter<Box<dyn Write + Send>>,
+    line: Vec<u8>,
+}
+
+impl JsonlWriter {
+    /// `-` writes to stdout.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        let sink: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+            Box::new(io::stdout())
+        } else {
+            Box::new(File::create(path)?)
+        };
+        Ok(Self::new(sink))
+    }
+
+    pub fn new(sink: Box<dyn Write + Send>) -> Self {
+        Self {
+            out: BufWriter::with_capacity(64 * 1024, sink),
+            line: Vec::with_capacity(1024),
+        }
+    }
+
+    pub fn write<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record).map_err(io::Error::other)?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)?;
+        self.out.flush()
+    }
+}

@@ -1,0 +1,500 @@
+//! One monitored run: start the command held, track it in the kernel, release it,
+//! merge kernel records with /proc samples into the JSONL stream, and end with a
+//! summary once the command and every descendant are gone.
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+
+use crate::{
+    clock,
+    collector::{self, CollectorMsg},
+    ebpf::KernelTracer,
+    launch::{HeldChild, LaunchError, LaunchSpec},
+    output::JsonlWriter,
+    proc_tree::ProcTree,
+    procfs,
+    record::{self, Header, Process, Summary},
+    sampler::{AdaptiveInterval, Sampler},
+    tracker::Tracker,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EbpfMode {
+    /// Use eBPF when it loads, else fall back to /proc with a warning.
+    Auto,
+    /// Fail when eBPF cannot be used.
+    Required,
+    /// /proc sampling only.
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub launch: LaunchSpec,
+    pub out: PathBuf,
+    pub interval_ms: u64,
+    pub max_interval_ms: u64,
+    pub timeout: Option<Duration>,
+    pub kill_grace: Duration,
+    pub ebpf: EbpfMode,
+    pub ringbuf_bytes: u32,
+}
+
+/// How the run ended, for the caller's exit status.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The command's exit code, 128+N when killed by signal N, or 126/127 when it
+    /// could not be started.
+    pub exit_status: i32,
+    pub summary: Summary,
+}
+
+struct Kernel {
+    tracer: Option<KernelTracer>,
+    unavailable: Option<String>,
+}
+
+fn warn(msg: &str) {
+    eprintln!("denet-agent: warning: {msg}");
+}
+
+/// Loads the eBPF programs as the mode asks, or explains why not.
+fn open_kernel(mode: EbpfMode, ringbuf_bytes: u32) -> Result<Kernel> {
+    if mode == EbpfMode::Off {
+        return Ok(Kernel {
+            tracer: None,
+            unavailable: Some("disabled with --no-ebpf".into()),
+        });
+    }
+    match KernelTracer::load(ringbuf_bytes) {
+        Ok(tracer) => Ok(Kernel {
+            tracer: Some(tracer),
+            unavailable: None,
+        }),
+        Err(e) => {
+            let reason = if nix::unistd::geteuid().is_root() {
+                e.to_string()
+            } else {
+                format!("{e} (eBPF needs root)")
+            };
+            if mode == EbpfMode::Required {
+                anyhow::bail!("eBPF is required (--require-ebpf) but unavailable: {reason}");
+            }
+            warn(&format!(
+                "eBPF unavailable ({reason}); falling back to /proc sampling: processes \
+                 shorter than the sampling interval will be missed and numbers are sampled, \
+                 not exact"
+            ));
+            Ok(Kernel {
+                tracer: None,
+                unavailable: Some(reason),
+            })
+        }
+    }
+}
+
+fn header(config: &RunConfig, kernel: &Kernel, pid: Option<u32>, hold_ns: Option<u64>) -> Header {
+    let uname = nix::sys::utsname::uname().ok();
+    Header {
+        kind: "header",
+        schema_version: record::SCHEMA_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION"),
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        kernel: uname
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        argv: config.launch.argv.clone(),
+        cwd: config
+            .launch
+            .cwd
+            .clone()
+            .or_else(|| std::env::current_dir().ok())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        agent_pid: std::process::id(),
+        pid,
+        clock: clock::anchor(),
+        hold_ns,
+        ebpf: kernel.tracer.is_some(),
+        ebpf_unavailable_reason: kernel.unavailable.clone(),
+        interval_ms: config.interval_ms,
+        max_interval_ms: config.max_interval_ms,
+        argv_max_bytes: denet_common::ARGV_MAX,
+        timeout_s: config.timeout.map(|t| t.as_secs_f64()),
+    }
+}
+
+/// Runs the command to completion. Errors are setup failures (output not writable,
+/// eBPF required but missing); a command that fails to start is a normal outcome.
+pub fn run(config: RunConfig) -> Result<RunOutcome> {
+    // Orphaned descendants are re-parented to us, so we can follow and reap them.
+    nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    let mut out = JsonlWriter::create(&config.out)
+        .with_context(|| format!("cannot write trace to {}", config.out.display()))?;
+    let mut kernel = open_kernel(config.ebpf, config.ringbuf_bytes)?;
+
+    let fork_ns = clock::boottime_ns();
+    let held = match HeldChild::spawn(&config.launch) {
+        Ok(h) => h,
+        Err(e) => return Ok(start_failed(&config, &kernel, &mut out, fork_ns, &e)?),
+    };
+    let pid = held.pid();
+    let agent_pid = std::process::id();
+    if let Some(tracer) = &mut kernel.tracer {
+        // Must succeed before release, or the command would run untraced.
+        if let Err(e) = tracer.track(pid, agent_pid) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            return Err(e).context("adding the command to the tracked set");
+        }
+    }
+    let released_ns = clock::boottime_ns();
+    let exec_result = held.release();
+    let hold_ns = released_ns.saturating_sub(fork_ns);
+    out.write(&header(&config, &kernel, Some(pid), Some(hold_ns)))?;
+
+    let mut start_error = None;
+    if let Err(e) = &exec_result {
+        eprintln!("denet-agent: {e}");
+        start_error = Some((e.to_string(), e.exit_status()));
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut state = RunState::new(&config, pid, fork_ns, kernel, out)?;
+    runtime.block_on(state.main_loop(&config))?;
+    state.finish(start_error)
+}
+
+/// The command could not be started at all: header and summary still get written.
+fn start_failed(
+    config: &RunConfig,
+    kernel: &Kernel,
+    out: &mut JsonlWriter,
+    fork_ns: u64,
+    e: &LaunchError,
+) -> Result<RunOutcome> {
+    eprintln!("denet-agent: {e}");
+    out.write(&header(config, kernel, None, None))?;
+    let now = clock::boottime_ns();
+    let summary = Summary {
+        kind: "summary",
+        exit_code: Some(e.exit_status()),
+        start_boot_ns: fork_ns,
+        end_boot_ns: now,
+        wall_ns: now.saturating_sub(fork_ns),
+        error: Some(e.to_string()),
+        ..Default::default()
+    };
+    out.write(&summary)?;
+    Ok(RunOutcome {
+        exit_status: e.exit_status(),
+        summary,
+    })
+}
+
+/// Escalation of a timeout: SIGTERM to the whole tree, SIGKILL after the grace period.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KillStage {
+    None,
+    Terminated { kill_at: Instant },
+    Killed,
+}
+
+struct RunState {
+    pid: u32,
+    start_ns: u64,
+    tracer: Option<KernelTracer>,
+    collector: Option<collector::CollectorHandle>,
+    rx: mpsc::UnboundedReceiver<CollectorMsg>,
+    proc_tree: Option<ProcTree>,
+    live: HashSet<u32>,
+    out: JsonlWriter,
+    sampler: Sampler,
+    interval: AdaptiveInterval,
+    summary: Summary,
+    root_status: Option<u32>,
+    no_children: bool,
+    kill_stage: KillStage,
+}
+
+impl RunState {
+    fn new(
+        config: &RunConfig,
+        pid: u32,
+        start_ns: u64,
+        mut kernel: Kernel,
+        out: JsonlWriter,
+    ) -> Result<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut live = HashSet::new();
+        live.insert(pid);
+        let events = kernel.tracer.as_mut().and_then(KernelTracer::take_events);
+        let (collector, proc_tree) = match events {
+            Some(ring) => {
+                let mut tracker = Tracker::new(procfs::clock_ticks_and_page_kb().1);
+                tracker.add_root(
+                    pid,
+                    std::process::id(),
+                    start_ns,
+                    config.launch.argv.clone(),
+                );
+                let handle =
+                    collector::spawn(ring, tracker, tx).context("starting the collector thread")?;
+                (Some(handle), None)
+            }
+            None => (None, Some(ProcTree::new(pid, std::process::id()))),
+        };
+        Ok(Self {
+            pid,
+            start_ns,
+            tracer: kernel.tracer,
+            collector,
+            rx,
+            proc_tree,
+            live,
+            out,
+            sampler: Sampler::new(start_ns),
+            interval: AdaptiveInterval::new(config.interval_ms, config.max_interval_ms),
+            summary: Summary {
+                kind: "summary",
+                start_boot_ns: start_ns,
+                ..Default::default()
+            },
+            root_status: None,
+            no_children: false,
+            kill_stage: KillStage::None,
+        })
+    }
+
+    async fn main_loop(&mut self, config: &RunConfig) -> Result<()> {
+        let mut sigchld = signal(SignalKind::child()).context("SIGCHLD handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let started = Instant::now();
+        let deadline = config.timeout.map(|t| started + t);
+        let mut next_sample =
+            tokio::time::Instant::now() + Duration::from_millis(self.interval.next_ms());
+        // Safety net for SIGCHLDs that arrived before the handler existed.
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            self.reap();
+            if self.is_done() {
+                return Ok(());
+            }
+            tokio::select! {
+                msg = self.rx.recv() => {
+                    if let Some(msg) = msg {
+                        self.on_collector(msg)?;
+                    }
+                }
+                _ = sigchld.recv() => {}
+                _ = sigint.recv() => self.forward(Signal::SIGINT),
+                _ = sigterm.recv() => self.forward(Signal::SIGTERM),
+                _ = tokio::time::sleep_until(next_sample) => {
+                    self.sample()?;
+                    next_sample = tokio::time::Instant::now() + Duration::from_millis(self.interval.next_ms());
+                }
+                _ = tick.tick() => self.check_timeout(deadline, config.kill_grace),
+            }
+        }
+    }
+
+    fn on_collector(&mut self, msg: CollectorMsg) -> Result<()> {
+        match msg {
+            CollectorMsg::Started { pid } => {
+                self.live.insert(pid);
+            }
+            CollectorMsg::Finished(info) => {
+                self.live.remove(&info.pid);
+                self.write_process(&Process::from_info(&info))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_process(&mut self, p: &Process) -> Result<()> {
+        let s = &mut self.summary;
+        s.process_count += 1;
+        s.cpu_user_ns += p.cpu_user_ns.unwrap_or(0);
+        s.cpu_sys_ns += p.cpu_sys_ns.unwrap_or(0);
+        s.max_process_peak_rss_kb = s.max_process_peak_rss_kb.max(p.peak_rss_kb.unwrap_or(0));
+        if p.source == "missing" {
+            s.incomplete_processes += 1;
+        }
+        self.out.write(p).context("writing a process record")
+    }
+
+    fn sample(&mut self) -> Result<()> {
+        let pids: Vec<u32> = match &self.proc_tree {
+            Some(tree) => tree.discover(),
+            None => self.live.iter().copied().collect(),
+        };
+        let now = clock::boottime_ns();
+        let (sample, readings) = self.sampler.sample(&pids, now);
+        self.summary.samples += 1;
+        self.summary.peak_tree_rss_kb = self.summary.peak_tree_rss_kb.max(sample.rss_kb);
+        self.out.write(&sample).context("writing a sample")?;
+        if let Some(tree) = &mut self.proc_tree {
+            for p in tree.update(&readings, now) {
+                self.write_process(&p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reaps every exited child (the command and adopted orphans) without blocking.
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: plain wait4 on any child with out-pointers to locals.
+            let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, std::ptr::null_mut()) };
+            if pid > 0 {
+                if pid as u32 == self.pid {
+                    self.root_status = Some(status as u32);
+                }
+                continue;
+            }
+            self.no_children = pid < 0 && nix::errno::Errno::last() == nix::errno::Errno::ECHILD;
+            return;
+        }
+    }
+
+    /// Done when the command is reaped and no descendant is left: no child of ours
+    /// (orphans are adopted by us) and, with eBPF, nothing in the kernel's tracked set.
+    fn is_done(&self) -> bool {
+        self.root_status.is_some()
+            && self.no_children
+            && self
+                .tracer
+                .as_ref()
+                .is_none_or(|t| t.tracked_pids().is_empty())
+    }
+
+    /// Every process of the tree: the kernel's tracked set when there is one (it also
+    /// holds processes whose fork event is still in flight), plus what we know here.
+    fn tree_pids(&self) -> Vec<u32> {
+        let mut pids: HashSet<u32> = self.live.clone();
+        if let Some(t) = &self.tracer {
+            pids.extend(t.tracked_pids());
+        }
+        if let Some(tree) = &self.proc_tree {
+            pids.extend(tree.discover());
+        }
+        pids.into_iter().collect()
+    }
+
+    fn signal_tree(&self, sig: Signal) {
+        for pid in self.tree_pids() {
+            // ESRCH: already gone.
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// SIGINT/SIGTERM to the agent go to the command; once it is gone, to what is left.
+    fn forward(&self, sig: Signal) {
+        if self.root_status.is_none() {
+            let _ = kill(Pid::from_raw(self.pid as i32), sig);
+        } else {
+            self.signal_tree(sig);
+        }
+    }
+
+    fn check_timeout(&mut self, deadline: Option<Instant>, grace: Duration) {
+        let now = Instant::now();
+        match self.kill_stage {
+            KillStage::None => {
+                if deadline.is_some_and(|d| now >= d) {
+                    eprintln!("denet-agent: timeout reached, sending SIGTERM to the process tree");
+                    self.summary.timed_out = true;
+                    self.signal_tree(Signal::SIGTERM);
+                    self.kill_stage = KillStage::Terminated {
+                        kill_at: now + grace,
+                    };
+                }
+            }
+            KillStage::Terminated { kill_at } if now >= kill_at => {
+                self.signal_tree(Signal::SIGKILL);
+                self.kill_stage = KillStage::Killed;
+            }
+            // Keep killing: a process may have forked between two rounds.
+            KillStage::Killed => self.signal_tree(Signal::SIGKILL),
+            KillStage::Terminated { .. } => {}
+        }
+    }
+
+    fn finish(mut self, start_error: Option<(String, i32)>) -> Result<RunOutcome> {
+        let end_ns = clock::boottime_ns();
+        if let Some(collector) = self.collector.take() {
+            let report = collector.finish();
+            while let Ok(msg) = self.rx.try_recv() {
+                self.on_collector(msg)?;
+            }
+            let counters = self
+                .tracer
+                .as_ref()
+                .map(|t| t.counters())
+                .transpose()
+                .context("reading kernel counters")?
+                .unwrap_or_default();
+            let s = &mut self.summary;
+            s.lost_events = counters
+                .events_emitted
+                .saturating_sub(report.events_received)
+                .max(counters.ringbuf_drops)
+                + report.malformed_events;
+            s.ebpf_read_errors = counters.read_errors;
+            s.ebpf_track_errors = counters.track_insert_errors;
+            s.threads_created = counters.threads_created;
+        }
+        if let Some(mut tree) = self.proc_tree.take() {
+            for p in tree.flush(self.root_status) {
+                self.write_process(&p)?;
+            }
+        }
+        let raw = self.root_status.unwrap_or(0);
+        let (exit_code, signal, _) = record::decode_wait_status(raw);
+        let mut exit_status = match (exit_code, signal) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => 128 + sig,
+            (None, None) => 1,
+        };
+        let s = &mut self.summary;
+        s.exit_code = exit_code;
+        s.signal = signal;
+        s.end_boot_ns = end_ns;
+        s.wall_ns = end_ns.saturating_sub(self.start_ns);
+        if let Some((msg, status)) = start_error {
+            s.error = Some(msg);
+            exit_status = status;
+        }
+        if s.lost_events > 0 {
+            warn(&format!(
+                "{} kernel events were lost (see --ringbuf-mib)",
+                s.lost_events
+            ));
+        }
+        let summary = self.summary.clone();
+        self.out.write(&summary).context("writing the summary")?;
+        Ok(RunOutcome {
+            exit_status,
+            summary,
+        })
+    }
+}

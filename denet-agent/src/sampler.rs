@@ -1,0 +1,143 @@
+//! Periodic /proc readings of the live tracked processes, and the adaptive interval.
+
+use std::collections::HashMap;
+
+use crate::{
+    procfs::{self, ProcStat},
+    record::{ProcSample, Sample},
+};
+
+/// Sampling interval that starts short (short jobs get detail) and grows by a
+/// quarter per sample up to the maximum (long jobs stay cheap).
+#[derive(Debug, Clone)]
+pub struct AdaptiveInterval {
+    current_ms: f64,
+    max_ms: f64,
+}
+
+impl AdaptiveInterval {
+    pub const GROWTH: f64 = 1.25;
+
+    pub fn new(start_ms: u64, max_ms: u64) -> Self {
+        let start = start_ms.max(1) as f64;
+        Self {
+            current_ms: start,
+            max_ms: (max_ms as f64).max(start),
+        }
+    }
+
+    /// The next interval, then grows the one after.
+    pub fn next_ms(&mut self) -> u64 {
+        let now = self.current_ms;
+        self.current_ms = (self.current_ms * Self::GROWTH).min(self.max_ms);
+        now.round() as u64
+    }
+}
+
+pub struct Sampler {
+    tck: u64,
+    page_kb: u64,
+    prev_ticks: HashMap<u32, u64>,
+    prev_ts_ns: u64,
+}
+
+impl Sampler {
+    pub fn new(start_boot_ns: u64) -> Self {
+        let (tck, page_kb) = procfs::clock_ticks_and_page_kb();
+        Self {
+            tck,
+            page_kb,
+            prev_ticks: HashMap::new(),
+            prev_ts_ns: start_boot_ns,
+        }
+    }
+
+    fn ticks_to_ns(&self, ticks: u64) -> u64 {
+        ticks.saturating_mul(1_000_000_000) / self.tck
+    }
+
+    /// Reads every pid in `pids` (gone ones are skipped) and returns the sample plus
+    /// the raw readings (used by the /proc-only mode).
+    pub fn sample(&mut self, pids: &[u32], now_ns: u64) -> (Sample, Vec<(u32, ProcStat)>) {
+        let window_ns = now_ns.saturating_sub(self.prev_ts_ns).max(1);
+        let mut procs = Vec::with_capacity(pids.len());
+        let mut stats = Vec::with_capacity(pids.len());
+        let mut ticks_now = HashMap::with_capacity(pids.len());
+        let (mut cpu_total, mut rss_total, mut threads_total) = (0.0, 0u64, 0u32);
+        for &pid in pids {
+            let Ok(st) = procfs::read_stat(pid) else {
+                continue;
+            };
+            if st.state == 'Z' || st.state == 'X' {
+                continue;
+            }
+            let ticks = st.utime_ticks + st.stime_ticks;
+            // A process first seen now counts from its start when that was inside the
+            // window, else from now (its earlier CPU belongs to earlier windows).
+            let base = match self.prev_ticks.get(&pid) {
+                Some(&prev) => prev,
+                None if self.ticks_to_ns(st.start_ticks) >= self.prev_ts_ns => 0,
+                None => ticks,
+            };
+            let cpu_ns = self.ticks_to_ns(ticks.saturating_sub(base));
+            let cpu_percent = round2(cpu_ns as f64 * 100.0 / window_ns as f64);
+            let rss_kb = st.rss_pages * self.page_kb;
+            cpu_total += cpu_percent;
+            rss_total += rss_kb;
+            threads_total += st.threads;
+            ticks_now.insert(pid, ticks);
+            procs.push(ProcSample {
+                pid,
+                cpu_percent,
+                rss_kb,
+                threads: st.threads,
+            });
+            stats.push((pid, st));
+        }
+        self.prev_ticks = ticks_now;
+        self.prev_ts_ns = now_ns;
+        let sample = Sample {
+            kind: "sample",
+            ts_boot_ns: now_ns,
+            interval_ms: round2(window_ns as f64 / 1e6),
+            process_count: procs.len() as u32,
+            thread_count: threads_total,
+            cpu_percent: round2(cpu_total),
+            rss_kb: rss_total,
+            procs,
+        };
+        (sample, stats)
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_ramps_to_max() {
+        let mut i = AdaptiveInterval::new(100, 1000);
+        let seq: Vec<u64> = (0..14).map(|_| i.next_ms()).collect();
+        assert_eq!(&seq[..3], &[100, 125, 156]);
+        assert_eq!(*seq.last().unwrap(), 1000);
+        assert!(seq.windows(2).all(|w| w[0] <= w[1]));
+        let mut fixed = AdaptiveInterval::new(500, 100);
+        assert_eq!(fixed.next_ms(), 500);
+        assert_eq!(fixed.next_ms(), 500);
+    }
+
+    #[test]
+    fn samples_own_process() {
+        let mut s = Sampler::new(0);
+        let me = std::process::id();
+        let (sample, raw) = s.sample(&[me, u32::MAX - 1], crate::clock::boottime_ns());
+        assert_eq!(sample.process_count, 1);
+        assert_eq!(raw.len(), 1);
+        assert!(sample.rss_kb > 0);
+        assert!(sample.thread_count >= 1);
+    }
+}

@@ -1,0 +1,302 @@
+//! Builds one record per process from the kernel's lifecycle events: fork opens it,
+//! exec names it, every thread's exit adds its counters, and the last thread's exit
+//! (group dead) closes it.
+
+use std::collections::HashMap;
+
+use denet_common::{
+    ExecEvent, ExitEvent, ForkEvent, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXIT_GROUP_DEAD,
+};
+
+/// Exit accounting of a process: its threads' counters summed, memory high-water
+/// marks from its address space at exit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExitStats {
+    /// Tick-sampled user/system split (only its ratio is used).
+    pub utime_ns: u64,
+    pub stime_ns: u64,
+    /// Precise on-CPU time (scheduler runtime).
+    pub runtime_ns: u64,
+    pub peak_rss_kb: u64,
+    pub peak_vm_kb: u64,
+    pub rchar: u64,
+    pub wchar: u64,
+    pub syscr: u64,
+    pub syscw: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub cancelled_write_bytes: u64,
+    pub minflt: u64,
+    pub majflt: u64,
+    pub vol_ctxt: u64,
+    pub inv_ctxt: u64,
+    /// Thread exits summed (1 for a single-threaded process).
+    pub threads: u32,
+}
+
+impl ExitStats {
+    fn add(&mut self, e: &ExitEvent, page_kb: u64) {
+        self.utime_ns += e.utime_ns;
+        self.stime_ns += e.stime_ns;
+        self.runtime_ns += e.sum_exec_runtime_ns;
+        self.rchar += e.io.rchar;
+        self.wchar += e.io.wchar;
+        self.syscr += e.io.syscr;
+        self.syscw += e.io.syscw;
+        self.read_bytes += e.io.read_bytes;
+        self.write_bytes += e.io.write_bytes;
+        self.cancelled_write_bytes += e.io.cancelled_write_bytes;
+        self.minflt += e.min_flt;
+        self.majflt += e.maj_flt;
+        self.vol_ctxt += e.nvcsw;
+        self.inv_ctxt += e.nivcsw;
+        self.threads += 1;
+        if e.flags & EXIT_GROUP_DEAD != 0 {
+            // VmHWM: max(hiwater_rss, current rss), as get_mm_hiwater_rss().
+            self.peak_rss_kb = e.hiwater_rss_pages.max(e.rss_pages) * page_kb;
+            self.peak_vm_kb = e.hiwater_vm_pages * page_kb;
+        }
+    }
+
+    /// User and system CPU time: the precise runtime split in the ratio of the
+    /// tick-sampled user/system times, as the kernel's `cputime_adjust()` does for
+    /// getrusage and wait4.
+    pub fn cpu_user_sys_ns(&self) -> (u64, u64) {
+        let (rt, u, s) = (self.runtime_ns, self.utime_ns, self.stime_ns);
+        if s == 0 {
+            return (rt, 0);
+        }
+        if u == 0 {
+            return (0, rt);
+        }
+        let sys = (u128::from(rt) * u128::from(s) / (u128::from(u) + u128::from(s))) as u64;
+        (rt - sys, sys)
+    }
+}
+
+/// Everything known about one process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// Parent process id; `None` when the fork event was lost.
+    pub ppid: Option<u32>,
+    pub start_boot_ns: Option<u64>,
+    pub end_boot_ns: Option<u64>,
+    pub argv: Vec<String>,
+    pub argv_truncated: bool,
+    pub exe: Option<String>,
+    pub execs: u32,
+    /// Wait-status encoded exit code of the last thread.
+    pub exit_status_raw: Option<u32>,
+    /// Counters of the threads that have exited so far.
+    pub stats: ExitStats,
+}
+
+/// Splits NUL-separated argv bytes as in /proc/PID/cmdline.
+pub fn split_argv(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[derive(Debug)]
+pub struct Tracker {
+    live: HashMap<u32, ProcessInfo>,
+    page_kb: u64,
+    /// Processes started (fork seen or root added), for the summary.
+    pub started: u64,
+}
+
+impl Tracker {
+    pub fn new(page_kb: u64) -> Self {
+        Self {
+            live: HashMap::new(),
+            page_kb,
+            started: 0,
+        }
+    }
+
+    /// The command itself: its pid is tracked before it is released.
+    pub fn add_root(&mut self, pid: u32, ppid: u32, start_boot_ns: u64, argv: Vec<String>) {
+        self.started += 1;
+        self.live.insert(
+            pid,
+            ProcessInfo {
+                pid,
+                ppid: Some(ppid),
+                start_boot_ns: Some(start_boot_ns),
+                argv,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// A fork inherits the parent's argv and exe until it execs.
+    pub fn on_fork(&mut self, ev: &ForkEvent, done: &mut Vec<ProcessInfo>) {
+        let pid = ev.header.tgid;
+        // The previous holder of a reused pid whose exit event was lost.
+        if let Some(stale) = self.live.remove(&pid) {
+            done.push(stale);
+        }
+        let (argv, argv_truncated, exe) = match self.live.get(&ev.parent_tgid) {
+            Some(parent) => (
+                parent.argv.clone(),
+                parent.argv_truncated,
+                parent.exe.clone(),
+            ),
+            None => (Vec::new(), false, None),
+        };
+        self.started += 1;
+        self.live.insert(
+            pid,
+            ProcessInfo {
+                pid,
+                ppid: Some(ev.parent_tgid),
+                start_boot_ns: Some(ev.header.ts_ns),
+                argv,
+                argv_truncated,
+                exe,
+                ..Default::default()
+            },
+        );
+    }
+
+    fn entry(&mut self, pid: u32) -> &mut ProcessInfo {
+        self.live.entry(pid).or_insert_with(|| ProcessInfo {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    pub fn on_exec(&mut self, ev: &ExecEvent) {
+        let argv_len = (ev.argv_len as usize).min(ev.argv.len());
+        let p = self.entry(ev.header.tgid);
+        p.execs += 1;
+        p.exe = Some(c_string(&ev.filename));
+        if ev.flags & EXEC_ARGV_UNREADABLE == 0 {
+            p.argv = split_argv(&ev.argv[..argv_len]);
+        }
+        p.argv_truncated = ev.flags & EXEC_ARGV_TRUNCATED != 0;
+    }
+
+    /// A thread exited; the last one completes the process.
+    pub fn on_exit(&mut self, ev: &ExitEvent, done: &mut Vec<ProcessInfo>) {
+        let pid = ev.header.tgid;
+        let page_kb = self.page_kb;
+        let p = self.entry(pid);
+        p.stats.add(ev, page_kb);
+        if ev.flags & EXIT_GROUP_DEAD != 0 {
+            p.end_boot_ns = Some(ev.header.ts_ns);
+            p.exit_status_raw = Some(ev.exit_code);
+            if let Some(p) = self.live.remove(&pid) {
+                done.push(p);
+            }
+        }
+    }
+
+    /// At the end of a run: processes whose exit was never seen (events lost).
+    pub fn flush(&mut self) -> Vec<ProcessInfo> {
+        let mut rest: Vec<ProcessInfo> = self.live.drain().map(|(_, p)| p).collect();
+        rest.sort_by_key(|p| p.start_boot_ns);
+        rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use denet_common::{EventHeader, IoAccounting, EVENT_EXIT, EVENT_FORK};
+
+    fn fork(parent: u32, child: u32, ts: u64) -> ForkEvent {
+        ForkEvent {
+            header: EventHeader {
+                kind: EVENT_FORK,
+                ts_ns: ts,
+                pid: child,
+                tgid: child,
+                ..Default::default()
+            },
+            parent_tgid: parent,
+            parent_pid: parent,
+        }
+    }
+
+    fn exit(tid: u32, tgid: u32, ts: u64, last: bool, runtime: u64) -> ExitEvent {
+        ExitEvent {
+            header: EventHeader {
+                kind: EVENT_EXIT,
+                ts_ns: ts,
+                pid: tid,
+                tgid,
+                ..Default::default()
+            },
+            exit_code: 3 << 8,
+            flags: if last { EXIT_GROUP_DEAD } else { 0 },
+            utime_ns: 3,
+            stime_ns: 1,
+            sum_exec_runtime_ns: runtime,
+            io: IoAccounting {
+                wchar: 10,
+                ..Default::default()
+            },
+            hiwater_rss_pages: 100,
+            rss_pages: 120,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn threads_sum_and_last_thread_completes() {
+        let mut t = Tracker::new(4);
+        let mut done = Vec::new();
+        t.add_root(10, 1, 5, vec!["sh".into()]);
+        t.on_fork(&fork(10, 11, 7), &mut done);
+        t.on_exit(&exit(13, 11, 9, false, 400), &mut done);
+        assert!(done.is_empty());
+        t.on_exit(&exit(11, 11, 20, true, 400), &mut done);
+        assert_eq!(done.len(), 1);
+        let p = &done[0];
+        assert_eq!((p.pid, p.ppid), (11, Some(10)));
+        assert_eq!(p.argv, vec!["sh".to_string()]);
+        assert_eq!(p.end_boot_ns, Some(20));
+        assert_eq!(p.exit_status_raw, Some(3 << 8));
+        assert_eq!(p.stats.threads, 2);
+        assert_eq!(p.stats.wchar, 20);
+        assert_eq!(p.stats.peak_rss_kb, 480);
+        assert_eq!(p.stats.cpu_user_sys_ns(), (600, 200));
+        assert_eq!(t.started, 2);
+        let rest = t.flush();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].pid, 10);
+    }
+
+    #[test]
+    fn cputime_split_edges() {
+        let s = |u, s, rt| ExitStats {
+            utime_ns: u,
+            stime_ns: s,
+            runtime_ns: rt,
+            ..Default::default()
+        };
+        assert_eq!(s(0, 0, 7).cpu_user_sys_ns(), (7, 0));
+        assert_eq!(s(0, 5, 7).cpu_user_sys_ns(), (0, 7));
+        assert_eq!(s(1, 1, 7).cpu_user_sys_ns(), (4, 3));
+    }
+
+    #[test]
+    fn split_argv_like_proc_cmdline() {
+        assert_eq!(split_argv(b"ls\0-l\0"), vec!["ls", "-l"]);
+        assert_eq!(split_argv(b"a\0\0b\0"), vec!["a", "", "b"]);
+        assert!(split_argv(b"").is_empty());
+    }
+}
