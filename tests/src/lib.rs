@@ -1,1 +1,159 @@
+//! Helpers for the integration tests: run the agent on a command and read its trace.
+//!
+//! eBPF tests need root. Outside CI they skip with a clear message when not root; in
+//! CI (`CI` set) a missing capability fails the test instead, so nothing is skipped
+//! silently there.
 
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use serde_json::Value;
+
+/// Path of the agent binary: `DENET_AGENT_BIN`, else target/release, else target/debug.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DENET_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for profile in ["release", "debug"] {
+        let p = root.join("target").join(profile).join("denet-agent");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("denet-agent binary not found: build it first (scripts/test.sh does) or set DENET_AGENT_BIN");
+}
+
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// True when eBPF tests can run. Not root: skip with a message, or fail in CI.
+pub fn ebpf_ready(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return true;
+    }
+    let why = if root { "no /sys/kernel/btf/vmlinux" } else { "needs root" };
+    if in_ci() {
+        panic!("{test}: eBPF test cannot run in CI: {why}");
+    }
+    eprintln!("skipped {test}: {why} (run the suite with sudo)");
+    false
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "denet-test-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A finished agent run.
+#[derive(Debug)]
+pub struct Trace {
+    pub status: ExitStatus,
+    pub stderr: String,
+    pub records: Vec<Value>,
+}
+
+impl Trace {
+    pub fn exit_code(&self) -> i32 {
+        self.status.code().expect("agent exited by a signal")
+    }
+
+    pub fn of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.records.iter().filter(|r| r["kind"] == kind).collect()
+    }
+
+    pub fn header(&self) -> &Value {
+        let first = self.records.first().expect("empty trace");
+        assert_eq!(first["kind"], "header", "first record must be the header");
+        first
+    }
+
+    pub fn summary(&self) -> &Value {
+        let last = self.records.last().expect("empty trace");
+        assert_eq!(last["kind"], "summary", "last record must be the summary");
+        last
+    }
+
+    pub fn processes(&self) -> Vec<&Value> {
+        self.of_kind("process")
+    }
+
+    /// Process records whose argv[0] ends with `name`.
+    pub fn processes_named(&self, name: &str) -> Vec<&Value> {
+        self.processes()
+            .into_iter()
+            .filter(|p| p["argv"][0].as_str().is_some_and(|a| a.ends_with(name)))
+            .collect()
+    }
+
+    pub fn root_pid(&self) -> u64 {
+        self.header()["pid"].as_u64().expect("header pid")
+    }
+
+    /// The record of the command itself.
+    pub fn root(&self) -> &Value {
+        let pid = self.root_pid();
+        self.processes()
+            .into_iter()
+            .find(|p| p["pid"] == pid)
+            .expect("record of the command")
+    }
+}
+
+/// Runs `denet-agent run ARGS -o FILE -- CMD` and parses the trace.
+pub fn run_agent(args: &[&str], cmd: &[&str]) -> Trace {
+    let dir = scratch_dir("trace");
+    let out = dir.join("trace.jsonl");
+    let output = Command::new(agent_bin())
+        .arg("run")
+        .args(args)
+        .arg("-o")
+        .arg(&out)
+        .arg("--")
+        .args(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn denet-agent");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let text = std::fs::read_to_string(&out)
+        .unwrap_or_else(|e| panic!("no trace at {} ({e}); stderr: {stderr}", out.display()));
+    let records = parse_jsonl(&text);
+    let _ = std::fs::remove_dir_all(&dir);
+    Trace {
+        status: output.status,
+        stderr,
+        records,
+    }
+}
+
+pub fn parse_jsonl(text: &str) -> Vec<Value> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("line {}: {e}: {l}", i + 1))
+        })
+        .collect()
+}
+
+/// Relative difference |a - b| / b.
+pub fn rel_diff(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(f64::MIN_POSITIVE)
+}
+
+pub fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not an unsigned number: {v}"))
+}
