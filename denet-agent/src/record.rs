@@ -191,3 +191,136 @@ pub struct Summary {
     pub threads_created: u64,
     pub error: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{output::JsonlWriter, tracker::ExitStats};
+
+    /// One record of each kind with fixed values, as written to a trace. The golden
+    /// file pins field names, order, types and encodings: a change here is a change
+    /// of the public format (update docs/jsonl-format.md, and schema_version when a
+    /// field changes meaning). Regenerate with UPDATE_GOLDEN=1.
+    #[test]
+    fn golden_records() {
+        let header = Header {
+            kind: "header",
+            schema_version: SCHEMA_VERSION,
+            agent_version: "0.1.0",
+            hostname: "node1".into(),
+            kernel: "6.18.0".into(),
+            argv: vec!["sh".into(), "-c".into(), "true".into()],
+            cwd: "/data".into(),
+            agent_pid: 100,
+            pid: Some(101),
+            clock: ClockAnchor {
+                clock: "CLOCK_BOOTTIME",
+                boot_ns: 5_000_000_000,
+                unix_ns: 1_800_000_000_000_000_000,
+                monotonic_ns: 4_900_000_000,
+            },
+            hold_ns: Some(250_000),
+            ebpf: true,
+            ebpf_unavailable_reason: None,
+            interval_ms: 100,
+            max_interval_ms: 1000,
+            argv_max_bytes: 4096,
+            timeout_s: Some(60.0),
+        };
+        let info = ProcessInfo {
+            pid: 102,
+            ppid: Some(101),
+            start_boot_ns: Some(5_001_000_000),
+            end_boot_ns: Some(5_003_000_000),
+            argv: vec!["/bin/true".into()],
+            argv_truncated: false,
+            exe: Some("/bin/true".into()),
+            execs: 1,
+            exit_status_raw: Some(2 << 8),
+            stats: ExitStats {
+                utime_ns: 4_000_000,
+                stime_ns: 0,
+                runtime_ns: 1_500_000,
+                peak_rss_kb: 1024,
+                peak_vm_kb: 2400,
+                rchar: 3980,
+                wchar: 12,
+                syscr: 8,
+                syscw: 1,
+                read_bytes: 4096,
+                write_bytes: 0,
+                cancelled_write_bytes: 0,
+                minflt: 50,
+                majflt: 1,
+                vol_ctxt: 2,
+                inv_ctxt: 3,
+                threads: 1,
+            },
+        };
+        let killed = ProcessInfo {
+            pid: 103,
+            exit_status_raw: Some(0x80 | 11),
+            ..info.clone()
+        };
+        let sample = Sample {
+            kind: "sample",
+            ts_boot_ns: 5_002_000_000,
+            interval_ms: 100.25,
+            process_count: 1,
+            thread_count: 2,
+            cpu_percent: 99.5,
+            rss_kb: 2048,
+            procs: vec![ProcSample {
+                pid: 101,
+                cpu_percent: 99.5,
+                rss_kb: 2048,
+                threads: 2,
+            }],
+        };
+        let summary = Summary {
+            kind: "summary",
+            exit_code: Some(2),
+            start_boot_ns: 5_000_000_000,
+            end_boot_ns: 5_004_000_000,
+            wall_ns: 4_000_000,
+            cpu_user_ns: 1_500_000,
+            process_count: 2,
+            peak_tree_rss_kb: 2048,
+            max_process_peak_rss_kb: 1024,
+            samples: 1,
+            threads_created: 1,
+            ..Default::default()
+        };
+        let dir = std::env::temp_dir().join(format!("denet-golden-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("records.jsonl");
+        let mut w = JsonlWriter::create(&path).unwrap();
+        w.write(&header).unwrap();
+        w.write(&Process::from_info(&info)).unwrap();
+        w.write(&Process::from_info(&killed)).unwrap();
+        w.write(&sample).unwrap();
+        w.write(&summary).unwrap();
+        drop(w);
+        let got = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let golden =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/records.jsonl");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden, &got).unwrap();
+        }
+        let want =
+            std::fs::read_to_string(&golden).expect("golden file (UPDATE_GOLDEN=1 creates it)");
+        assert_eq!(
+            got, want,
+            "JSONL format changed; see the comment on this test"
+        );
+    }
+
+    #[test]
+    fn wait_status_decoding() {
+        assert_eq!(decode_wait_status(3 << 8), (Some(3), None, false));
+        assert_eq!(decode_wait_status(9), (None, Some(9), false));
+        assert_eq!(decode_wait_status(0x80 | 11), (None, Some(11), true));
+        assert_eq!(decode_wait_status(0), (Some(0), None, false));
+    }
+}

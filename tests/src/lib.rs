@@ -38,7 +38,11 @@ pub fn ebpf_ready(test: &str) -> bool {
     if root && Path::new("/sys/kernel/btf/vmlinux").exists() {
         return true;
     }
-    let why = if root { "no /sys/kernel/btf/vmlinux" } else { "needs root" };
+    let why = if root {
+        "no /sys/kernel/btf/vmlinux"
+    } else {
+        "needs root"
+    };
     if in_ci() {
         panic!("{test}: eBPF test cannot run in CI: {why}");
     }
@@ -155,5 +159,6 @@ pub fn rel_diff(a: f64, b: f64) -> f64 {
 }
 
 pub fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not an unsigned number: {v}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("not an unsigned number: {v}"))
 }

@@ -30,7 +30,10 @@ fn command_not_executable_exits_126() {
     std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
     let t = run_agent(&[], &[script.to_str().unwrap()]);
     assert_eq!(t.exit_code(), 126, "{}", t.stderr);
-    assert!(t.summary()["error"].as_str().unwrap().contains("cannot execute"));
+    assert!(t.summary()["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot execute"));
     let t = run_agent(&[], &[dir.to_str().unwrap()]);
     assert_eq!(t.exit_code(), 126);
 }
@@ -43,7 +46,10 @@ fn no_ebpf_falls_back_to_proc_sampling() {
     );
     assert_eq!(t.exit_code(), 3);
     assert_eq!(t.header()["ebpf"], false);
-    assert!(t.header()["ebpf_unavailable_reason"].as_str().unwrap().contains("--no-ebpf"));
+    assert!(t.header()["ebpf_unavailable_reason"]
+        .as_str()
+        .unwrap()
+        .contains("--no-ebpf"));
     assert!(!t.of_kind("sample").is_empty());
     let root = t.root();
     assert_eq!(root["source"], "proc");
@@ -72,8 +78,14 @@ fn samples_ramp_and_carry_tree_aggregates() {
         let procs = s["procs"].as_array().unwrap();
         assert_eq!(procs.len() as u64, u(&s["process_count"]));
     }
-    let intervals: Vec<f64> = samples.iter().map(|s| s["interval_ms"].as_f64().unwrap()).collect();
-    assert!(intervals.last().unwrap() > &50.0, "interval ramps up: {intervals:?}");
+    let intervals: Vec<f64> = samples
+        .iter()
+        .map(|s| s["interval_ms"].as_f64().unwrap())
+        .collect();
+    assert!(
+        intervals.last().unwrap() > &50.0,
+        "interval ramps up: {intervals:?}"
+    );
 }
 
 #[test]
@@ -115,7 +127,12 @@ fn stdout_passes_through_or_is_redirected() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"piped input\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped input\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "piped input\n");
 }
@@ -185,7 +202,12 @@ fn without_root_falls_back_or_fails_when_required() {
     let trace = dir.join("t.jsonl");
     let as_nobody = |extra: &[&str]| {
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
             .arg(agent_bin())
             .arg("run")
             .args(extra)
@@ -202,7 +224,10 @@ fn without_root_falls_back_or_fails_when_required() {
     assert!(stderr.contains("falling back to /proc"), "{stderr}");
     let records = parse_jsonl(&std::fs::read_to_string(&trace).unwrap());
     assert_eq!(records[0]["ebpf"], false);
-    assert!(records[0]["ebpf_unavailable_reason"].as_str().unwrap().contains("root"));
+    assert!(records[0]["ebpf_unavailable_reason"]
+        .as_str()
+        .unwrap()
+        .contains("root"));
     let out = as_nobody(&["--require-ebpf"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--require-ebpf"));

@@ -47,7 +47,11 @@ fn shell_loop_of_1000_children_all_recorded() {
     }
     let t = run_agent(
         &[],
-        &["sh", "-c", "i=0; while [ $i -lt 1000 ]; do /bin/true; i=$((i+1)); done"],
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 1000 ]; do /bin/true; i=$((i+1)); done",
+        ],
     );
     assert_eq!(t.exit_code(), 0, "{}", t.stderr);
     assert_clean(&t);
@@ -97,7 +101,12 @@ fn exit_codes_and_signals_of_grandchildren() {
         w = WORKLOAD
     );
     let t = run_agent(&[], &["sh", "-c", &format!("sh -c '{inner}'; exit 7")]);
-    assert_eq!(t.exit_code(), 7, "agent exit status = command's: {}", t.stderr);
+    assert_eq!(
+        t.exit_code(),
+        7,
+        "agent exit status = command's: {}",
+        t.stderr
+    );
     assert_clean(&t);
     assert_tree(&t);
     let s = t.summary();
@@ -105,7 +114,10 @@ fn exit_codes_and_signals_of_grandchildren() {
     assert_eq!(s["signal"], Value::Null);
     let work = t.processes_named("workload");
     assert_eq!(work.len(), 8);
-    let mut codes: Vec<i64> = work.iter().filter_map(|p| p["exit_code"].as_i64()).collect();
+    let mut codes: Vec<i64> = work
+        .iter()
+        .filter_map(|p| p["exit_code"].as_i64())
+        .collect();
     codes.sort();
     assert_eq!(codes, vec![0, 1, 2, 3, 4, 5]);
     let mut signals: Vec<i64> = work.iter().filter_map(|p| p["signal"].as_i64()).collect();
@@ -151,7 +163,10 @@ fn cpu_time_matches_wait4_rusage() {
     let dir = scratch_dir("cpu");
     let truth_path = dir.join("truth.json");
     let tp = truth_path.to_str().unwrap();
-    let t = run_agent(&[], &[WORKLOAD, "rusage-child", tp, "--", WORKLOAD, "burn", "1000"]);
+    let t = run_agent(
+        &[],
+        &[WORKLOAD, "rusage-child", tp, "--", WORKLOAD, "burn", "1000"],
+    );
     assert_eq!(t.exit_code(), 0, "{}", t.stderr);
     assert_clean(&t);
     let ru = truth(&truth_path);
@@ -178,7 +193,10 @@ fn peak_rss_of_a_256_mib_child() {
     let dir = scratch_dir("rss");
     let truth_path = dir.join("truth.json");
     let tp = truth_path.to_str().unwrap();
-    let t = run_agent(&[], &["sh", "-c", &format!("{WORKLOAD} alloc 256 50 {tp}; true")]);
+    let t = run_agent(
+        &[],
+        &["sh", "-c", &format!("{WORKLOAD} alloc 256 50 {tp}; true")],
+    );
     assert_eq!(t.exit_code(), 0, "{}", t.stderr);
     assert_clean(&t);
     let alloc = t.processes_named("workload");
@@ -186,9 +204,15 @@ fn peak_rss_of_a_256_mib_child() {
     let peak = u(&alloc[0]["peak_rss_kb"]) as f64;
     // Ground truth 1: what was touched. Ground truth 2: the child's own VmHWM.
     let touched_kb = 256.0 * 1024.0;
-    assert!(rel_diff(peak, touched_kb) < 0.05, "peak {peak} KiB vs 256 MiB");
+    assert!(
+        rel_diff(peak, touched_kb) < 0.05,
+        "peak {peak} KiB vs 256 MiB"
+    );
     let hwm = u(&truth(&truth_path)["vm_hwm_kb"]) as f64;
-    assert!(rel_diff(peak, hwm) < 0.05, "peak {peak} KiB vs VmHWM {hwm} KiB");
+    assert!(
+        rel_diff(peak, hwm) < 0.05,
+        "peak {peak} KiB vs VmHWM {hwm} KiB"
+    );
     // The shell did not touch it.
     assert!(u(&t.root()["peak_rss_kb"]) < 16 * 1024);
 }
@@ -198,7 +222,10 @@ fn small_child_of_big_parent_has_its_own_peak() {
     if !ebpf_ready("small_child_of_big_parent_has_its_own_peak") {
         return;
     }
-    let t = run_agent(&[], &[WORKLOAD, "alloc-then-exec", "256", "--", "/bin/true"]);
+    let t = run_agent(
+        &[],
+        &[WORKLOAD, "alloc-then-exec", "256", "--", "/bin/true"],
+    );
     assert_eq!(t.exit_code(), 0, "{}", t.stderr);
     assert_clean(&t);
     let parent = u(&t.root()["peak_rss_kb"]);
@@ -206,7 +233,10 @@ fn small_child_of_big_parent_has_its_own_peak() {
     let child = t.processes_named("/bin/true");
     assert_eq!(child.len(), 1);
     let child_peak = u(&child[0]["peak_rss_kb"]);
-    assert!(child_peak < 16 * 1024, "exec'd child reports {child_peak} KiB");
+    assert!(
+        child_peak < 16 * 1024,
+        "exec'd child reports {child_peak} KiB"
+    );
 }
 
 #[test]
@@ -217,7 +247,10 @@ fn wchar_equals_bytes_written() {
     let dir = scratch_dir("wchar");
     let file = dir.join("out.bin");
     let n = 1_234_567u64;
-    let t = run_agent(&[], &[WORKLOAD, "write", &n.to_string(), file.to_str().unwrap()]);
+    let t = run_agent(
+        &[],
+        &[WORKLOAD, "write", &n.to_string(), file.to_str().unwrap()],
+    );
     assert_eq!(t.exit_code(), 0, "{}", t.stderr);
     assert_clean(&t);
     assert_eq!(std::fs::metadata(&file).unwrap().len(), n);
@@ -233,7 +266,10 @@ fn unrelated_processes_leave_no_records() {
     }
     let marker = "denet-unrelated-marker";
     let mut bg = std::process::Command::new("sh")
-        .args(["-c", &format!("while :; do /bin/echo {marker} >/dev/null; done")])
+        .args([
+            "-c",
+            &format!("while :; do /bin/echo {marker} >/dev/null; done"),
+        ])
         .spawn()
         .expect("background load");
     let t = run_agent(&[], &["sh", "-c", "sleep 0.3; /bin/true"]);
@@ -244,17 +280,27 @@ fn unrelated_processes_leave_no_records() {
     assert_tree(&t);
     assert_eq!(t.processes().len(), 3, "sh, sleep, true only");
     for p in t.processes() {
-        assert!(!p.to_string().contains(marker), "unrelated process recorded: {p}");
+        assert!(
+            !p.to_string().contains(marker),
+            "unrelated process recorded: {p}"
+        );
     }
 }
 
 fn alive_with_marker(marker: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'));
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
         if !zombie && String::from_utf8_lossy(&cmd).contains(marker) {
             pids.push(pid);
         }
@@ -269,12 +315,18 @@ fn timeout_kills_whole_tree_including_double_forked_orphan() {
     }
     let marker = "737.25";
     // The orphan ignores SIGTERM, so only the SIGKILL escalation stops it.
-    let script = format!(
-        "(sh -c \"trap '' TERM; sleep {marker}; sleep 1\" &) ; sleep {marker}"
+    let script = format!("(sh -c \"trap '' TERM; sleep {marker}; sleep 1\" &) ; sleep {marker}");
+    let t = run_agent(
+        &["--timeout", "1", "--kill-grace", "0.5"],
+        &["sh", "-c", &script],
     );
-    let t = run_agent(&["--timeout", "1", "--kill-grace", "0.5"], &["sh", "-c", &script]);
     assert_eq!(t.summary()["timed_out"], true);
-    assert_eq!(t.exit_code(), 128 + 15, "command killed by SIGTERM: {}", t.stderr);
+    assert_eq!(
+        t.exit_code(),
+        128 + 15,
+        "command killed by SIGTERM: {}",
+        t.stderr
+    );
     assert_clean(&t);
     assert_tree(&t);
     let left = alive_with_marker(marker);
@@ -284,7 +336,9 @@ fn timeout_kills_whole_tree_including_double_forked_orphan() {
     let sleeps = t.processes_named("sleep");
     assert!(sleeps.len() >= 2, "{sleeps:?}");
     assert!(
-        t.processes().iter().any(|p| u(&p["ppid"]) != agent && p["signal"] == 9),
+        t.processes()
+            .iter()
+            .any(|p| u(&p["ppid"]) != agent && p["signal"] == 9),
         "something died of SIGKILL"
     );
 }
@@ -295,7 +349,14 @@ fn exec_event_has_argv_exe_and_truncation_flag() {
         return;
     }
     let long = "x".repeat(5000);
-    let t = run_agent(&[], &["sh", "-c", &format!("/bin/echo a 'b c' {long} >/dev/null; /bin/true 1 '' 3")]);
+    let t = run_agent(
+        &[],
+        &[
+            "sh",
+            "-c",
+            &format!("/bin/echo a 'b c' {long} >/dev/null; /bin/true 1 '' 3"),
+        ],
+    );
     assert_eq!(t.exit_code(), 0);
     assert_clean(&t);
     let echo = &t.processes_named("/bin/echo")[0];

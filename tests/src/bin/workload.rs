@@ -31,7 +31,9 @@ fn burn(ms: u64) {
     let mut x: u64 = 1;
     while cpu_time() - start < target {
         for _ in 0..10_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
         }
         std::hint::black_box(x);
     }
@@ -41,7 +43,10 @@ fn burn(ms: u64) {
 fn burn_thread(ms: u64) {
     let target = Duration::from_millis(ms);
     let now = || {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: valid out-pointer.
         unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
         Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -57,7 +62,10 @@ fn burn_thread(ms: u64) {
 }
 
 fn cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -152,7 +160,8 @@ fn main() {
             let mut left = bytes;
             while left > 0 {
                 let n = left.min(chunk.len());
-                f.write_all(&chunk[..n]).unwrap_or_else(|_| std::process::exit(4));
+                f.write_all(&chunk[..n])
+                    .unwrap_or_else(|_| std::process::exit(4));
                 left -= n;
             }
         }
