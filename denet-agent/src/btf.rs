@@ -107,7 +107,7 @@ pub struct Btf {
     strs: std::ops::Range<usize>,
     /// Absolute offset of each type record; index = type id, [0] is `void`.
     type_offs: Vec<usize>,
-    /// Type ids by name (named types only).
+    /// STRUCT and TYPEDEF ids by name.
     by_name: HashMap<Box<[u8]>, Vec<u32>>,
 }
 
@@ -259,10 +259,14 @@ impl Btf {
             type_offs.push(pos);
             if name_off != 0 {
                 let name = cstr_at(&data, &strs, name_off)?;
-                match by_name.get_mut(name) {
-                    Some(ids) => ids.push(id),
-                    None => {
-                        by_name.insert(name.into(), vec![id]);
+                // Only the kinds looked up by name are indexed: most of vmlinux's
+                // names are functions, and skipping them keeps parsing fast.
+                if matches!(kind, KIND_STRUCT | KIND_TYPEDEF) {
+                    match by_name.get_mut(name) {
+                        Some(ids) => ids.push(id),
+                        None => {
+                            by_name.insert(name.into(), vec![id]);
+                        }
                     }
                 }
             }

@@ -12,12 +12,16 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use denet_common::{
-    read_event, EventHeader, ExecEvent, ExitEvent, ForkEvent, EVENT_EXEC, EVENT_EXIT, EVENT_FORK,
+    read_event, read_event_prefix, EventHeader, ExecEvent, ExitEvent, ForkEvent, EVENT_EXEC,
+    EVENT_EXIT, EVENT_FORK,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::tracker::{ProcessInfo, Tracker};
+
+/// Bytes of an exec event before its variable-length argv.
+const EXEC_FIXED_LEN: usize = std::mem::offset_of!(ExecEvent, argv);
 
 /// What the collector tells the run loop.
 #[derive(Debug)]
@@ -130,7 +134,7 @@ impl Collector {
                     }
                     None => self.report.malformed_events += 1,
                 },
-                EVENT_EXEC => match read_event::<ExecEvent>(bytes) {
+                EVENT_EXEC => match read_event_prefix::<ExecEvent>(bytes, EXEC_FIXED_LEN) {
                     Some(ev) => self.tracker.on_exec(&ev),
                     None => self.report.malformed_events += 1,
                 },

@@ -2,7 +2,7 @@
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::RawTracePoint,
     Ebpf, EbpfLoader,
 };
 use denet_common::{counter, IoAccounting, KernelOffsets};
@@ -149,24 +149,24 @@ impl KernelTracer {
         let btf = Btf::from_sys_fs().map_err(|e| TracerError::Btf(e.to_string()))?;
         check_tracepoints(&btf)?;
         let offsets = resolve_offsets(&btf)?;
-        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| TracerError::Btf(e.to_string()))?;
-
+        // No BTF for aya: the programs carry no CO-RE relocations and raw tracepoints
+        // attach by name, so the loader need not parse the kernel's BTF a second time.
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&aya_btf))
+            .btf(None)
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", ringbuf_bytes)
             .load(OBJECT)?;
         for &(name, tracepoint) in PROGRAMS {
-            let program: &mut BtfTracePoint = ebpf
+            let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(TracerError::Missing(name))?
                 .try_into()
                 .map_err(|source| TracerError::Program { name, source })?;
             program
-                .load(tracepoint, &aya_btf)
+                .load()
                 .map_err(|source| TracerError::Program { name, source })?;
             program
-                .attach()
+                .attach(tracepoint)
                 .map_err(|source| TracerError::Program { name, source })?;
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {

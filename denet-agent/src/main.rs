@@ -66,8 +66,9 @@ struct RunArgs {
     /// Fail instead of falling back to /proc sampling when eBPF is unavailable.
     #[arg(long)]
     require_ebpf: bool,
-    /// Size of the kernel event ring buffer in MiB (a power of two).
-    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    /// Size of the kernel event ring buffer in MiB (a power of two). The agent maps it
+    /// (twice), so it counts in the agent's RSS; lost events are counted either way.
+    #[arg(long, default_value_t = 2, value_name = "MIB")]
     ringbuf_mib: u32,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]

@@ -189,6 +189,12 @@ pub struct Summary {
     pub ebpf_read_errors: u64,
     pub ebpf_track_errors: u64,
     pub threads_created: u64,
+    /// The agent's own CPU time (getrusage RUSAGE_SELF; the in-kernel eBPF work runs
+    /// in the traced tasks and counts in their system time).
+    pub agent_cpu_user_ns: u64,
+    pub agent_cpu_sys_ns: u64,
+    /// The agent's own peak RSS (ru_maxrss), KiB.
+    pub agent_peak_rss_kb: u64,
     pub error: Option<String>,
 }
 
@@ -289,6 +295,9 @@ mod tests {
             max_process_peak_rss_kb: 1024,
             samples: 1,
             threads_created: 1,
+            agent_cpu_user_ns: 2_000_000,
+            agent_cpu_sys_ns: 1_000_000,
+            agent_peak_rss_kb: 9000,
             ..Default::default()
         };
         let dir = std::env::temp_dir().join(format!("denet-golden-{}", std::process::id()));

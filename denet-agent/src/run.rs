@@ -182,6 +182,18 @@ pub fn run(config: RunConfig) -> Result<RunOutcome> {
     state.finish(start_error)
 }
 
+/// The agent's own cost, so every trace says what tracing it took.
+fn record_self_usage(s: &mut Summary) {
+    if let Ok(ru) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        let ns = |tv: nix::sys::time::TimeVal| {
+            (tv.tv_sec() as u64).saturating_mul(1_000_000_000) + tv.tv_usec() as u64 * 1000
+        };
+        s.agent_cpu_user_ns = ns(ru.user_time());
+        s.agent_cpu_sys_ns = ns(ru.system_time());
+        s.agent_peak_rss_kb = ru.max_rss() as u64;
+    }
+}
+
 /// The command could not be started at all: header and summary still get written.
 fn start_failed(
     config: &RunConfig,
@@ -202,6 +214,8 @@ fn start_failed(
         error: Some(e.to_string()),
         ..Default::default()
     };
+    let mut summary = summary;
+    record_self_usage(&mut summary);
     out.write(&summary)?;
     Ok(RunOutcome {
         exit_status: e.exit_status(),
@@ -490,6 +504,7 @@ impl RunState {
                 s.lost_events
             ));
         }
+        record_self_usage(s);
         let summary = self.summary.clone();
         self.out.write(&summary).context("writing the summary")?;
         Ok(RunOutcome {

@@ -206,3 +206,20 @@ pub fn read_event<T: Wire>(bytes: &[u8]) -> Option<T> {
     // guarantees every bit pattern is a valid T.
     Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
+
+/// Like [`read_event`] for records with a variable-length tail (exec events are sent
+/// only up to the argv bytes used): at least `min_len` bytes must be present, and the
+/// missing tail reads as zeros.
+pub fn read_event_prefix<T: Wire>(bytes: &[u8], min_len: usize) -> Option<T> {
+    let size = core::mem::size_of::<T>();
+    if bytes.len() < min_len.min(size) {
+        return None;
+    }
+    if bytes.len() >= size {
+        return read_event(bytes);
+    }
+    let mut buf = [0u8; 8192];
+    let buf = buf.get_mut(..size)?;
+    buf[..bytes.len()].copy_from_slice(bytes);
+    read_event(buf)
+}

@@ -1,5 +1,9 @@
 //! Kernel side of denet-agent: follows a process tree from fork to exit.
 //!
+//! Raw tracepoints: their arguments are the tracepoint's `TP_PROTO` arguments (no
+//! tracefs, no BTF needed to attach), and every kernel read goes through
+//! `bpf_probe_read_kernel` with offsets resolved by the agent.
+//!
 //! Every program first checks whether the current task's process is in `TRACKED`
 //! and returns at once when it is not, so untracked tasks pay one hash lookup.
 //! Nothing here panics, and everything that cannot be delivered is counted in
@@ -12,9 +16,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
     },
-    macros::{btf_tracepoint, map},
+    macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    programs::RawTracePointContext,
 };
 use denet_common::{
     counter, EventHeader, ExecEvent, ExitEvent, ForkEvent, IoAccounting, KernelOffsets, ARGV_MAX,
@@ -53,7 +57,12 @@ static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(TRACKED_MAX_ENTRIE
 
 /// Lifecycle events (fork, exec, exit); size overridden by the agent.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
+
+/// Per-CPU scratch space where an exec event is assembled before only its used
+/// bytes are copied to the ring buffer (argv is usually far shorter than ARGV_MAX).
+#[map]
+static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU sequence numbers and error/drop counters, indexed by
 /// `denet_common::counter`. Per-CPU so increments need no atomics: these tracepoints
@@ -115,8 +124,8 @@ fn header(kind: u32, pid: u32, tgid: u32) -> EventHeader {
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
-#[btf_tracepoint(function = "sched_process_fork")]
-pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let parent_tgid = (pid_tgid >> 32) as u32;
     if !is_tracked(parent_tgid) {
@@ -146,27 +155,26 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
-#[btf_tracepoint(function = "sched_process_exec")]
-pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_tracked(tgid) {
         return 0;
     }
-    let hdr = header(EVENT_EXEC, pid_tgid as u32, tgid);
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        bump(counter::RINGBUF_DROPS);
+    let Some(event) = EXEC_SCRATCH.get_ptr_mut(0) else {
+        bump(counter::READ_ERRORS);
         return 0;
     };
-    let event = entry.as_mut_ptr();
+    let hdr = header(EVENT_EXEC, pid_tgid as u32, tgid);
     let off = offsets();
     let task: *const u8 = ctx.arg(0);
     let old_pid: u64 = ctx.arg(1);
     let bprm: *const u8 = ctx.arg(2);
-    // SAFETY: `event` points into the reserved ring-buffer record, which is large
-    // enough for an ExecEvent; fields are written through raw pointers so the 4 KiB
-    // record never lands on the 512-byte eBPF stack.
-    unsafe {
+    // SAFETY: `event` points to this CPU's scratch slot, large enough for an
+    // ExecEvent; fields are written through the pointer so the 4 KiB event never
+    // lands on the 512-byte eBPF stack.
+    let len = unsafe {
         (*event).header = hdr;
         (*event).old_pid = old_pid as u32;
         let mut flags = 0u32;
@@ -206,24 +214,38 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         } else {
             0
         };
-        if ret != 0 {
+        let len = if ret != 0 {
             flags |= EXEC_ARGV_UNREADABLE;
-            (*event).argv_len = 0;
+            0
         } else {
-            (*event).argv_len = len;
-        }
+            len
+        };
+        (*event).argv_len = len;
         (*event).argv_total_len = total as u32;
         (*event).flags = flags;
+        len
+    };
+    // Send the fixed part plus the argv bytes actually used.
+    let size = core::mem::offset_of!(ExecEvent, argv) + len as usize;
+    // A power-of-two mask the verifier can track, then the exact bound.
+    let size = size & (core::mem::size_of::<ExecEvent>().next_power_of_two() - 1);
+    if size > core::mem::size_of::<ExecEvent>() {
+        bump(counter::READ_ERRORS);
+        return 0;
     }
-    entry.submit(0);
+    // SAFETY: `size` is at most size_of::<ExecEvent>() and `event` is a valid slot.
+    let bytes = unsafe { core::slice::from_raw_parts(event.cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        bump(counter::RINGBUF_DROPS);
+    }
     0
 }
 
 /// `sched_process_exit(struct task_struct *p, bool group_dead)`: fires for every
 /// exiting thread, before `exit_mm()`. Each thread's counters are sent so the agent can
 /// sum them; the last thread (group_dead) ends the process and adds its memory marks.
-#[btf_tracepoint(function = "sched_process_exit")]
-pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_tracked(tgid) {

@@ -1,6 +1,6 @@
 //! Project tasks: `cargo xtask build-ebpf`, `cargo xtask bench`.
 
-#[allow(dead_code)]
+mod bench;
 mod ebpf_build;
 
 use std::path::PathBuf;
@@ -21,6 +21,15 @@ enum Task {
     BuildEbpf,
     /// Check that rustc (nightly) and bpf-linker use the same LLVM major.
     CheckToolchain,
+    /// Overhead benchmarks (needs root): bare vs traced, interleaved; prints Markdown.
+    Bench {
+        /// Runs per workload and mode.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Smaller workloads, for a smoke run.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -38,6 +47,15 @@ fn main() -> Result<()> {
             let object = ebpf_build::build(&root.join("denet-ebpf"), &root.join("target/ebpf"))
                 .map_err(|e| anyhow!(e))?;
             println!("{}", object.display());
+        }
+        Task::Bench { runs, quick } => {
+            bench::run(
+                &root,
+                &bench::BenchOptions {
+                    runs: runs.max(1),
+                    quick,
+                },
+            )?;
         }
         Task::CheckToolchain => {
             ebpf_build::check_llvm_match().map_err(|e| anyhow!(e))?;

@@ -13,7 +13,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: workload burn MS | alloc MIB HOLD_MS [TRUTH] | write BYTES PATH | \
          rusage-child TRUTH -- CMD... | alloc-then-exec MIB -- CMD... | getppid K | \
-         forkstorm WORKERS CHILDREN | threads N MS | exit CODE | signal SIG"
+         forkstorm WORKERS CHILDREN | threads N MS | spin ITERATIONS | exit CODE | signal SIG"
     );
     std::process::exit(2)
 }
@@ -209,6 +209,18 @@ fn main() {
             for h in handles {
                 let _ = h.join();
             }
+        }
+        Some("spin") => {
+            // A fixed amount of CPU work (benchmarks: wall time is what varies).
+            let iters: u64 = arg(&args, 2);
+            let mut x: u64 = 1;
+            for _ in 0..iters {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                x ^= x >> 29;
+            }
+            std::hint::black_box(x);
         }
         Some("exit") => std::process::exit(arg(&args, 2)),
         Some("signal") => {

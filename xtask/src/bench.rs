@@ -1,0 +1,193 @@
+//! `cargo xtask bench`: wall time of workloads bare vs under the agent, interleaved,
+//! plus the hold time and the agent's own cost as recorded in each trace's summary.
+//! Prints a Markdown report (docs/benchmarks.md collects the results).
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+
+pub struct BenchOptions {
+    pub runs: usize,
+    pub quick: bool,
+}
+
+struct Workload {
+    name: &'static str,
+    cmd: Vec<String>,
+    target_ratio: f64,
+}
+
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stats(mut v: Vec<f64>) -> Stats {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Stats {
+        median,
+        min: v[0],
+        max: v[n - 1],
+    }
+}
+
+fn run_quiet(cmd: &[String]) -> Result<f64> {
+    let start = Instant::now();
+    let status = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(secs)
+}
+
+/// Numbers read back from a trace: (hold ms, agent CPU ms, agent peak RSS KiB,
+/// command wall s, lost events).
+fn trace_numbers(path: &Path) -> Result<(f64, f64, f64, f64, f64)> {
+    let text = std::fs::read_to_string(path)?;
+    let field = |line: &str, key: &str| -> f64 {
+        let pat = format!("\"{key}\":");
+        line.find(&pat)
+            .map(|i| &line[i + pat.len()..])
+            .and_then(|r| r.split([',', '}']).next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let header = text.lines().next().unwrap_or_default();
+    let summary = text.lines().last().unwrap_or_default();
+    if !summary.contains("\"kind\":\"summary\"") {
+        bail!("{} has no summary", path.display());
+    }
+    Ok((
+        field(header, "hold_ns") / 1e6,
+        (field(summary, "agent_cpu_user_ns") + field(summary, "agent_cpu_sys_ns")) / 1e6,
+        field(summary, "agent_peak_rss_kb"),
+        field(summary, "wall_ns") / 1e9,
+        field(summary, "lost_events"),
+    ))
+}
+
+pub fn run(root: &Path, opts: &BenchOptions) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask bench needs root (the agent must run with eBPF)");
+    }
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "denet-agent",
+            "-p",
+            "denet-tests",
+            "--bins",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("build failed");
+    }
+    let agent = root.join("target/release/denet-agent");
+    let workload = root
+        .join("target/release/workload")
+        .to_string_lossy()
+        .into_owned();
+    let loops = if opts.quick { 200 } else { 2000 };
+    let spin = if opts.quick {
+        "200000000"
+    } else {
+        "2000000000"
+    };
+    let workloads = vec![
+        Workload {
+            name: "fork-heavy",
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("i=0; while [ $i -lt {loops} ]; do /bin/true; i=$((i+1)); done"),
+            ],
+            target_ratio: 1.10,
+        },
+        Workload {
+            name: "cpu-bound",
+            cmd: vec![workload.clone(), "spin".into(), spin.into()],
+            target_ratio: 1.01,
+        },
+    ];
+    let trace = std::env::temp_dir().join(format!("denet-bench-{}.jsonl", std::process::id()));
+    println!("## denet-agent run overhead\n");
+    println!(
+        "{} interleaved runs per workload (bare and traced alternate, order flipped every run); \
+         times are whole-command wall seconds, the traced one including the agent's start-up \
+         (eBPF load and attach) and shutdown.\n",
+        opts.runs
+    );
+    println!("| workload | bare median s (min-max) | traced median s (min-max) | ratio | target | traced command wall (summary) s | hold ms | agent CPU ms | agent peak RSS MiB | lost events |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for w in &workloads {
+        let mut bare = Vec::new();
+        let mut traced = Vec::new();
+        let mut inner = Vec::new();
+        let (mut holds, mut cpus, mut rss, mut lost) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
+        let traced_cmd: Vec<String> = [
+            agent.to_string_lossy().into_owned(),
+            "run".into(),
+            "--require-ebpf".into(),
+            "-o".into(),
+            trace.to_string_lossy().into_owned(),
+            "--".into(),
+        ]
+        .into_iter()
+        .chain(w.cmd.iter().cloned())
+        .collect();
+        // Warm-up: page cache, binaries.
+        run_quiet(&w.cmd)?;
+        run_quiet(&traced_cmd)?;
+        for i in 0..opts.runs {
+            let mut one_traced = || -> Result<()> {
+                traced.push(run_quiet(&traced_cmd)?);
+                let (h, c, r, wall, l) = trace_numbers(&trace)?;
+                holds.push(h);
+                cpus.push(c);
+                rss.push(r);
+                inner.push(wall);
+                lost += l;
+                Ok(())
+            };
+            if i % 2 == 0 {
+                bare.push(run_quiet(&w.cmd)?);
+                one_traced()?;
+            } else {
+                one_traced()?;
+                bare.push(run_quiet(&w.cmd)?);
+            }
+        }
+        let (b, t, n) = (stats(bare), stats(traced), stats(inner));
+        let (h, c, r) = (stats(holds), stats(cpus), stats(rss));
+        println!(
+            "| {} | {:.3} ({:.3}-{:.3}) | {:.3} ({:.3}-{:.3}) | {:.3}x | {:.2}x | {:.3} | {:.2} (max {:.2}) | {:.1} | {:.1} (max {:.1}) | {} |",
+            w.name, b.median, b.min, b.max, t.median, t.min, t.max, t.median / b.median,
+            w.target_ratio, n.median, h.median, h.max, c.median, r.median / 1024.0, r.max / 1024.0, lost
+        );
+    }
+    let _ = std::fs::remove_file(&trace);
+    println!();
+    Ok(())
+}
