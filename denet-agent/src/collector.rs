@@ -2,7 +2,7 @@
 //! hands finished processes to the run loop.
 
 use std::{
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -23,15 +23,19 @@ use crate::tracker::{ProcessInfo, Tracker};
 /// Bytes of an exec event before its variable-length argv.
 const EXEC_FIXED_LEN: usize = std::mem::offset_of!(ExecEvent, argv);
 
-/// What the collector tells the run loop.
-#[derive(Debug)]
-pub enum CollectorMsg {
-    /// A tracked process appeared (fork seen).
-    Started { pid: u32 },
-    /// A tracked process is finished and its record complete (or, at the end of the
-    /// run, as complete as it will get).
-    Finished(Box<ProcessInfo>),
+/// What the collector tells the run loop, once per pass over the ring buffer.
+#[derive(Debug, Default)]
+pub struct CollectorMsg {
+    /// Tracked processes that appeared (fork seen).
+    pub started: Vec<u32>,
+    /// Finished processes with complete records (or, at the end of the run, as
+    /// complete as they will get).
+    pub finished: Vec<ProcessInfo>,
 }
+
+/// How long the collector sleeps between passes when the kernel does not wake it
+/// (it wakes the agent only when a lot is waiting, see the eBPF side).
+const POLL_MS: u16 = 10;
 
 /// Totals the collector reports when it stops.
 #[derive(Debug, Default, Clone)]
@@ -43,6 +47,8 @@ pub struct CollectorReport {
 
 pub struct CollectorHandle {
     stop: Arc<AtomicBool>,
+    /// Write end of a pipe the collector polls, to wake it for the final drain.
+    wake: OwnedFd,
     thread: Option<JoinHandle<CollectorReport>>,
 }
 
@@ -51,6 +57,8 @@ impl CollectorHandle {
     /// stop; returns its totals.
     pub fn finish(mut self) -> CollectorReport {
         self.stop.store(true, Ordering::SeqCst);
+        // A failed write only means the collector is not sleeping in poll.
+        let _ = nix::unistd::write(&self.wake, b"x");
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(report)) => report,
             _ => CollectorReport::default(),
@@ -60,10 +68,11 @@ impl CollectorHandle {
 
 struct Collector {
     ring: RingBuf<MapData>,
+    wake: OwnedFd,
     tracker: Tracker,
     tx: UnboundedSender<CollectorMsg>,
     report: CollectorReport,
-    done: Vec<ProcessInfo>,
+    batch: CollectorMsg,
 }
 
 /// Starts the collector thread. `tracker` already holds the root process.
@@ -74,18 +83,22 @@ pub fn spawn(
 ) -> std::io::Result<CollectorHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop_flag = stop.clone();
+    let (wake_r, wake_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let collector = Collector {
         ring,
+        wake: wake_r,
         tracker,
         tx,
         report: CollectorReport::default(),
-        done: Vec::new(),
+        batch: CollectorMsg::default(),
     };
     let thread = std::thread::Builder::new()
         .name("denet-collector".into())
         .spawn(move || collector.run(&stop_flag))?;
     Ok(CollectorHandle {
         stop,
+        wake: wake_w,
         thread: Some(thread),
     })
 }
@@ -95,23 +108,30 @@ impl Collector {
         loop {
             let stopping = stop.load(Ordering::SeqCst);
             if !stopping {
-                let mut fds = [PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
+                let mut fds = [
+                    PollFd::new(self.ring.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+                ];
                 // EINTR or a poll error: the drain below reads whatever is there anyway.
-                let _ = poll(&mut fds, PollTimeout::from(50u16));
+                let _ = poll(&mut fds, PollTimeout::from(POLL_MS));
             }
             let read = self.drain_ring();
-            for p in self.done.drain(..) {
-                let _ = self.tx.send(CollectorMsg::Finished(Box::new(p)));
-            }
+            self.send_batch();
             if stopping && read == 0 {
                 break;
             }
         }
-        for p in self.tracker.flush() {
-            let _ = self.tx.send(CollectorMsg::Finished(Box::new(p)));
-        }
+        self.batch.finished = self.tracker.flush();
+        self.send_batch();
         self.report.processes_started = self.tracker.started;
         self.report
+    }
+
+    fn send_batch(&mut self) {
+        if !self.batch.started.is_empty() || !self.batch.finished.is_empty() {
+            // The receiver is gone only when the run loop has ended.
+            let _ = self.tx.send(std::mem::take(&mut self.batch));
+        }
     }
 
     fn drain_ring(&mut self) -> usize {
@@ -127,10 +147,8 @@ impl Collector {
             match header.kind {
                 EVENT_FORK => match read_event::<ForkEvent>(bytes) {
                     Some(ev) => {
-                        self.tracker.on_fork(&ev, &mut self.done);
-                        let _ = self.tx.send(CollectorMsg::Started {
-                            pid: ev.header.tgid,
-                        });
+                        self.tracker.on_fork(&ev, &mut self.batch.finished);
+                        self.batch.started.push(ev.header.tgid);
                     }
                     None => self.report.malformed_events += 1,
                 },
@@ -139,7 +157,7 @@ impl Collector {
                     None => self.report.malformed_events += 1,
                 },
                 EVENT_EXIT => match read_event::<ExitEvent>(bytes) {
-                    Some(ev) => self.tracker.on_exit(&ev, &mut self.done),
+                    Some(ev) => self.tracker.on_exit(&ev, &mut self.batch.finished),
                     None => self.report.malformed_events += 1,
                 },
                 _ => self.report.malformed_events += 1,

@@ -1,5 +1,6 @@
-//! JSONL writer: one record per line, flushed after every line so a killed agent
-//! still leaves a readable file.
+//! JSONL writer: one record per line, flushed after every record or batch of records
+//! (one batch per collector pass, every few milliseconds), so a killed agent still
+//! leaves a readable file.
 
 use std::{
     fs::File,
@@ -32,11 +33,21 @@ impl JsonlWriter {
         }
     }
 
+    /// Writes one record and flushes it to the file.
     pub fn write<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
+        self.write_unflushed(record)?;
+        self.flush()
+    }
+
+    /// Writes one record into the buffer; for batches that end with [`Self::flush`].
+    pub fn write_unflushed<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, record).map_err(io::Error::other)?;
         self.line.push(b'\n');
-        self.out.write_all(&self.line)?;
+        self.out.write_all(&self.line)
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 }

@@ -331,16 +331,12 @@ impl RunState {
     }
 
     fn on_collector(&mut self, msg: CollectorMsg) -> Result<()> {
-        match msg {
-            CollectorMsg::Started { pid } => {
-                self.live.insert(pid);
-            }
-            CollectorMsg::Finished(info) => {
-                self.live.remove(&info.pid);
-                self.write_process(&Process::from_info(&info))?;
-            }
+        self.live.extend(msg.started);
+        for info in &msg.finished {
+            self.live.remove(&info.pid);
+            self.write_process(&Process::from_info(info))?;
         }
-        Ok(())
+        self.out.flush().context("writing process records")
     }
 
     fn write_process(&mut self, p: &Process) -> Result<()> {
@@ -352,7 +348,9 @@ impl RunState {
         if p.source == "missing" {
             s.incomplete_processes += 1;
         }
-        self.out.write(p).context("writing a process record")
+        self.out
+            .write_unflushed(p)
+            .context("writing a process record")
     }
 
     fn sample(&mut self) -> Result<()> {
@@ -369,6 +367,7 @@ impl RunState {
             for p in tree.update(&readings, now) {
                 self.write_process(&p)?;
             }
+            self.out.flush().context("writing process records")?;
         }
         Ok(())
     }
@@ -481,6 +480,7 @@ impl RunState {
             for p in tree.flush(self.root_status) {
                 self.write_process(&p)?;
             }
+            self.out.flush().context("writing process records")?;
         }
         let raw = self.root_status.unwrap_or(0);
         let (exit_code, signal, _) = record::decode_wait_status(raw);

@@ -12,6 +12,7 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
@@ -69,6 +70,20 @@ static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0
 /// run with preemption disabled, so nothing else touches a CPU's slot meanwhile.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Ring-buffer bytes waiting before a submit wakes the agent. Below this the agent
+/// is not woken (it polls every few milliseconds anyway): a wake-up per event would
+/// cost the traced processes a cross-CPU wake-up each.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 #[inline(always)]
 fn offsets() -> KernelOffsets {
@@ -148,7 +163,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         parent_tgid,
         parent_pid: pid_tgid as u32,
     };
-    if EVENTS.output::<ForkEvent>(&event, 0).is_err() {
+    if EVENTS.output::<ForkEvent>(&event, wakeup_flags()).is_err() {
         bump(counter::RINGBUF_DROPS);
     }
     0
@@ -235,7 +250,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     }
     // SAFETY: `size` is at most size_of::<ExecEvent>() and `event` is a valid slot.
     let bytes = unsafe { core::slice::from_raw_parts(event.cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
         bump(counter::RINGBUF_DROPS);
     }
     0
@@ -301,7 +316,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
             }
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     0
 }
 

@@ -200,6 +200,9 @@ fn without_root_falls_back_or_fails_when_required() {
     let dir = scratch_dir("nonroot");
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let trace = dir.join("t.jsonl");
+    // A copy nobody can reach, wherever the checkout lives (e.g. under /root).
+    let agent = dir.join("denet-agent");
+    std::fs::copy(agent_bin(), &agent).unwrap();
     let as_nobody = |extra: &[&str]| {
         Command::new("setpriv")
             .args([
@@ -208,12 +211,13 @@ fn without_root_falls_back_or_fails_when_required() {
                 "--clear-groups",
                 "--inh-caps=-all",
             ])
-            .arg(agent_bin())
+            .arg(&agent)
             .arg("run")
             .args(extra)
             .arg("-o")
             .arg(&trace)
             .args(["--", "sh", "-c", "exit 5"])
+            .current_dir(&dir)
             .stdin(Stdio::null())
             .output()
             .unwrap()

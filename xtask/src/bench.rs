@@ -113,7 +113,7 @@ pub fn run(root: &Path, opts: &BenchOptions) -> Result<()> {
     let spin = if opts.quick {
         "200000000"
     } else {
-        "2000000000"
+        "6000000000"
     };
     let workloads = vec![
         Workload {
