@@ -34,8 +34,10 @@ pub struct CollectorMsg {
 }
 
 /// How long the collector sleeps between passes when the kernel does not wake it
-/// (it wakes the agent only when a lot is waiting, see the eBPF side).
-const POLL_MS: u16 = 10;
+/// (it wakes the agent only when a lot is waiting, see the eBPF side): 10 ms while
+/// events flow, doubling up to 160 ms while the tree is quiet.
+const POLL_MIN_MS: u16 = 10;
+const POLL_MAX_MS: u16 = 160;
 
 /// Totals the collector reports when it stops.
 #[derive(Debug, Default, Clone)]
@@ -105,6 +107,7 @@ pub fn spawn(
 
 impl Collector {
     fn run(mut self, stop: &AtomicBool) -> CollectorReport {
+        let mut poll_ms = POLL_MIN_MS;
         loop {
             let stopping = stop.load(Ordering::SeqCst);
             if !stopping {
@@ -113,9 +116,14 @@ impl Collector {
                     PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
                 ];
                 // EINTR or a poll error: the drain below reads whatever is there anyway.
-                let _ = poll(&mut fds, PollTimeout::from(POLL_MS));
+                let _ = poll(&mut fds, PollTimeout::from(poll_ms));
             }
             let read = self.drain_ring();
+            poll_ms = if read > 0 {
+                POLL_MIN_MS
+            } else {
+                (poll_ms * 2).min(POLL_MAX_MS)
+            };
             self.send_batch();
             if stopping && read == 0 {
                 break;

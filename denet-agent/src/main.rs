@@ -76,7 +76,7 @@ struct RunArgs {
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration> {
-    if !v.is_finite() || v < 0.0 || v > 1e9 {
+    if !v.is_finite() || !(0.0..=1e9).contains(&v) {
         bail!("--{name} must be a number of seconds >= 0, got {v}");
     }
     Ok(Duration::from_secs_f64(v))

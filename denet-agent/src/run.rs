@@ -151,7 +151,7 @@ pub fn run(config: RunConfig) -> Result<RunOutcome> {
     let fork_ns = clock::boottime_ns();
     let held = match HeldChild::spawn(&config.launch) {
         Ok(h) => h,
-        Err(e) => return Ok(start_failed(&config, &kernel, &mut out, fork_ns, &e)?),
+        Err(e) => return start_failed(&config, &kernel, &mut out, fork_ns, &e),
     };
     let pid = held.pid();
     let agent_pid = std::process::id();
@@ -301,17 +301,16 @@ impl RunState {
         let mut sigchld = signal(SignalKind::child()).context("SIGCHLD handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let started = Instant::now();
-        let deadline = config.timeout.map(|t| started + t);
+        let deadline = config.timeout.map(|t| Instant::now() + t);
         let mut next_sample =
             tokio::time::Instant::now() + Duration::from_millis(self.interval.next_ms());
-        // Safety net for SIGCHLDs that arrived before the handler existed.
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
+            // Also catches children that exited before the SIGCHLD handler existed.
             self.reap();
             if self.is_done() {
                 return Ok(());
             }
+            let timeout_check = self.next_timeout_check(deadline);
             tokio::select! {
                 msg = self.rx.recv() => {
                     if let Some(msg) = msg {
@@ -325,7 +324,8 @@ impl RunState {
                     self.sample()?;
                     next_sample = tokio::time::Instant::now() + Duration::from_millis(self.interval.next_ms());
                 }
-                _ = tick.tick() => self.check_timeout(deadline, config.kill_grace),
+                _ = tokio::time::sleep_until(timeout_check.into()),
+                    if deadline.is_some() => self.check_timeout(deadline, config.kill_grace),
             }
         }
     }
@@ -426,6 +426,17 @@ impl RunState {
             let _ = kill(Pid::from_raw(self.pid as i32), sig);
         } else {
             self.signal_tree(sig);
+        }
+    }
+
+    /// When the timeout escalation next needs attention (only called with a deadline).
+    fn next_timeout_check(&self, deadline: Option<Instant>) -> Instant {
+        let now = Instant::now();
+        match self.kill_stage {
+            KillStage::None => deadline.unwrap_or(now),
+            KillStage::Terminated { kill_at } => kill_at,
+            // Re-kill what may have forked in between, until the tree is gone.
+            KillStage::Killed => now + Duration::from_millis(100),
         }
     }
 

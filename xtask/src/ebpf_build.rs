@@ -130,3 +130,21 @@ pub fn build(ebpf_dir: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     }
     Ok(object)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_llvm_major;
+
+    #[test]
+    fn llvm_major_from_rustc_and_ldd_output() {
+        let rustc = "rustc 1.97.0-nightly\nbinary: rustc\nLLVM version: 22.1.4\n";
+        assert_eq!(parse_llvm_major(rustc, "LLVM version:"), Some(22));
+        let ldd = "\tlibLLVM.so.22.1 => /usr/lib/llvm-22/lib/libLLVM.so.22.1 (0x7f)\n";
+        assert_eq!(parse_llvm_major(ldd, "libLLVM.so."), Some(22));
+        assert_eq!(parse_llvm_major("bpf-linker 0.13.0", "LLVM"), None);
+        assert_eq!(
+            parse_llvm_major("bpf-linker 0.14 (LLVM 23.0.0)", "LLVM"),
+            Some(23)
+        );
+    }
+}

@@ -84,9 +84,8 @@ fn vm_hwm_kb() -> u64 {
 
 /// Touch `mib` MiB page by page, hold it, free it.
 fn alloc(mib: usize, hold_ms: u64) -> Vec<u8> {
-    let mut v: Vec<u8> = Vec::with_capacity(mib << 20);
-    // SAFETY: capacity reserved above; every byte is written before it is read.
-    unsafe { v.set_len(mib << 20) };
+    // Zeroed pages are mapped lazily; writing one byte per page makes each resident.
+    let mut v: Vec<u8> = vec![0; mib << 20];
     for i in (0..v.len()).step_by(4096) {
         v[i] = 1;
     }
@@ -95,6 +94,8 @@ fn alloc(mib: usize, hold_ms: u64) -> Vec<u8> {
     v
 }
 
+// The child is reaped by wait4 below (std's wait would not give its rusage).
+#[allow(clippy::zombie_processes)]
 fn spawn_and_wait4(cmd: &[String]) -> (i32, libc::rusage) {
     let child = std::process::Command::new(&cmd[0])
         .args(&cmd[1..])
