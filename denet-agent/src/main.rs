@@ -1,27 +1,14 @@
 //! denet-agent: runs a command and records exactly what it and every process it
 //! spawned did, as one JSONL stream.
 
-mod btf;
-mod clock;
-mod collector;
-mod ebpf;
-mod launch;
-mod output;
-mod proc_tree;
-mod procfs;
-mod record;
-mod run;
-mod sampler;
-mod tracker;
-
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::{
+use denet_agent::{
     launch::LaunchSpec,
-    run::{EbpfMode, RunConfig},
+    run::{self, EbpfMode, RunConfig},
 };
 
 #[derive(Parser)]

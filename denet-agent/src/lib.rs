@@ -1,0 +1,15 @@
+//! denet-agent as a library: the run engine (`run::run`) and the pieces it is made
+//! of, so other front ends (the CLI, a service) drive one engine.
+
+pub mod btf;
+pub mod clock;
+pub mod collector;
+pub mod ebpf;
+pub mod launch;
+pub mod output;
+pub mod proc_tree;
+pub mod procfs;
+pub mod record;
+pub mod run;
+pub mod sampler;
+pub mod tracker;
