@@ -12,16 +12,24 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use denet_common::{
-    read_event, read_event_prefix, EventHeader, ExecEvent, ExitEvent, ForkEvent, EVENT_EXEC,
-    EVENT_EXIT, EVENT_FORK,
+    read_event, read_event_prefix, EventHeader, ExecEvent, ExitEvent, FileCloseEvent,
+    FileDupEvent, FileOpenEvent, ForkEvent, EVENT_EXEC, EVENT_EXIT, EVENT_FILE_CLOSE,
+    EVENT_FILE_DUP, EVENT_FILE_OPEN, EVENT_FORK,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::tracker::{ProcessInfo, Tracker};
+use crate::{
+    files::FileTracker,
+    kstats::StatsMaps,
+    record::FileRecord,
+    tracker::{ProcessInfo, Tracker},
+};
 
 /// Bytes of an exec event before its variable-length argv.
 const EXEC_FIXED_LEN: usize = std::mem::offset_of!(ExecEvent, argv);
+/// Bytes of a file-open event before its variable-length path.
+const FILE_OPEN_FIXED_LEN: usize = std::mem::offset_of!(FileOpenEvent, path);
 
 /// What the collector tells the run loop, once per pass over the ring buffer.
 #[derive(Debug, Default)]
@@ -31,6 +39,8 @@ pub struct CollectorMsg {
     /// Finished processes with complete records (or, at the end of the run, as
     /// complete as they will get).
     pub finished: Vec<ProcessInfo>,
+    /// Files closed (or left open by exited processes).
+    pub files: Vec<FileRecord>,
 }
 
 /// How long the collector sleeps between passes when the kernel does not wake it
@@ -72,6 +82,10 @@ struct Collector {
     ring: RingBuf<MapData>,
     wake: OwnedFd,
     tracker: Tracker,
+    files: FileTracker,
+    stats: Option<StatsMaps>,
+    /// Processes finished in this pass, before their kernel counters are attached.
+    exited: Vec<ProcessInfo>,
     tx: UnboundedSender<CollectorMsg>,
     report: CollectorReport,
     batch: CollectorMsg,
@@ -81,6 +95,8 @@ struct Collector {
 pub fn spawn(
     ring: RingBuf<MapData>,
     tracker: Tracker,
+    files: FileTracker,
+    stats: Option<StatsMaps>,
     tx: UnboundedSender<CollectorMsg>,
 ) -> std::io::Result<CollectorHandle> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -91,6 +107,9 @@ pub fn spawn(
         ring,
         wake: wake_r,
         tracker,
+        files,
+        stats,
+        exited: Vec::new(),
         tx,
         report: CollectorReport::default(),
         batch: CollectorMsg::default(),
@@ -119,6 +138,7 @@ impl Collector {
                 let _ = poll(&mut fds, PollTimeout::from(poll_ms));
             }
             let read = self.drain_ring();
+            self.complete_exited();
             poll_ms = if read > 0 {
                 POLL_MIN_MS
             } else {
@@ -129,14 +149,32 @@ impl Collector {
                 break;
             }
         }
-        self.batch.finished = self.tracker.flush();
+        self.exited = self.tracker.flush();
+        self.complete_exited();
         self.send_batch();
         self.report.processes_started = self.tracker.started;
         self.report
     }
 
+    /// Attaches the kernel counters of processes that exited in this pass and closes
+    /// out the files they still had open.
+    fn complete_exited(&mut self) {
+        for mut p in std::mem::take(&mut self.exited) {
+            if let Some(stats) = &mut self.stats {
+                p.depth = stats.take(p.pid);
+                let pid = p.pid;
+                let files = self.files.on_exit(pid, p.end_boot_ns, |fd| stats.take_file(pid, fd));
+                self.batch.files.extend(files);
+            }
+            self.batch.finished.push(p);
+        }
+    }
+
     fn send_batch(&mut self) {
-        if !self.batch.started.is_empty() || !self.batch.finished.is_empty() {
+        if !self.batch.started.is_empty()
+            || !self.batch.finished.is_empty()
+            || !self.batch.files.is_empty()
+        {
             // The receiver is gone only when the run loop has ended.
             let _ = self.tx.send(std::mem::take(&mut self.batch));
         }
@@ -155,17 +193,33 @@ impl Collector {
             match header.kind {
                 EVENT_FORK => match read_event::<ForkEvent>(bytes) {
                     Some(ev) => {
-                        self.tracker.on_fork(&ev, &mut self.batch.finished);
+                        self.tracker.on_fork(&ev, &mut self.exited);
+                        self.files.on_fork(ev.parent_tgid, ev.header.tgid, ev.header.ts_ns);
                         self.batch.started.push(ev.header.tgid);
                     }
                     None => self.report.malformed_events += 1,
                 },
                 EVENT_EXEC => match read_event_prefix::<ExecEvent>(bytes, EXEC_FIXED_LEN) {
-                    Some(ev) => self.tracker.on_exec(&ev),
+                    Some(ev) => {
+                        self.tracker.on_exec(&ev);
+                        self.files.refresh_cwd(ev.header.tgid);
+                    }
                     None => self.report.malformed_events += 1,
                 },
                 EVENT_EXIT => match read_event::<ExitEvent>(bytes) {
-                    Some(ev) => self.tracker.on_exit(&ev, &mut self.batch.finished),
+                    Some(ev) => self.tracker.on_exit(&ev, &mut self.exited),
+                    None => self.report.malformed_events += 1,
+                },
+                EVENT_FILE_OPEN => match read_event_prefix::<FileOpenEvent>(bytes, FILE_OPEN_FIXED_LEN) {
+                    Some(ev) => self.files.on_open(&ev),
+                    None => self.report.malformed_events += 1,
+                },
+                EVENT_FILE_DUP => match read_event::<FileDupEvent>(bytes) {
+                    Some(ev) => self.files.on_dup(&ev),
+                    None => self.report.malformed_events += 1,
+                },
+                EVENT_FILE_CLOSE => match read_event::<FileCloseEvent>(bytes) {
+                    Some(ev) => self.batch.files.extend(self.files.on_close(&ev)),
                     None => self.report.malformed_events += 1,
                 },
                 _ => self.report.malformed_events += 1,

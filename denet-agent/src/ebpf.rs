@@ -5,20 +5,38 @@ use aya::{
     programs::RawTracePoint,
     Ebpf, EbpfLoader,
 };
-use denet_common::{counter, IoAccounting, KernelOffsets};
+use denet_common::{counter, IoAccounting, KernelOffsets, Settings};
 
-use crate::btf::Btf;
+use crate::{btf::Btf, kstats::StatsMaps};
 
 /// The eBPF object built by build.rs from `denet-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/denet.bpf.o"));
 
-/// Programs and the tracepoints they attach to, in attach order. Exit and exec go
-/// first so no process can be forked into the tracked set without them watching.
+/// Programs and the tracepoints they attach to, in attach order: the per-process
+/// accounting first, then exit and exec, and fork last, so no process can enter the
+/// tracked set before everything that follows it is watching.
 const PROGRAMS: &[(&str, &str)] = &[
+    ("sched_switch", "sched_switch"),
+    ("sched_wakeup", "sched_wakeup"),
+    ("sched_wakeup_new", "sched_wakeup_new"),
+    ("sys_enter", "sys_enter"),
+    ("sys_exit", "sys_exit"),
+    ("block_bio_queue", "block_bio_queue"),
+    ("block_rq_complete", "block_rq_complete"),
+    ("sock_send_length", "sock_send_length"),
+    ("sock_recv_length", "sock_recv_length"),
     ("sched_process_exit", "sched_process_exit"),
     ("sched_process_exec", "sched_process_exec"),
     ("sched_process_fork", "sched_process_fork"),
 ];
+
+/// What the kernel side collects besides the lifecycle.
+#[derive(Debug, Clone, Copy)]
+pub struct TracerOptions {
+    pub ringbuf_bytes: u32,
+    /// Per-file accounting (open/read/write/close per fd).
+    pub files: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracerError {
@@ -54,6 +72,7 @@ pub struct KernelCounters {
     pub track_insert_errors: u64,
     pub read_errors: u64,
     pub threads_created: u64,
+    pub stats_insert_errors: u64,
 }
 
 /// Attached programs plus the maps the agent uses.
@@ -63,6 +82,8 @@ pub struct KernelTracer {
     tracked: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    /// Two handles on the per-process/per-file counters (collector, sampler).
+    stats: Option<(StatsMaps, StatsMaps)>,
 }
 
 fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, TracerError> {
@@ -118,6 +139,16 @@ fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, TracerError> {
         percpu_counter_size: size("percpu_counter")?,
         percpu_counter_count: off("percpu_counter", "count")?,
         binprm_filename: off("linux_binprm", "filename")?,
+        regs_di: off("pt_regs", "di")?,
+        regs_si: off("pt_regs", "si")?,
+        regs_dx: off("pt_regs", "dx")?,
+        regs_orig_ax: off("pt_regs", "orig_ax")?,
+        sock_family: off("sock", "__sk_common")? + off("sock_common", "skc_family")?,
+        sock_protocol: off("sock", "sk_protocol")?,
+        bio_opf: off("bio", "bi_opf")?,
+        bio_size: off("bio", "bi_iter")? + off("bvec_iter", "bi_size")?,
+        request_bio: off("request", "bio")?,
+        _pad: 0,
     })
 }
 
@@ -128,6 +159,15 @@ fn check_tracepoints(btf: &Btf) -> Result<(), TracerError> {
         ("sched_process_fork", 2),
         ("sched_process_exec", 3),
         ("sched_process_exit", 2),
+        ("sched_switch", 4),
+        ("sched_wakeup", 1),
+        ("sched_wakeup_new", 1),
+        ("sys_enter", 2),
+        ("sys_exit", 2),
+        ("block_bio_queue", 1),
+        ("block_rq_complete", 3),
+        ("sock_send_length", 3),
+        ("sock_recv_length", 3),
     ] {
         let found = btf
             .tracepoint_arg_count(name)
@@ -145,16 +185,22 @@ fn check_tracepoints(btf: &Btf) -> Result<(), TracerError> {
 
 impl KernelTracer {
     /// Loads the programs with offsets from this kernel's BTF and attaches them.
-    pub fn load(ringbuf_bytes: u32) -> Result<Self, TracerError> {
+    pub fn load(options: TracerOptions) -> Result<Self, TracerError> {
         let btf = Btf::from_sys_fs().map_err(|e| TracerError::Btf(e.to_string()))?;
         check_tracepoints(&btf)?;
         let offsets = resolve_offsets(&btf)?;
         // No BTF for aya: the programs carry no CO-RE relocations and raw tracepoints
         // attach by name, so the loader need not parse the kernel's BTF a second time.
+        let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| TracerError::Btf(format!("{what}: {e}")))?;
+        let settings = Settings {
+            files: u32::from(options.files),
+            nr_cpus: nr_cpus as u32,
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .override_global("OFFSETS", &offsets, true)
-            .map_max_entries("EVENTS", ringbuf_bytes)
+            .override_global("SETTINGS", &settings, true)
+            .map_max_entries("EVENTS", options.ringbuf_bytes)
             .load(OBJECT)?;
         for &(name, tracepoint) in PROGRAMS {
             let program: &mut RawTracePoint = ebpf
@@ -188,22 +234,38 @@ impl KernelTracer {
                 name: "EVENTS",
                 source,
             })?;
+        let stats = StatsMaps::pair(
+            take(&mut ebpf, "PROC_STATS")?,
+            take(&mut ebpf, "SYSCALLS")?,
+            take(&mut ebpf, "FILE_STATS")?,
+            nr_cpus,
+        )?;
         Ok(Self {
             _ebpf: ebpf,
             tracked,
             counters,
             events: Some(events),
+            stats: Some(stats),
         })
     }
 
-    /// Puts `pid` into the kernel's tracked set (its forks are followed from now on).
+    /// Puts `pid` into the kernel's tracked set (its forks are followed from now on)
+    /// with zeroed counters.
     pub fn track(&mut self, pid: u32, parent: u32) -> Result<(), TracerError> {
+        if let Some((stats, _)) = &mut self.stats {
+            stats.create(pid)?;
+        }
         self.tracked
             .insert(pid, parent, 0)
             .map_err(|source| TracerError::Map {
                 name: "TRACKED",
                 source,
             })
+    }
+
+    /// The counter maps: (for the collector, for the sampler); handed out once.
+    pub fn take_stats(&mut self) -> Option<(StatsMaps, StatsMaps)> {
+        self.stats.take()
     }
 
     /// Processes currently in the kernel's tracked set.
@@ -233,6 +295,7 @@ impl KernelTracer {
             track_insert_errors: sum(counter::TRACK_INSERT_ERRORS)?,
             read_errors: sum(counter::READ_ERRORS)?,
             threads_created: sum(counter::THREADS_CREATED)?,
+            stats_insert_errors: sum(counter::STATS_INSERT_ERRORS)?,
         })
     }
 }

@@ -57,6 +57,9 @@ struct RunArgs {
     /// (twice), so it counts in the agent's RSS; lost events are counted either way.
     #[arg(long, default_value_t = 2, value_name = "MIB")]
     ringbuf_mib: u32,
+    /// No per-file accounting (no `file` records).
+    #[arg(long)]
+    no_files: bool,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -104,6 +107,7 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
             EbpfMode::Auto
         },
         ringbuf_bytes: args.ringbuf_mib * 1024 * 1024,
+        files: !args.no_files,
     })
 }
 

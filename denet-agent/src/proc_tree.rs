@@ -147,6 +147,7 @@ impl ProcTree {
             vol_ctxt: None,
             inv_ctxt: None,
             threads: Some(s.stat.threads),
+            depth: None,
             source: "proc",
         }
     }

@@ -5,7 +5,101 @@
 
 use serde::Serialize;
 
-use crate::tracker::ProcessInfo;
+use std::collections::BTreeMap;
+
+use crate::{kstats::ProcDepth, syscall_names::syscall_name, tracker::ProcessInfo};
+
+/// Where the time went and what the process did on disk, network and in syscalls
+/// (eBPF mode only; absent in /proc mode).
+#[derive(Debug, Clone, Serialize)]
+pub struct DepthFields {
+    pub oncpu_ns: u64,
+    pub cpu_wait_ns: u64,
+    pub io_wait_ns: u64,
+    pub sleep_ns: u64,
+    pub runq_waits: u64,
+    /// Run-queue delays: bucket i counts waits in [2^i, 2^(i+1)) us (bucket 0: < 2 us);
+    /// trailing empty buckets are dropped.
+    pub runq_delay_hist_log2_us: Vec<u32>,
+    pub blk_read_bytes: u64,
+    pub blk_write_bytes: u64,
+    pub blk_read_ops: u64,
+    pub blk_write_ops: u64,
+    /// Block request latency (queue to completion), same buckets.
+    pub blk_latency_hist_log2_us: Vec<u32>,
+    pub net_tx_bytes: u64,
+    pub net_rx_bytes: u64,
+    /// Syscall name -> count.
+    pub syscalls: BTreeMap<String, u64>,
+}
+
+fn trim_hist(h: &[u32]) -> Vec<u32> {
+    let end = h.iter().rposition(|c| *c > 0).map_or(0, |i| i + 1);
+    h[..end].to_vec()
+}
+
+impl DepthFields {
+    pub fn from_depth(d: &ProcDepth) -> Self {
+        let s = &d.stats;
+        DepthFields {
+            oncpu_ns: s.oncpu_ns,
+            cpu_wait_ns: s.cpu_wait_ns,
+            io_wait_ns: s.io_wait_ns,
+            sleep_ns: s.sleep_ns,
+            runq_waits: s.runq_waits,
+            runq_delay_hist_log2_us: trim_hist(&s.runq_hist),
+            blk_read_bytes: s.blk_read_bytes,
+            blk_write_bytes: s.blk_write_bytes,
+            blk_read_ops: s.blk_read_ops,
+            blk_write_ops: s.blk_write_ops,
+            blk_latency_hist_log2_us: trim_hist(&s.blk_lat_hist),
+            net_tx_bytes: s.net_tx_bytes,
+            net_rx_bytes: s.net_rx_bytes,
+            syscalls: d
+                .syscalls
+                .iter()
+                .map(|(nr, c)| (syscall_name(usize::from(*nr)).into_owned(), *c))
+                .collect(),
+        }
+    }
+}
+
+/// One file a process opened: written when it is closed or the process exits.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileRecord {
+    pub kind: &'static str,
+    pub pid: u32,
+    pub fd: u32,
+    /// Absolute, lexically normalised path (see `path_source`).
+    pub path: String,
+    /// "absolute" (opened by absolute path), "cwd" or "dirfd" (relative path joined
+    /// with the working directory or the directory fd), "relative" (could not be
+    /// resolved: the process was gone).
+    pub path_source: &'static str,
+    pub path_truncated: bool,
+    /// Open flags (O_*) as passed to open.
+    pub open_flags: u32,
+    /// "r", "w" or "rw" (from O_ACCMODE).
+    pub access: &'static str,
+    /// O_CREAT was given (by this process's own open).
+    pub created: bool,
+    /// The process got this fd from its parent (fork) or by duplicating another
+    /// (dup, dup2, dup3, fcntl F_DUPFD), e.g. a shell redirection; counts are this
+    /// process's own reads and writes through it.
+    pub inherited: bool,
+    /// Bytes read through this fd: read, pread64, readv, preadv, preadv2, and the
+    /// source side of sendfile, splice and copy_file_range. Not reads of mmap'd pages.
+    pub read_bytes: u64,
+    /// Bytes written through this fd (the write-side counterparts).
+    pub write_bytes: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub open_boot_ns: u64,
+    pub close_boot_ns: Option<u64>,
+    /// "close", "reopen" (the fd was replaced without a close the agent saw: dup2
+    /// onto it, exec closing it), "exit" (still open when the process exited).
+    pub closed_by: &'static str,
+}
 
 /// Bumped when a field changes meaning or is removed; adding fields does not bump it.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -78,6 +172,8 @@ pub struct Process {
     pub vol_ctxt: Option<u64>,
     pub inv_ctxt: Option<u64>,
     pub threads: Option<u32>,
+    #[serde(flatten)]
+    pub depth: Option<DepthFields>,
     /// "ebpf" (exact, read at exit), "proc" (last /proc sample), or "missing" (the
     /// exit was not seen: events were lost).
     pub source: &'static str,
@@ -138,6 +234,7 @@ impl Process {
             vol_ctxt: v(s.vol_ctxt),
             inv_ctxt: v(s.inv_ctxt),
             threads: v(u64::from(s.threads)).map(|t| t as u32),
+            depth: p.depth.as_ref().map(DepthFields::from_depth),
             source: if exact { "ebpf" } else { "missing" },
         }
     }
@@ -149,6 +246,37 @@ pub struct ProcSample {
     pub cpu_percent: f64,
     pub rss_kb: u64,
     pub threads: u32,
+    #[serde(flatten)]
+    pub delta: Option<SampleDelta>,
+}
+
+/// Kernel counters accumulated during one sample window (eBPF mode only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SampleDelta {
+    pub oncpu_ns: u64,
+    pub cpu_wait_ns: u64,
+    pub io_wait_ns: u64,
+    pub sleep_ns: u64,
+    pub blk_read_bytes: u64,
+    pub blk_write_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub net_rx_bytes: u64,
+    /// Syscalls made in the window.
+    pub syscall_count: u64,
+}
+
+impl SampleDelta {
+    pub fn add(&mut self, o: &SampleDelta) {
+        self.oncpu_ns += o.oncpu_ns;
+        self.cpu_wait_ns += o.cpu_wait_ns;
+        self.io_wait_ns += o.io_wait_ns;
+        self.sleep_ns += o.sleep_ns;
+        self.blk_read_bytes += o.blk_read_bytes;
+        self.blk_write_bytes += o.blk_write_bytes;
+        self.net_tx_bytes += o.net_tx_bytes;
+        self.net_rx_bytes += o.net_rx_bytes;
+        self.syscall_count += o.syscall_count;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +290,12 @@ pub struct Sample {
     /// Sum over live tracked processes; 100 = one CPU busy.
     pub cpu_percent: f64,
     pub rss_kb: u64,
+    /// Tree totals of the per-process window counters (eBPF mode only).
+    #[serde(flatten)]
+    pub delta: Option<SampleDelta>,
+    /// Syscall name -> calls by the tree in the window (eBPF mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<BTreeMap<String, u64>>,
     pub procs: Vec<ProcSample>,
 }
 
@@ -189,6 +323,10 @@ pub struct Summary {
     pub ebpf_read_errors: u64,
     pub ebpf_track_errors: u64,
     pub threads_created: u64,
+    /// Per-process or per-file kernel counters that could not be created (map full).
+    pub ebpf_stats_errors: u64,
+    /// File records written.
+    pub file_count: u64,
     /// The agent's own CPU time (getrusage RUSAGE_SELF; the in-kernel eBPF work runs
     /// in the traced tasks and counts in their system time).
     pub agent_cpu_user_ns: u64,
@@ -281,7 +419,18 @@ mod tests {
                 cpu_percent: 99.5,
                 rss_kb: 2048,
                 threads: 2,
+                delta: Some(SampleDelta {
+                    oncpu_ns: 99_500_000,
+                    syscall_count: 12,
+                    ..Default::default()
+                }),
             }],
+            delta: Some(SampleDelta {
+                oncpu_ns: 99_500_000,
+                syscall_count: 12,
+                ..Default::default()
+            }),
+            syscalls: Some(BTreeMap::from([("read".to_string(), 12)])),
         };
         let summary = Summary {
             kind: "summary",

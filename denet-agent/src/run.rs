@@ -21,7 +21,8 @@ use tokio::{
 use crate::{
     clock,
     collector::{self, CollectorMsg},
-    ebpf::KernelTracer,
+    ebpf::{KernelTracer, TracerOptions},
+    files::FileTracker,
     launch::{HeldChild, LaunchError, LaunchSpec},
     output::JsonlWriter,
     proc_tree::ProcTree,
@@ -51,6 +52,8 @@ pub struct RunConfig {
     pub kill_grace: Duration,
     pub ebpf: EbpfMode,
     pub ringbuf_bytes: u32,
+    /// Per-file accounting (`file` records).
+    pub files: bool,
 }
 
 /// How the run ended, for the caller's exit status.
@@ -72,14 +75,14 @@ fn warn(msg: &str) {
 }
 
 /// Loads the eBPF programs as the mode asks, or explains why not.
-fn open_kernel(mode: EbpfMode, ringbuf_bytes: u32) -> Result<Kernel> {
+fn open_kernel(mode: EbpfMode, options: TracerOptions) -> Result<Kernel> {
     if mode == EbpfMode::Off {
         return Ok(Kernel {
             tracer: None,
             unavailable: Some("disabled with --no-ebpf".into()),
         });
     }
-    match KernelTracer::load(ringbuf_bytes) {
+    match KernelTracer::load(options) {
         Ok(tracer) => Ok(Kernel {
             tracer: Some(tracer),
             unavailable: None,
@@ -146,7 +149,11 @@ pub fn run(config: RunConfig) -> Result<RunOutcome> {
     nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
     let mut out = JsonlWriter::create(&config.out)
         .with_context(|| format!("cannot write trace to {}", config.out.display()))?;
-    let mut kernel = open_kernel(config.ebpf, config.ringbuf_bytes)?;
+    let options = TracerOptions {
+        ringbuf_bytes: config.ringbuf_bytes,
+        files: config.files,
+    };
+    let mut kernel = open_kernel(config.ebpf, options)?;
 
     let fork_ns = clock::boottime_ns();
     let held = match HeldChild::spawn(&config.launch) {
@@ -260,17 +267,22 @@ impl RunState {
         let mut live = HashSet::new();
         live.insert(pid);
         let events = kernel.tracer.as_mut().and_then(KernelTracer::take_events);
+        let (collector_stats, sampler_stats) =
+            match kernel.tracer.as_mut().and_then(KernelTracer::take_stats) {
+                Some((a, b)) => (Some(a), Some(b)),
+                None => (None, None),
+            };
         let (collector, proc_tree) = match events {
             Some(ring) => {
                 let mut tracker = Tracker::new(procfs::clock_ticks_and_page_kb().1);
-                tracker.add_root(
-                    pid,
-                    std::process::id(),
-                    start_ns,
-                    config.launch.argv.clone(),
-                );
-                let handle =
-                    collector::spawn(ring, tracker, tx).context("starting the collector thread")?;
+                tracker.add_root(pid, std::process::id(), start_ns, config.launch.argv.clone());
+                let mut files = FileTracker::default();
+                let cwd = config.launch.cwd.clone().or_else(|| std::env::current_dir().ok());
+                if let Some(cwd) = cwd {
+                    files.set_cwd(pid, cwd.to_string_lossy().into_owned());
+                }
+                let handle = collector::spawn(ring, tracker, files, collector_stats, tx)
+                    .context("starting the collector thread")?;
                 (Some(handle), None)
             }
             None => (None, Some(ProcTree::new(pid, std::process::id()))),
@@ -284,7 +296,7 @@ impl RunState {
             proc_tree,
             live,
             out,
-            sampler: Sampler::new(start_ns),
+            sampler: Sampler::new(start_ns, sampler_stats),
             interval: AdaptiveInterval::new(config.interval_ms, config.max_interval_ms),
             summary: Summary {
                 kind: "summary",
@@ -335,6 +347,10 @@ impl RunState {
         for info in &msg.finished {
             self.live.remove(&info.pid);
             self.write_process(&Process::from_info(info))?;
+        }
+        for f in &msg.files {
+            self.summary.file_count += 1;
+            self.out.write_unflushed(f).context("writing a file record")?;
         }
         self.out.flush().context("writing process records")
     }
@@ -486,6 +502,7 @@ impl RunState {
             s.ebpf_read_errors = counters.read_errors;
             s.ebpf_track_errors = counters.track_insert_errors;
             s.threads_created = counters.threads_created;
+            s.ebpf_stats_errors = counters.stats_insert_errors;
         }
         if let Some(mut tree) = self.proc_tree.take() {
             for p in tree.flush(self.root_status) {

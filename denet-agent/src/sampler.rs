@@ -1,10 +1,12 @@
 //! Periodic /proc readings of the live tracked processes, and the adaptive interval.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::{
+    kstats::{ProcDepth, StatsMaps},
     procfs::{self, ProcStat},
-    record::{ProcSample, Sample},
+    record::{ProcSample, Sample, SampleDelta},
+    syscall_names::syscall_name,
 };
 
 /// Sampling interval that starts short (short jobs get detail) and grows by a
@@ -39,16 +41,50 @@ pub struct Sampler {
     page_kb: u64,
     prev_ticks: HashMap<u32, u64>,
     prev_ts_ns: u64,
+    /// Kernel counters (eBPF mode) and their previous readings per pid.
+    kernel: Option<StatsMaps>,
+    prev_depth: HashMap<u32, ProcDepth>,
+}
+
+/// Counters accumulated since `prev` (everything since the start when `prev` is
+/// None: the process started in this window or the counters were just created).
+fn delta(now: &ProcDepth, prev: Option<&ProcDepth>, syscalls: &mut BTreeMap<u16, u64>) -> SampleDelta {
+    let (a, p) = (&now.stats, prev.map(|p| &p.stats));
+    let d = |f: fn(&denet_common::ProcStats) -> u64| f(a).saturating_sub(p.map_or(0, f));
+    let mut calls = 0;
+    for (nr, c) in &now.syscalls {
+        let before = prev
+            .and_then(|p| p.syscalls.iter().find(|(n, _)| n == nr))
+            .map_or(0, |(_, c)| *c);
+        let n = c.saturating_sub(before);
+        if n > 0 {
+            *syscalls.entry(*nr).or_default() += n;
+            calls += n;
+        }
+    }
+    SampleDelta {
+        oncpu_ns: d(|s| s.oncpu_ns),
+        cpu_wait_ns: d(|s| s.cpu_wait_ns),
+        io_wait_ns: d(|s| s.io_wait_ns),
+        sleep_ns: d(|s| s.sleep_ns),
+        blk_read_bytes: d(|s| s.blk_read_bytes),
+        blk_write_bytes: d(|s| s.blk_write_bytes),
+        net_tx_bytes: d(|s| s.net_tx_bytes),
+        net_rx_bytes: d(|s| s.net_rx_bytes),
+        syscall_count: calls,
+    }
 }
 
 impl Sampler {
-    pub fn new(start_boot_ns: u64) -> Self {
+    pub fn new(start_boot_ns: u64, kernel: Option<StatsMaps>) -> Self {
         let (tck, page_kb) = procfs::clock_ticks_and_page_kb();
         Self {
             tck,
             page_kb,
             prev_ticks: HashMap::new(),
             prev_ts_ns: start_boot_ns,
+            kernel,
+            prev_depth: HashMap::new(),
         }
     }
 
@@ -64,6 +100,9 @@ impl Sampler {
         let mut stats = Vec::with_capacity(pids.len());
         let mut ticks_now = HashMap::with_capacity(pids.len());
         let (mut cpu_total, mut rss_total, mut threads_total) = (0.0, 0u64, 0u32);
+        let mut tree_delta = self.kernel.as_ref().map(|_| SampleDelta::default());
+        let mut tree_syscalls = BTreeMap::new();
+        let mut depth_now = HashMap::with_capacity(pids.len());
         for &pid in pids {
             let Ok(st) = procfs::read_stat(pid) else {
                 continue;
@@ -86,16 +125,26 @@ impl Sampler {
             rss_total += rss_kb;
             threads_total += st.threads;
             ticks_now.insert(pid, ticks);
+            let delta = self.kernel.as_ref().and_then(|k| k.read(pid)).map(|now| {
+                let d = delta(&now, self.prev_depth.get(&pid), &mut tree_syscalls);
+                depth_now.insert(pid, now);
+                d
+            });
+            if let (Some(total), Some(d)) = (&mut tree_delta, &delta) {
+                total.add(d);
+            }
             procs.push(ProcSample {
                 pid,
                 cpu_percent,
                 rss_kb,
                 threads: st.threads,
+                delta,
             });
             stats.push((pid, st));
         }
         self.prev_ticks = ticks_now;
         self.prev_ts_ns = now_ns;
+        self.prev_depth = depth_now;
         let sample = Sample {
             kind: "sample",
             ts_boot_ns: now_ns,
@@ -104,6 +153,13 @@ impl Sampler {
             thread_count: threads_total,
             cpu_percent: round2(cpu_total),
             rss_kb: rss_total,
+            delta: tree_delta,
+            syscalls: self.kernel.as_ref().map(|_| {
+                tree_syscalls
+                    .into_iter()
+                    .map(|(nr, c)| (syscall_name(usize::from(nr)).into_owned(), c))
+                    .collect()
+            }),
             procs,
         };
         (sample, stats)
@@ -132,7 +188,7 @@ mod tests {
 
     #[test]
     fn samples_own_process() {
-        let mut s = Sampler::new(0);
+        let mut s = Sampler::new(0, None);
         let me = std::process::id();
         let (sample, raw) = s.sample(&[me, u32::MAX - 1], crate::clock::boottime_ns());
         assert_eq!(sample.process_count, 1);

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use crate::kstats::ProcDepth;
 use denet_common::{
     ExecEvent, ExitEvent, ForkEvent, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXIT_GROUP_DEAD,
 };
@@ -90,6 +91,8 @@ pub struct ProcessInfo {
     pub exit_status_raw: Option<u32>,
     /// Counters of the threads that have exited so far.
     pub stats: ExitStats,
+    /// Scheduler, block I/O, network and syscall counters, collected at exit.
+    pub depth: Option<ProcDepth>,
 }
 
 /// Splits NUL-separated argv bytes as in /proc/PID/cmdline.

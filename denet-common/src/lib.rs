@@ -9,12 +9,17 @@
 pub const EVENT_FORK: u32 = 1;
 pub const EVENT_EXEC: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
+pub const EVENT_FILE_OPEN: u32 = 4;
+pub const EVENT_FILE_CLOSE: u32 = 5;
+pub const EVENT_FILE_DUP: u32 = 6;
 
 /// Bytes of argv captured per exec (NUL-separated, as in `/proc/PID/cmdline`).
 /// A power of two so the eBPF side can bound reads with a mask.
 pub const ARGV_MAX: usize = 4096;
 /// Bytes of the exec'd filename captured (including the trailing NUL).
 pub const FILENAME_MAX: usize = 256;
+/// Bytes of an opened path captured (including the trailing NUL); a power of two.
+pub const PATH_MAX: usize = 4096;
 
 /// [`ExecEvent::flags`]: argv was longer than [`ARGV_MAX`] and was cut.
 pub const EXEC_ARGV_TRUNCATED: u32 = 1;
@@ -121,6 +126,161 @@ pub struct ExitEvent {
     pub rss_pages: u64,
 }
 
+/// Buckets of the log2 latency histograms: bucket `i` counts latencies in
+/// `[2^i, 2^(i+1))` microseconds (bucket 0 also holds everything below 1 us).
+pub const HIST_BUCKETS: usize = 32;
+
+/// Per-process scheduler, block I/O and network counters, aggregated in the kernel
+/// in a per-CPU hash map keyed by tgid (the agent sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStats {
+    /// Time on a CPU, ns (from sched_switch).
+    pub oncpu_ns: u64,
+    /// Runnable but waiting for a CPU (run queue), ns.
+    pub cpu_wait_ns: u64,
+    /// Uninterruptible sleep (D state: mostly disk), ns.
+    pub io_wait_ns: u64,
+    /// Interruptible sleep (S state: pipes, locks, timers, child waits), ns.
+    pub sleep_ns: u64,
+    /// Number of run-queue waits (entries in `runq_hist`).
+    pub runq_waits: u64,
+    /// Block I/O submitted by the process (bio queued in its context).
+    pub blk_read_bytes: u64,
+    pub blk_write_bytes: u64,
+    pub blk_read_ops: u64,
+    pub blk_write_ops: u64,
+    /// TCP and UDP payload bytes sent and received (loopback included).
+    pub net_tx_bytes: u64,
+    pub net_rx_bytes: u64,
+    /// log2 histogram of run-queue delays, microseconds.
+    pub runq_hist: [u32; HIST_BUCKETS],
+    /// log2 histogram of block request latency (queue to completion), microseconds.
+    pub blk_lat_hist: [u32; HIST_BUCKETS],
+}
+
+impl Default for ProcStats {
+    fn default() -> Self {
+        Self {
+            oncpu_ns: 0,
+            cpu_wait_ns: 0,
+            io_wait_ns: 0,
+            sleep_ns: 0,
+            runq_waits: 0,
+            blk_read_bytes: 0,
+            blk_write_bytes: 0,
+            blk_read_ops: 0,
+            blk_write_ops: 0,
+            net_tx_bytes: 0,
+            net_rx_bytes: 0,
+            runq_hist: [0; HIST_BUCKETS],
+            blk_lat_hist: [0; HIST_BUCKETS],
+        }
+    }
+}
+
+/// Syscall counters per process (per-CPU hash map keyed by tgid), indexed by
+/// syscall number; numbers at or above `SYSCALL_SLOTS` are not counted.
+pub const SYSCALL_SLOTS: usize = 512;
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallCounts {
+    pub counts: [u32; SYSCALL_SLOTS],
+}
+
+impl Default for SyscallCounts {
+    fn default() -> Self {
+        Self {
+            counts: [0; SYSCALL_SLOTS],
+        }
+    }
+}
+
+/// Scheduler state of a tracked thread (hash map keyed by tid).
+pub const TASK_RUNNING: u32 = 0;
+pub const TASK_RUNNABLE: u32 = 1;
+pub const TASK_SLEEPING: u32 = 2;
+pub const TASK_BLOCKED_IO: u32 = 3;
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskState {
+    /// When the thread entered `state`, `bpf_ktime_get_ns()`.
+    pub since_ns: u64,
+    pub state: u32,
+    pub tgid: u32,
+}
+
+/// Key of the per-file counters: a file descriptor of a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Per-file counters (per-CPU hash map keyed by [`FileKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileStats {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub reads: u64,
+    pub writes: u64,
+}
+
+/// [`FileOpenEvent::flags`]: the path was longer than `PATH_MAX - 1` and was cut.
+pub const FILE_PATH_TRUNCATED: u32 = 1;
+
+/// A tracked process opened a file (open/openat/openat2/creat returned `fd`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileOpenEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    /// Open flags (`O_*`) as passed.
+    pub open_flags: u32,
+    /// Directory fd the path is relative to (`AT_FDCWD` = -100 for the cwd).
+    pub dirfd: i32,
+    /// `FILE_*` flags.
+    pub flags: u32,
+    /// Valid bytes in `path` (without the NUL).
+    pub path_len: u32,
+    pub _pad: u32,
+    /// The path as passed to the syscall, NUL-terminated.
+    pub path: [u8; PATH_MAX],
+}
+
+/// A tracked process duplicated a tracked fd (dup, dup2, dup3, fcntl F_DUPFD):
+/// `fd` now refers to the same file as `old_fd` and has counters of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileDupEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    pub old_fd: u32,
+}
+
+/// Open fds below this a forked child inherits counters for (the kernel checks
+/// each, so it is kept small).
+pub const FILE_INHERIT_FDS: u32 = 64;
+
+/// Why a file's counters were closed out.
+pub const CLOSE_BY_CLOSE: u32 = 1;
+/// The fd number was opened again without a close the agent saw (exec closed it,
+/// dup2 replaced it, close_range).
+pub const CLOSE_BY_REOPEN: u32 = 2;
+
+/// A tracked process closed a file: its final counters, summed over CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileCloseEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    /// `CLOSE_BY_*`.
+    pub reason: u32,
+    pub stats: FileStats,
+}
+
 /// Kernel struct member offsets (bytes), resolved by the agent from
 /// `/sys/kernel/btf/vmlinux` at load time and written into the programs' read-only
 /// data, because Rust eBPF has no CO-RE relocations.
@@ -152,6 +312,29 @@ pub struct KernelOffsets {
     /// `percpu_counter.count`.
     pub percpu_counter_count: u32,
     pub binprm_filename: u32,
+    /// `pt_regs.di`, `.si`, `.dx`, `.orig_ax`: syscall arguments 0-2 and number.
+    pub regs_di: u32,
+    pub regs_si: u32,
+    pub regs_dx: u32,
+    pub regs_orig_ax: u32,
+    /// `sock.__sk_common` + `sock_common.skc_family`.
+    pub sock_family: u32,
+    pub sock_protocol: u32,
+    pub bio_opf: u32,
+    /// `bio.bi_iter` + `bvec_iter.bi_size`.
+    pub bio_size: u32,
+    pub request_bio: u32,
+    pub _pad: u32,
+}
+
+/// Settings the agent writes into the programs before loading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Non-zero: track files (open/read/write/close per fd).
+    pub files: u32,
+    /// Number of possible CPUs (bounds the per-CPU sums done in the kernel).
+    pub nr_cpus: u32,
 }
 
 /// `enum mm_counter_type` slots that make up RSS: MM_FILEPAGES, MM_ANONPAGES,
@@ -171,6 +354,10 @@ pub mod counter {
     pub const READ_ERRORS: u32 = 3;
     /// Threads (not processes) created by tracked processes.
     pub const THREADS_CREATED: u32 = 4;
+    /// Per-process or per-file counters that could not be created (map full).
+    pub const STATS_INSERT_ERRORS: u32 = 5;
+    /// Block requests completed whose bio start was not found (latency not counted).
+    pub const BLK_UNMATCHED: u32 = 6;
     /// Number of slots.
     pub const COUNT: u32 = 8;
 }
@@ -182,6 +369,11 @@ pub const TRACKED_MAX_ENTRIES: u32 = 65536;
 mod pod {
     // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding fields.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::ProcStats {}
+    unsafe impl aya::Pod for super::SyscallCounts {}
+    unsafe impl aya::Pod for super::FileKey {}
+    unsafe impl aya::Pod for super::FileStats {}
 }
 
 /// Marker for wire structs that are valid for every bit pattern.
@@ -195,6 +387,9 @@ unsafe impl Wire for ForkEvent {}
 unsafe impl Wire for ExecEvent {}
 unsafe impl Wire for ExitEvent {}
 unsafe impl Wire for IoAccounting {}
+unsafe impl Wire for FileOpenEvent {}
+unsafe impl Wire for FileCloseEvent {}
+unsafe impl Wire for FileDupEvent {}
 
 /// Read a `T` from the start of `bytes` (userspace side of the ring buffer).
 /// Returns `None` when the slice is too short.
@@ -219,6 +414,7 @@ pub fn read_event_prefix<T: Wire>(bytes: &[u8], min_len: usize) -> Option<T> {
         return read_event(bytes);
     }
     let mut buf = [0u8; 8192];
+    const { assert!(core::mem::size_of::<FileOpenEvent>() <= 8192) };
     let buf = buf.get_mut(..size)?;
     buf[..bytes.len()].copy_from_slice(bytes);
     read_event(buf)

@@ -21,15 +21,23 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
+mod block;
+mod files;
+mod net;
+mod sched;
+mod stats;
+mod syscalls;
+
 use denet_common::{
-    counter, EventHeader, ExecEvent, ExitEvent, ForkEvent, IoAccounting, KernelOffsets, ARGV_MAX,
+    counter, EventHeader, ExecEvent, ExitEvent, ForkEvent, IoAccounting, KernelOffsets, Settings,
+    ARGV_MAX,
     EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE,
     EXEC_FILENAME_TRUNCATED, EXIT_GROUP_DEAD, FILENAME_MAX, RSS_COUNTERS, TRACKED_MAX_ENTRIES,
 };
 
 /// Struct member offsets, filled in by the agent from vmlinux BTF before loading.
 #[unsafe(no_mangle)]
-static OFFSETS: KernelOffsets = KernelOffsets {
+pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     task_pid: 0,
     task_tgid: 0,
     task_mm: 0,
@@ -50,6 +58,16 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     percpu_counter_size: 0,
     percpu_counter_count: 0,
     binprm_filename: 0,
+    regs_di: 0,
+    regs_si: 0,
+    regs_dx: 0,
+    regs_orig_ax: 0,
+    sock_family: 0,
+    sock_protocol: 0,
+    bio_opf: 0,
+    bio_size: 0,
+    request_bio: 0,
+    _pad: 0,
 };
 
 /// Tracked processes: tgid -> parent tgid.
@@ -58,7 +76,7 @@ static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(TRACKED_MAX_ENTRIE
 
 /// Lifecycle events (fork, exec, exit); size overridden by the agent.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
 
 /// Per-CPU scratch space where an exec event is assembled before only its used
 /// bytes are copied to the ring buffer (argv is usually far shorter than ARGV_MAX).
@@ -77,7 +95,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 const WAKEUP_BYTES: u64 = 256 * 1024;
 
 #[inline(always)]
-fn wakeup_flags() -> u64 {
+pub(crate) fn wakeup_flags() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
@@ -85,15 +103,34 @@ fn wakeup_flags() -> u64 {
     }
 }
 
-#[inline(always)]
-fn offsets() -> KernelOffsets {
-    // SAFETY: read-only global patched at load time; volatile so the compiler does not
-    // constant-fold the zero initialiser.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+/// One field of `OFFSETS`, read volatile so the compiler cannot constant-fold the
+/// zero initialiser (the agent patches the real values in before loading).
+macro_rules! off {
+    ($field:ident) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: plain read of a field of a static.
+        let v = unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::OFFSETS.$field)) };
+        v
+    }};
 }
+pub(crate) use off;
+
+/// Settings written by the agent before loading.
+#[unsafe(no_mangle)]
+pub(crate) static SETTINGS: Settings = Settings { files: 0, nr_cpus: 1 };
+
+macro_rules! setting {
+    ($field:ident) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: plain read of a field of a static.
+        let v = unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::SETTINGS.$field)) };
+        v
+    }};
+}
+pub(crate) use setting;
 
 #[inline(always)]
-fn bump(slot: u32) -> u64 {
+pub(crate) fn bump(slot: u32) -> u64 {
     match COUNTERS.get_ptr_mut(slot) {
         // SAFETY: the pointer comes from the map and is valid for this CPU's slot.
         Some(ptr) => unsafe {
@@ -106,14 +143,14 @@ fn bump(slot: u32) -> u64 {
 }
 
 #[inline(always)]
-fn is_tracked(tgid: u32) -> bool {
+pub(crate) fn is_tracked(tgid: u32) -> bool {
     // SAFETY: only existence is checked; the value is not read.
     unsafe { TRACKED.get(&tgid) }.is_some()
 }
 
 /// Read a kernel value at `base + off`; counts a read error and yields zero on failure.
 #[inline(always)]
-fn read_at<T: Default>(base: *const u8, off: u32) -> T {
+pub(crate) fn read_at<T: Default>(base: *const u8, off: u32) -> T {
     // SAFETY: bpf_probe_read_kernel validates the address; a fault returns an error.
     match unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize).cast::<T>()) } {
         Ok(v) => v,
@@ -125,7 +162,7 @@ fn read_at<T: Default>(base: *const u8, off: u32) -> T {
 }
 
 #[inline(always)]
-fn header(kind: u32, pid: u32, tgid: u32) -> EventHeader {
+pub(crate) fn header(kind: u32, pid: u32, tgid: u32) -> EventHeader {
     EventHeader {
         kind,
         // SAFETY: plain helper call without arguments.
@@ -146,10 +183,9 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if !is_tracked(parent_tgid) {
         return 0;
     }
-    let off = offsets();
     let child: *const u8 = ctx.arg(1);
-    let child_pid: u32 = read_at(child, off.task_pid);
-    let child_tgid: u32 = read_at(child, off.task_tgid);
+    let child_pid: u32 = read_at(child, off!(task_pid));
+    let child_tgid: u32 = read_at(child, off!(task_tgid));
     if child_pid != child_tgid {
         // A new thread: its work is accounted to its process, which is tracked already.
         bump(counter::THREADS_CREATED);
@@ -157,6 +193,10 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     }
     if TRACKED.insert(&child_tgid, &parent_tgid, 0).is_err() {
         bump(counter::TRACK_INSERT_ERRORS);
+    }
+    stats::create(child_tgid);
+    if setting!(files) != 0 {
+        files::inherit(parent_tgid, child_tgid);
     }
     let event = ForkEvent {
         header: header(EVENT_FORK, child_pid, child_tgid),
@@ -182,7 +222,6 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let hdr = header(EVENT_EXEC, pid_tgid as u32, tgid);
-    let off = offsets();
     let task: *const u8 = ctx.arg(0);
     let old_pid: u64 = ctx.arg(1);
     let bprm: *const u8 = ctx.arg(2);
@@ -194,7 +233,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         (*event).old_pid = old_pid as u32;
         let mut flags = 0u32;
 
-        let filename_ptr: *const u8 = read_at(bprm, off.binprm_filename);
+        let filename_ptr: *const u8 = read_at(bprm, off!(binprm_filename));
         let filename = &mut (*event).filename;
         match bpf_probe_read_kernel_str_bytes(filename_ptr, filename) {
             Ok(s) => {
@@ -208,9 +247,9 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
             }
         }
 
-        let mm: *const u8 = read_at(task, off.task_mm);
-        let arg_start: u64 = read_at(mm, off.mm_arg_start);
-        let arg_end: u64 = read_at(mm, off.mm_arg_end);
+        let mm: *const u8 = read_at(task, off!(task_mm));
+        let arg_start: u64 = read_at(mm, off!(mm_arg_start));
+        let arg_end: u64 = read_at(mm, off!(mm_arg_end));
         let total = arg_end.saturating_sub(arg_start);
         let mut len = total;
         if len > ARGV_MAX as u64 {
@@ -268,6 +307,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     }
     let group_dead = ctx.arg::<u64>(1) & 0xff != 0;
     let task: *const u8 = ctx.arg(0);
+    sched::thread_exit(pid_tgid as u32, tgid);
     let hdr = header(EVENT_EXIT, pid_tgid as u32, tgid);
     if group_dead {
         // Removal failure only means it was already gone; nothing to count.
@@ -277,30 +317,31 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         bump(counter::RINGBUF_DROPS);
         return 0;
     };
-    let off = offsets();
     let event = ExitEvent {
         header: hdr,
-        exit_code: read_at(task, off.task_exit_code),
+        exit_code: read_at(task, off!(task_exit_code)),
         flags: if group_dead { EXIT_GROUP_DEAD } else { 0 },
-        utime_ns: read_at(task, off.task_utime),
-        stime_ns: read_at(task, off.task_stime),
-        sum_exec_runtime_ns: read_at(task, off.task_sum_exec_runtime),
-        nvcsw: read_at(task, off.task_nvcsw),
-        nivcsw: read_at(task, off.task_nivcsw),
-        min_flt: read_at(task, off.task_min_flt),
-        maj_flt: read_at(task, off.task_maj_flt),
-        io: read_at::<IoAccounting>(task, off.task_ioac),
+        utime_ns: read_at(task, off!(task_utime)),
+        stime_ns: read_at(task, off!(task_stime)),
+        sum_exec_runtime_ns: read_at(task, off!(task_sum_exec_runtime)),
+        nvcsw: read_at(task, off!(task_nvcsw)),
+        nivcsw: read_at(task, off!(task_nivcsw)),
+        min_flt: read_at(task, off!(task_min_flt)),
+        maj_flt: read_at(task, off!(task_maj_flt)),
+        io: read_at::<IoAccounting>(task, off!(task_ioac)),
         hiwater_rss_pages: 0,
         hiwater_vm_pages: 0,
         rss_pages: 0,
     };
     entry.write(event);
     if group_dead {
-        let mm: *const u8 = read_at(task, off.task_mm);
+        let mm: *const u8 = read_at(task, off!(task_mm));
         if !mm.is_null() {
             let mut rss: u64 = 0;
             for slot in RSS_COUNTERS {
-                let at = off.mm_rss_stat + slot * off.percpu_counter_size + off.percpu_counter_count;
+                let at = off!(mm_rss_stat)
+                    + slot * off!(percpu_counter_size)
+                    + off!(percpu_counter_count);
                 // percpu_counter_read_positive(): the folded count, never negative.
                 let count: i64 = read_at(mm, at);
                 if count > 0 {
@@ -310,8 +351,8 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
             // SAFETY: the record was fully initialised by `write` above.
             unsafe {
                 let e = entry.as_mut_ptr();
-                (*e).hiwater_rss_pages = read_at(mm, off.mm_hiwater_rss);
-                (*e).hiwater_vm_pages = read_at(mm, off.mm_hiwater_vm);
+                (*e).hiwater_rss_pages = read_at(mm, off!(mm_hiwater_rss));
+                (*e).hiwater_vm_pages = read_at(mm, off!(mm_hiwater_vm));
                 (*e).rss_pages = rss;
             }
         }

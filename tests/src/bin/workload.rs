@@ -13,7 +13,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: workload burn MS | alloc MIB HOLD_MS [TRUTH] | write BYTES PATH | \
          rusage-child TRUTH -- CMD... | alloc-then-exec MIB -- CMD... | getppid K | \
-         forkstorm WORKERS CHILDREN | threads N MS | spin ITERATIONS | exit CODE | signal SIG"
+         forkstorm WORKERS CHILDREN | threads N MS | spin ITERATIONS | read-direct PATH | tcp-pair BYTES | exit CODE | signal SIG"
     );
     std::process::exit(2)
 }
@@ -123,6 +123,79 @@ fn after_dashes(args: &[String], from: usize) -> &[String] {
     }
 }
 
+fn read_direct(path: &str) -> u64 {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap_or_else(|e| {
+            eprintln!("workload: open {path} O_DIRECT: {e}");
+            std::process::exit(4)
+        });
+    // O_DIRECT needs an aligned buffer: 1 MiB aligned to 4 KiB.
+    let layout = std::alloc::Layout::from_size_align(1 << 20, 4096).unwrap_or_else(|_| usage());
+    // SAFETY: non-zero size layout; freed below.
+    let buf = unsafe { std::alloc::alloc(layout) };
+    if buf.is_null() {
+        std::process::exit(4);
+    }
+    // SAFETY: buf is valid for layout.size() bytes.
+    let slice = unsafe { std::slice::from_raw_parts_mut(buf, layout.size()) };
+    let mut total = 0u64;
+    loop {
+        match std::io::Read::read(&mut f, slice) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => {
+                eprintln!("workload: read: {e}");
+                std::process::exit(4)
+            }
+        }
+    }
+    // SAFETY: allocated above with the same layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    total
+}
+
+fn tcp_pair(bytes: usize) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|_| std::process::exit(4));
+    let addr = listener.local_addr().unwrap_or_else(|_| std::process::exit(4));
+    // SAFETY: the child only connects, writes and exits.
+    match unsafe { libc::fork() } {
+        0 => {
+            let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|_| std::process::exit(4));
+            let chunk = vec![7u8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                s.write_all(&chunk[..n]).unwrap_or_else(|_| std::process::exit(4));
+                left -= n;
+            }
+            drop(s);
+            // SAFETY: plain exit of the child.
+            unsafe { libc::_exit(0) }
+        }
+        pid if pid > 0 => {
+            let (mut conn, _) = listener.accept().unwrap_or_else(|_| std::process::exit(4));
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0usize;
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(_) => std::process::exit(4),
+                }
+            }
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            println!("{got}");
+        }
+        _ => std::process::exit(5),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -222,6 +295,17 @@ fn main() {
                 x ^= x >> 29;
             }
             std::hint::black_box(x);
+        }
+        Some("read-direct") => {
+            // Read a whole file with O_DIRECT (bypassing the page cache): every byte
+            // comes from the block device. Prints the byte count.
+            let path: String = arg(&args, 2);
+            println!("{}", read_direct(&path));
+        }
+        Some("tcp-pair") => {
+            // Sends BYTES from a forked child to this process over loopback TCP.
+            let bytes: usize = arg(&args, 2);
+            tcp_pair(bytes);
         }
         Some("exit") => std::process::exit(arg(&args, 2)),
         Some("signal") => {

@@ -1,0 +1,137 @@
+//! Reads the counters the eBPF programs aggregate per process (scheduler, block
+//! I/O, network, syscalls) and per open file, summing the per-CPU values.
+
+use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+use denet_common::{FileKey, FileStats, ProcStats, SyscallCounts, HIST_BUCKETS};
+
+use crate::ebpf::TracerError;
+
+/// A process's counters, summed over CPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcDepth {
+    pub stats: ProcStats,
+    /// (syscall number, count), non-zero counts only, by number.
+    pub syscalls: Vec<(u16, u64)>,
+}
+
+pub struct StatsMaps {
+    procs: PerCpuHashMap<MapData, u32, ProcStats>,
+    syscalls: PerCpuHashMap<MapData, u32, SyscallCounts>,
+    files: PerCpuHashMap<MapData, FileKey, FileStats>,
+    nr_cpus: usize,
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> TracerError {
+    move |source| TracerError::Map { name, source }
+}
+
+/// A second handle on the same kernel map (for another thread).
+fn dup(map: &MapData, name: &'static str) -> Result<MapData, TracerError> {
+    let fd = std::os::fd::AsFd::as_fd(map.fd())
+        .try_clone_to_owned()
+        .map_err(|e| TracerError::Btf(format!("dup of map {name}: {e}")))?;
+    MapData::from_fd(fd).map_err(map_err(name))
+}
+
+fn add_stats(total: &mut ProcStats, v: &ProcStats) {
+    total.oncpu_ns += v.oncpu_ns;
+    total.cpu_wait_ns += v.cpu_wait_ns;
+    total.io_wait_ns += v.io_wait_ns;
+    total.sleep_ns += v.sleep_ns;
+    total.runq_waits += v.runq_waits;
+    total.blk_read_bytes += v.blk_read_bytes;
+    total.blk_write_bytes += v.blk_write_bytes;
+    total.blk_read_ops += v.blk_read_ops;
+    total.blk_write_ops += v.blk_write_ops;
+    total.net_tx_bytes += v.net_tx_bytes;
+    total.net_rx_bytes += v.net_rx_bytes;
+    for i in 0..HIST_BUCKETS {
+        total.runq_hist[i] += v.runq_hist[i];
+        total.blk_lat_hist[i] += v.blk_lat_hist[i];
+    }
+}
+
+/// The MapData inside a per-CPU hash map.
+fn data(map: Map, name: &'static str) -> Result<MapData, TracerError> {
+    match map {
+        Map::PerCpuHashMap(d) => Ok(d),
+        _ => Err(TracerError::Missing(name)),
+    }
+}
+
+impl StatsMaps {
+    fn from_data(procs: MapData, syscalls: MapData, files: MapData, nr_cpus: usize) -> Result<Self, TracerError> {
+        Ok(Self {
+            procs: PerCpuHashMap::try_from(Map::PerCpuHashMap(procs)).map_err(map_err("PROC_STATS"))?,
+            syscalls: PerCpuHashMap::try_from(Map::PerCpuHashMap(syscalls)).map_err(map_err("SYSCALLS"))?,
+            files: PerCpuHashMap::try_from(Map::PerCpuHashMap(files)).map_err(map_err("FILE_STATS"))?,
+            nr_cpus,
+        })
+    }
+
+    /// Two handles on the same kernel maps: one for the collector thread (exits and
+    /// files), one for the sampler.
+    pub fn pair(procs: Map, syscalls: Map, files: Map, nr_cpus: usize) -> Result<(Self, Self), TracerError> {
+        let (p, s, f) = (data(procs, "PROC_STATS")?, data(syscalls, "SYSCALLS")?, data(files, "FILE_STATS")?);
+        let second = Self::from_data(dup(&p, "PROC_STATS")?, dup(&s, "SYSCALLS")?, dup(&f, "FILE_STATS")?, nr_cpus)?;
+        Ok((Self::from_data(p, s, f, nr_cpus)?, second))
+    }
+
+    /// Zeroed counters for a process the agent tracks itself (the command); the
+    /// kernel creates them for every process forked from it.
+    pub fn create(&mut self, tgid: u32) -> Result<(), TracerError> {
+        let stats = PerCpuValues::try_from(vec![ProcStats::default(); self.nr_cpus])
+            .map_err(|e| TracerError::Btf(format!("per-CPU values: {e}")))?;
+        self.procs.insert(tgid, stats, 0).map_err(map_err("PROC_STATS"))?;
+        let counts = PerCpuValues::try_from(vec![SyscallCounts::default(); self.nr_cpus])
+            .map_err(|e| TracerError::Btf(format!("per-CPU values: {e}")))?;
+        self.syscalls.insert(tgid, counts, 0).map_err(map_err("SYSCALLS"))
+    }
+
+    /// Current counters of a live process (None when it has none).
+    pub fn read(&self, tgid: u32) -> Option<ProcDepth> {
+        let per_cpu = self.procs.get(&tgid, 0).ok()?;
+        let mut stats = ProcStats::default();
+        for v in per_cpu.iter() {
+            add_stats(&mut stats, v);
+        }
+        let mut counts = [0u64; denet_common::SYSCALL_SLOTS];
+        if let Ok(per_cpu) = self.syscalls.get(&tgid, 0) {
+            for v in per_cpu.iter() {
+                for (total, c) in counts.iter_mut().zip(v.counts.iter()) {
+                    *total += u64::from(*c);
+                }
+            }
+        }
+        let syscalls = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(nr, c)| (nr as u16, *c))
+            .collect();
+        Some(ProcDepth { stats, syscalls })
+    }
+
+    /// Final counters of an exited process; its entries are deleted.
+    pub fn take(&mut self, tgid: u32) -> Option<ProcDepth> {
+        let depth = self.read(tgid);
+        let _ = self.procs.remove(&tgid);
+        let _ = self.syscalls.remove(&tgid);
+        depth
+    }
+
+    /// Final counters of a file still open when its process exited.
+    pub fn take_file(&mut self, tgid: u32, fd: u32) -> Option<FileStats> {
+        let key = FileKey { tgid, fd };
+        let per_cpu = self.files.get(&key, 0).ok()?;
+        let mut total = FileStats::default();
+        for v in per_cpu.iter() {
+            total.read_bytes += v.read_bytes;
+            total.write_bytes += v.write_bytes;
+            total.reads += v.reads;
+            total.writes += v.writes;
+        }
+        let _ = self.files.remove(&key);
+        Some(total)
+    }
+}
