@@ -73,4 +73,18 @@ if [ "$(id -u)" -eq 0 ] && [ -d /sys/kernel/tracing ] && [ ! -e /sys/kernel/trac
   log "mounting tracefs at /sys/kernel/tracing"
   mount -t tracefs nodev /sys/kernel/tracing || log "tracefs mount failed (continuing)"
 fi
+# 6. Report and notebook test tools (issue 4): Debian's Chromium renders the HTML
+#    report in a test; pandas, polars and matplotlib (in a venv under target/, never
+#    the system Python) run the notebook example. The tests find them there.
+apt_install chromium python3-venv
+PYENV_DIR="${DENET_PYENV:-$(cd "$(dirname "$0")/.." && pwd)/target/pyenv}"
+PY_PACKAGES=(pandas polars matplotlib)
+if [ ! -x "$PYENV_DIR/bin/python" ]; then
+  log "creating Python venv $PYENV_DIR"
+  /usr/bin/python3 -m venv "$PYENV_DIR"
+fi
+if ! "$PYENV_DIR/bin/python" -c 'import pandas, polars, matplotlib' 2>/dev/null; then
+  log "pip install ${PY_PACKAGES[*]} into $PYENV_DIR"
+  "$PYENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+fi
 log "ok"

@@ -3,11 +3,13 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use denet_agent::{
+    export::{self, Format},
     launch::LaunchSpec,
+    report,
     run::{self, EbpfMode, RunConfig},
 };
 
@@ -22,6 +24,32 @@ struct Cli {
 enum Command {
     /// Run CMD and trace it and all its descendants.
     Run(RunArgs),
+    /// Summarize a trace: process tree, per-process time, CPU, memory, I/O, totals.
+    Stats(StatsArgs),
+    /// Convert a trace to CSV tables, a Nextflow trace, Perfetto JSON or an HTML report.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    /// Trace file (JSONL) written by `denet-agent run`; `-` reads stdin.
+    file: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Trace file (JSONL) written by `denet-agent run`; `-` reads stdin.
+    file: PathBuf,
+    /// Output format.
+    #[arg(short, long, value_enum)]
+    format: Format,
+    /// Output: a file, or for csv a directory (created) that gets one file per table.
+    /// `-` writes to stdout (not for csv).
+    #[arg(short, long, value_name = "OUT")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -60,6 +88,9 @@ struct RunArgs {
     /// No per-file accounting (no `file` records).
     #[arg(long)]
     no_files: bool,
+    /// After the run, write the HTML report of the trace to FILE.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -111,29 +142,89 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
     })
 }
 
+fn warn_to_stderr() -> denet_agent::trace::reader::WarnFn {
+    Box::new(|msg: &str| eprintln!("denet-agent: warning: {msg}"))
+}
+
+fn stats(args: StatsArgs) -> Result<i32> {
+    let r = report::analyze(&args.file, warn_to_stderr())
+        .with_context(|| args.file.display().to_string())?;
+    let out = if args.json {
+        let mut s = serde_json::to_string_pretty(&r).context("encoding the report")?;
+        s.push('\n');
+        s
+    } else {
+        report::text::render(&r)
+    };
+    write_stdout(out.as_bytes())?;
+    Ok(0)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
+    }
+}
+
+fn export(args: ExportArgs) -> Result<i32> {
+    export::export(&args.file, args.format, &args.out, warn_to_stderr())
+        .with_context(|| args.file.display().to_string())?;
+    Ok(0)
+}
+
+fn run_command(args: RunArgs) -> Result<i32> {
+    let report_path = args.report.clone();
+    let config = run_config(args)?;
+    let out = config.out.clone();
+    if report_path.is_some() && out.as_os_str() == "-" {
+        bail!("--report reads the trace back after the run: give a trace file with -o FILE");
+    }
+    let outcome = run::run(config)?;
+    let s = &outcome.summary;
+    eprintln!(
+        "denet-agent: {} processes, {:.3} s CPU, peak RSS {} KiB (largest process), \
+         wall {:.3} s, {} events lost; trace: {}",
+        s.process_count,
+        (s.cpu_user_ns + s.cpu_sys_ns) as f64 / 1e9,
+        s.max_process_peak_rss_kb,
+        s.wall_ns as f64 / 1e9,
+        s.lost_events,
+        if out.as_os_str() == "-" {
+            "stdout".into()
+        } else {
+            out.display().to_string()
+        },
+    );
+    let mut status = outcome.exit_status;
+    if let Some(path) = report_path {
+        match export::export(&out, Format::Html, &path, warn_to_stderr()) {
+            Ok(()) => eprintln!("denet-agent: report: {}", path.display()),
+            Err(e) => {
+                eprintln!(
+                    "denet-agent: error: writing the report {}: {e:#}",
+                    path.display()
+                );
+                // The command's own failure status wins; a failed report alone is 2.
+                if status == 0 {
+                    status = 2;
+                }
+            }
+        }
+    }
+    Ok(status)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result =
-        match cli.command {
-            Command::Run(args) => {
-                run_config(args).and_then(|config| {
-                    let out = config.out.clone();
-                    let outcome = run::run(config)?;
-                    let s = &outcome.summary;
-                    eprintln!(
-                "denet-agent: {} processes, {:.3} s CPU, peak RSS {} KiB (largest process), \
-                 wall {:.3} s, {} events lost; trace: {}",
-                s.process_count,
-                (s.cpu_user_ns + s.cpu_sys_ns) as f64 / 1e9,
-                s.max_process_peak_rss_kb,
-                s.wall_ns as f64 / 1e9,
-                s.lost_events,
-                if out.as_os_str() == "-" { "stdout".into() } else { out.display().to_string() },
-            );
-                    Ok(outcome.exit_status)
-                })
-            }
-        };
+    let result = match cli.command {
+        Command::Run(args) => run_command(args),
+        Command::Stats(args) => stats(args),
+        Command::Export(args) => export(args),
+    };
     match result {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
         Err(e) => {

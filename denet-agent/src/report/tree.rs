@@ -1,0 +1,484 @@
+//! The process tree, built in bounded memory from records that arrive in exit order
+//! (children before their parents).
+//!
+//! Each arriving process becomes a group that adopts the subtrees of its children
+//! seen so far, then waits (in `pending`, keyed by its parent's pid) for its parent.
+//! Siblings with the same command line are merged into one group (`/bin/true ×1000`),
+//! and past [`FOLD_AFTER`] distinct command lines of one program under one parent the
+//! rest fold into one `program … (other arguments)` group. So memory grows with the
+//! shape of the tree (distinct commands per parent, live parents), not with the
+//! number of processes or the length of the trace.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::command;
+use crate::trace::{Header, Process};
+
+/// Distinct command lines of one program under one parent shown separately.
+pub const FOLD_AFTER: usize = 8;
+/// Exits remembered to name the parent of an orphan whose parent exited first.
+const RECENT_EXITS: usize = 4096;
+
+fn add(a: &mut Option<u64>, b: Option<u64>) {
+    if let Some(b) = b {
+        *a = Some(a.unwrap_or(0).saturating_add(b));
+    }
+}
+
+fn max(a: &mut Option<u64>, b: Option<u64>) {
+    if let Some(b) = b {
+        *a = Some(a.map_or(b, |x| x.max(b)));
+    }
+}
+
+fn min(a: &mut Option<u64>, b: Option<u64>) {
+    if let Some(b) = b {
+        *a = Some(a.map_or(b, |x| x.min(b)));
+    }
+}
+
+/// Metrics of one process or the sum (max for peaks) over a group. `None`: no member
+/// reported the value.
+#[derive(Debug, Clone, Default)]
+pub struct Agg {
+    pub count: u64,
+    pub first_start_ns: Option<u64>,
+    pub last_end_ns: Option<u64>,
+    pub wall_ns: Option<u64>,
+    pub wall_max_ns: Option<u64>,
+    pub cpu_user_ns: Option<u64>,
+    pub cpu_sys_ns: Option<u64>,
+    pub peak_rss_kb: Option<u64>,
+    pub peak_vm_kb: Option<u64>,
+    pub rchar: Option<u64>,
+    pub wchar: Option<u64>,
+    pub syscr: Option<u64>,
+    pub syscw: Option<u64>,
+    pub read_bytes: Option<u64>,
+    pub write_bytes: Option<u64>,
+    pub minflt: Option<u64>,
+    pub majflt: Option<u64>,
+    pub vol_ctxt: Option<u64>,
+    pub inv_ctxt: Option<u64>,
+    /// Members that exited with a non-zero code.
+    pub failed: u64,
+    /// Members killed by a signal.
+    pub killed: u64,
+    /// Members whose exit was not seen (`source: "missing"`).
+    pub missing: u64,
+    pub oncpu_ns: Option<u64>,
+    pub cpu_wait_ns: Option<u64>,
+    pub io_wait_ns: Option<u64>,
+    pub sleep_ns: Option<u64>,
+    pub blk_read_bytes: Option<u64>,
+    pub blk_write_bytes: Option<u64>,
+    pub net_tx_bytes: Option<u64>,
+    pub net_rx_bytes: Option<u64>,
+}
+
+impl Agg {
+    pub fn of(p: &Process) -> Agg {
+        let mut a = Agg::default();
+        a.add_process(p);
+        a
+    }
+
+    pub fn add_process(&mut self, p: &Process) {
+        self.count += 1;
+        min(&mut self.first_start_ns, p.start_boot_ns);
+        max(&mut self.last_end_ns, p.end_boot_ns);
+        add(&mut self.wall_ns, p.wall());
+        max(&mut self.wall_max_ns, p.wall());
+        add(&mut self.cpu_user_ns, p.cpu_user_ns);
+        add(&mut self.cpu_sys_ns, p.cpu_sys_ns);
+        max(&mut self.peak_rss_kb, p.peak_rss_kb);
+        max(&mut self.peak_vm_kb, p.peak_vm_kb);
+        add(&mut self.rchar, p.rchar);
+        add(&mut self.wchar, p.wchar);
+        add(&mut self.syscr, p.syscr);
+        add(&mut self.syscw, p.syscw);
+        add(&mut self.read_bytes, p.read_bytes);
+        add(&mut self.write_bytes, p.write_bytes);
+        add(&mut self.minflt, p.minflt);
+        add(&mut self.majflt, p.majflt);
+        add(&mut self.vol_ctxt, p.vol_ctxt);
+        add(&mut self.inv_ctxt, p.inv_ctxt);
+        if p.signal.is_some() {
+            self.killed += 1;
+        } else if p.exit_code.is_some_and(|c| c != 0) {
+            self.failed += 1;
+        }
+        if p.source.as_deref() == Some("missing") {
+            self.missing += 1;
+        }
+        add(&mut self.oncpu_ns, p.oncpu_ns);
+        add(&mut self.cpu_wait_ns, p.cpu_wait_ns);
+        add(&mut self.io_wait_ns, p.io_wait_ns);
+        add(&mut self.sleep_ns, p.sleep_ns);
+        add(&mut self.blk_read_bytes, p.blk_read_bytes);
+        add(&mut self.blk_write_bytes, p.blk_write_bytes);
+        add(&mut self.net_tx_bytes, p.net_tx_bytes);
+        add(&mut self.net_rx_bytes, p.net_rx_bytes);
+    }
+
+    pub fn merge(&mut self, o: &Agg) {
+        self.count += o.count;
+        min(&mut self.first_start_ns, o.first_start_ns);
+        max(&mut self.last_end_ns, o.last_end_ns);
+        add(&mut self.wall_ns, o.wall_ns);
+        max(&mut self.wall_max_ns, o.wall_max_ns);
+        add(&mut self.cpu_user_ns, o.cpu_user_ns);
+        add(&mut self.cpu_sys_ns, o.cpu_sys_ns);
+        max(&mut self.peak_rss_kb, o.peak_rss_kb);
+        max(&mut self.peak_vm_kb, o.peak_vm_kb);
+        add(&mut self.rchar, o.rchar);
+        add(&mut self.wchar, o.wchar);
+        add(&mut self.syscr, o.syscr);
+        add(&mut self.syscw, o.syscw);
+        add(&mut self.read_bytes, o.read_bytes);
+        add(&mut self.write_bytes, o.write_bytes);
+        add(&mut self.minflt, o.minflt);
+        add(&mut self.majflt, o.majflt);
+        add(&mut self.vol_ctxt, o.vol_ctxt);
+        add(&mut self.inv_ctxt, o.inv_ctxt);
+        self.failed += o.failed;
+        self.killed += o.killed;
+        self.missing += o.missing;
+        add(&mut self.oncpu_ns, o.oncpu_ns);
+        add(&mut self.cpu_wait_ns, o.cpu_wait_ns);
+        add(&mut self.io_wait_ns, o.io_wait_ns);
+        add(&mut self.sleep_ns, o.sleep_ns);
+        add(&mut self.blk_read_bytes, o.blk_read_bytes);
+        add(&mut self.blk_write_bytes, o.blk_write_bytes);
+        add(&mut self.net_tx_bytes, o.net_tx_bytes);
+        add(&mut self.net_rx_bytes, o.net_rx_bytes);
+    }
+
+    pub fn cpu_ns(&self) -> Option<u64> {
+        match (self.cpu_user_ns, self.cpu_sys_ns) {
+            (None, None) => None,
+            (u, s) => Some(u.unwrap_or(0) + s.unwrap_or(0)),
+        }
+    }
+
+    /// CPU time over the members' summed wall time: percent of one CPU.
+    pub fn cpu_percent(&self) -> Option<f64> {
+        let wall = self.wall_ns?;
+        (wall > 0).then(|| self.cpu_ns().unwrap_or(0) as f64 * 100.0 / wall as f64)
+    }
+}
+
+/// One line of the tree: a process, or siblings merged because they ran the same
+/// command line (or the same program, when `other_args`).
+#[derive(Debug, Clone)]
+pub struct Group {
+    key: u64,
+    pub program: String,
+    pub label: String,
+    /// argv of the first member.
+    pub argv: Vec<String>,
+    /// pid of the first member (the one that started first).
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub core_dumped: bool,
+    /// Siblings of one program with more distinct command lines than [`FOLD_AFTER`].
+    pub other_args: bool,
+    /// A parent that has no record: named from what is known about it.
+    pub placeholder: bool,
+    pub agg: Agg,
+    pub children: Vec<Group>,
+}
+
+fn hash_cmd(argv: &[String], exe: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    argv.hash(&mut h);
+    exe.hash(&mut h);
+    h.finish()
+}
+
+impl Group {
+    pub fn of(p: &Process) -> Group {
+        Group {
+            key: hash_cmd(&p.argv, p.exe.as_deref()),
+            program: command::program(&p.argv, p.exe.as_deref()),
+            label: command::label(&p.argv, p.exe.as_deref()),
+            argv: p.argv.clone(),
+            pid: p.pid,
+            exit_code: p.exit_code,
+            signal: p.signal,
+            core_dumped: p.core_dumped,
+            other_args: false,
+            placeholder: false,
+            agg: Agg::of(p),
+            children: Vec::new(),
+        }
+    }
+
+    fn placeholder(pid: u32, label: String) -> Group {
+        Group {
+            key: 0,
+            program: String::new(),
+            label,
+            argv: Vec::new(),
+            pid: Some(pid),
+            exit_code: None,
+            signal: None,
+            core_dumped: false,
+            other_args: false,
+            placeholder: true,
+            agg: Agg::default(),
+            children: Vec::new(),
+        }
+    }
+
+    fn merge(&mut self, other: Group) {
+        // The earliest member represents the group.
+        if other.agg.first_start_ns < self.agg.first_start_ns && other.agg.first_start_ns.is_some()
+            || self.agg.first_start_ns.is_none()
+        {
+            self.pid = other.pid;
+            self.argv = other.argv;
+            self.exit_code = other.exit_code;
+            self.signal = other.signal;
+            self.core_dumped = other.core_dumped;
+            if !self.other_args {
+                self.label = other.label;
+            }
+        }
+        self.agg.merge(&other.agg);
+        for c in other.children {
+            insert_child(&mut self.children, c);
+        }
+    }
+
+    /// Sorts children by start time, recursively (the order the tree is shown in).
+    fn sort(&mut self) {
+        self.children
+            .sort_by_key(|c| (c.agg.first_start_ns.is_none(), c.agg.first_start_ns, c.pid));
+        for c in &mut self.children {
+            c.sort();
+        }
+    }
+
+    /// Number of groups in this subtree, itself included.
+    pub fn size(&self) -> usize {
+        1 + self.children.iter().map(Group::size).sum::<usize>()
+    }
+}
+
+/// Adds a subtree to a sibling list, merging it with an equal command line or, past
+/// the fold limit, into the program's `other arguments` group.
+fn insert_child(list: &mut Vec<Group>, g: Group) {
+    if let Some(same) = list.iter_mut().find(|x| !x.other_args && x.key == g.key) {
+        same.merge(g);
+        return;
+    }
+    let same_program = list
+        .iter()
+        .filter(|x| !x.other_args && x.program == g.program)
+        .count();
+    if same_program < FOLD_AFTER {
+        list.push(g);
+        return;
+    }
+    if let Some(other) = list
+        .iter_mut()
+        .find(|x| x.other_args && x.program == g.program)
+    {
+        other.merge(g);
+    } else {
+        let mut g = g;
+        g.other_args = true;
+        g.label = format!("{} … (other arguments)", g.program);
+        list.push(g);
+    }
+}
+
+#[derive(Default)]
+pub struct TreeBuilder {
+    /// Subtrees waiting for their parent's record, by parent pid (0: unknown parent).
+    pending: HashMap<u32, Vec<Group>>,
+    /// Subtrees whose parent pid was reused before they exited: shown as orphans.
+    stale: Vec<(u32, Group)>,
+    recent: VecDeque<(u32, String)>,
+}
+
+impl TreeBuilder {
+    pub fn add(&mut self, p: &Process) {
+        let mut g = Group::of(p);
+        if let Some(pid) = p.pid {
+            if let Some(children) = self.pending.remove(&pid) {
+                for c in children {
+                    // A child that started before this process cannot be its child:
+                    // it belonged to an earlier process with the same (reused) pid.
+                    let before = matches!((c.agg.first_start_ns, p.start_boot_ns), (Some(c), Some(s)) if c < s);
+                    if before {
+                        self.stale.push((pid, c));
+                    } else {
+                        insert_child(&mut g.children, c);
+                    }
+                }
+            }
+            if self.recent.len() == RECENT_EXITS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((pid, g.label.clone()));
+        }
+        let siblings = self.pending.entry(p.ppid.unwrap_or(0)).or_default();
+        insert_child(siblings, g);
+    }
+
+    /// Groups waiting for their parents (for memory accounting in tests).
+    pub fn pending_groups(&self) -> usize {
+        self.pending.values().flatten().map(Group::size).sum()
+    }
+
+    /// The finished tree: the command's subtree first, then subtrees whose parent
+    /// has no record (still running when the trace ended, or exited before them),
+    /// each under a placeholder naming that parent.
+    pub fn finish(mut self, header: &Header) -> Vec<Group> {
+        let mut roots = Vec::new();
+        let agent = header.agent_pid.unwrap_or(u32::MAX);
+        if let Some(top) = self.pending.remove(&agent) {
+            roots.extend(top);
+        }
+        let mut rest: Vec<(u32, Vec<Group>)> = self.pending.drain().collect();
+        for (pid, g) in self.stale.drain(..) {
+            rest.push((pid, vec![g]));
+        }
+        rest.sort_by_key(|(pid, g)| (g.iter().filter_map(|c| c.agg.first_start_ns).min(), *pid));
+        for (pid, children) in rest {
+            let label = if pid == 0 {
+                "[parent unknown: fork event lost]".to_string()
+            } else if Some(pid) == header.pid {
+                format!(
+                    "{} [no exit record: still running when the trace ended]",
+                    command::label(&header.argv, None)
+                )
+            } else if let Some((_, l)) = self.recent.iter().rev().find(|(p, _)| *p == pid) {
+                format!("{l} [pid {pid} exited before these children]")
+            } else {
+                format!("[pid {pid}: no record]")
+            };
+            let mut ph = Group::placeholder(pid, label);
+            for c in children {
+                ph.agg.first_start_ns = match (ph.agg.first_start_ns, c.agg.first_start_ns) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                max(&mut ph.agg.last_end_ns, c.agg.last_end_ns);
+                ph.children.push(c);
+            }
+            roots.push(ph);
+        }
+        for r in &mut roots {
+            r.sort();
+        }
+        roots
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(pid: u32, ppid: u32, argv: &[&str], start: u64, end: u64) -> Process {
+        Process {
+            pid: Some(pid),
+            ppid: Some(ppid),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            start_boot_ns: Some(start),
+            end_boot_ns: Some(end),
+            cpu_user_ns: Some(10),
+            cpu_sys_ns: Some(5),
+            exit_code: Some(0),
+            peak_rss_kb: Some(pid as u64),
+            ..Default::default()
+        }
+    }
+
+    fn header() -> Header {
+        Header {
+            agent_pid: Some(1),
+            pid: Some(2),
+            argv: vec!["sh".into(), "job.sh".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn children_first_builds_the_tree_and_merges_equal_siblings() {
+        let mut t = TreeBuilder::default();
+        t.add(&proc(3, 2, &["sort", "-n"], 10, 20));
+        for pid in 4..104 {
+            t.add(&proc(
+                pid,
+                2,
+                &["/bin/true"],
+                pid as u64 * 10,
+                pid as u64 * 10 + 5,
+            ));
+        }
+        t.add(&proc(200, 3, &["helper"], 11, 12));
+        // The late child of a process whose record came before it (an orphan).
+        t.add(&proc(2, 1, &["sh", "job.sh"], 1, 2000));
+        t.add(&proc(300, 2, &["sleep", "1"], 1500, 3000));
+        let roots = t.finish(&header());
+        assert_eq!(roots.len(), 2, "{roots:#?}");
+        let sh = &roots[0];
+        assert_eq!(sh.label, "sh job.sh");
+        assert_eq!(sh.children.len(), 2);
+        assert_eq!(sh.children[0].label, "sort -n");
+        // The grandchild that exited before its parent's record is under it.
+        assert_eq!(sh.children[0].children[0].label, "helper");
+        let t100 = &sh.children[1];
+        assert_eq!((t100.label.as_str(), t100.agg.count), ("true", 100));
+        assert_eq!(t100.agg.cpu_ns(), Some(1500));
+        assert_eq!(t100.agg.peak_rss_kb, Some(103));
+        assert_eq!(t100.pid, Some(4));
+        let orphan = &roots[1];
+        assert!(orphan.placeholder);
+        assert!(orphan.label.contains("exited before"), "{}", orphan.label);
+        assert_eq!(orphan.children[0].label, "sleep 1");
+    }
+
+    #[test]
+    fn many_distinct_command_lines_fold_per_program() {
+        let mut t = TreeBuilder::default();
+        for i in 0..1000u32 {
+            let arg = format!("sample{i}.fq");
+            t.add(&proc(
+                10 + i,
+                2,
+                &["bwa", "mem", &arg],
+                i as u64,
+                i as u64 + 1,
+            ));
+        }
+        assert!(t.pending_groups() <= FOLD_AFTER + 1);
+        t.add(&proc(2, 1, &["sh", "job.sh"], 0, 5000));
+        let roots = t.finish(&header());
+        let kids = &roots[0].children;
+        assert_eq!(kids.len(), FOLD_AFTER + 1);
+        let other = kids.iter().find(|k| k.other_args).map(|k| k.agg.count);
+        assert_eq!(other, Some(1000 - FOLD_AFTER as u64));
+        assert_eq!(kids.iter().map(|k| k.agg.count).sum::<u64>(), 1000);
+    }
+
+    #[test]
+    fn killed_run_shows_the_command_as_a_placeholder() {
+        let mut t = TreeBuilder::default();
+        t.add(&proc(3, 2, &["sleep", "0.1"], 5, 10));
+        let roots = t.finish(&header());
+        assert_eq!(roots.len(), 1);
+        assert!(roots[0].placeholder);
+        assert!(
+            roots[0].label.starts_with("sh job.sh [no exit record"),
+            "{}",
+            roots[0].label
+        );
+        assert_eq!(roots[0].children[0].label, "sleep 0.1");
+    }
+}
