@@ -12,6 +12,11 @@ fn read_ns(id: ClockId) -> u64 {
         .unwrap_or(0)
 }
 
+/// CLOCK_MONOTONIC: the clock of `bpf_ktime_get_ns()` (scheduler state times).
+pub fn monotonic_ns() -> u64 {
+    read_ns(ClockId::CLOCK_MONOTONIC)
+}
+
 pub fn boottime_ns() -> u64 {
     read_ns(ClockId::CLOCK_BOOTTIME)
 }

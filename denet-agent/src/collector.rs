@@ -12,8 +12,8 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use denet_common::{
-    read_event, read_event_prefix, EventHeader, ExecEvent, ExitEvent, FileCloseEvent,
-    FileDupEvent, FileOpenEvent, ForkEvent, EVENT_EXEC, EVENT_EXIT, EVENT_FILE_CLOSE,
+    read_event, read_event_prefix, EventHeader, ExecEvent, ExitEvent, FileCloseEvent, FileDupEvent,
+    FileOpenEvent, ForkEvent, EVENT_CHDIR, EVENT_EXEC, EVENT_EXIT, EVENT_FILE_CLOSE,
     EVENT_FILE_DUP, EVENT_FILE_OPEN, EVENT_FORK,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -163,7 +163,9 @@ impl Collector {
             if let Some(stats) = &mut self.stats {
                 p.depth = stats.take(p.pid);
                 let pid = p.pid;
-                let files = self.files.on_exit(pid, p.end_boot_ns, |fd| stats.take_file(pid, fd));
+                let files = self
+                    .files
+                    .on_exit(pid, p.end_boot_ns, |fd| stats.take_file(pid, fd));
                 self.batch.files.extend(files);
             }
             self.batch.finished.push(p);
@@ -194,24 +196,29 @@ impl Collector {
                 EVENT_FORK => match read_event::<ForkEvent>(bytes) {
                     Some(ev) => {
                         self.tracker.on_fork(&ev, &mut self.exited);
-                        self.files.on_fork(ev.parent_tgid, ev.header.tgid, ev.header.ts_ns);
+                        self.files
+                            .on_fork(ev.parent_tgid, ev.header.tgid, ev.header.ts_ns);
                         self.batch.started.push(ev.header.tgid);
                     }
                     None => self.report.malformed_events += 1,
                 },
                 EVENT_EXEC => match read_event_prefix::<ExecEvent>(bytes, EXEC_FIXED_LEN) {
-                    Some(ev) => {
-                        self.tracker.on_exec(&ev);
-                        self.files.refresh_cwd(ev.header.tgid);
-                    }
+                    Some(ev) => self.tracker.on_exec(&ev),
                     None => self.report.malformed_events += 1,
                 },
                 EVENT_EXIT => match read_event::<ExitEvent>(bytes) {
                     Some(ev) => self.tracker.on_exit(&ev, &mut self.exited),
                     None => self.report.malformed_events += 1,
                 },
-                EVENT_FILE_OPEN => match read_event_prefix::<FileOpenEvent>(bytes, FILE_OPEN_FIXED_LEN) {
-                    Some(ev) => self.files.on_open(&ev),
+                EVENT_FILE_OPEN => {
+                    match read_event_prefix::<FileOpenEvent>(bytes, FILE_OPEN_FIXED_LEN) {
+                        Some(ev) => self.files.on_open(&ev),
+                        None => self.report.malformed_events += 1,
+                    }
+                }
+                EVENT_CHDIR => match read_event_prefix::<FileOpenEvent>(bytes, FILE_OPEN_FIXED_LEN)
+                {
+                    Some(ev) => self.files.on_chdir(&ev),
                     None => self.report.malformed_events += 1,
                 },
                 EVENT_FILE_DUP => match read_event::<FileDupEvent>(bytes) {

@@ -191,7 +191,8 @@ impl KernelTracer {
         let offsets = resolve_offsets(&btf)?;
         // No BTF for aya: the programs carry no CO-RE relocations and raw tracepoints
         // attach by name, so the loader need not parse the kernel's BTF a second time.
-        let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| TracerError::Btf(format!("{what}: {e}")))?;
+        let nr_cpus =
+            aya::util::nr_cpus().map_err(|(what, e)| TracerError::Btf(format!("{what}: {e}")))?;
         let settings = Settings {
             files: u32::from(options.files),
             nr_cpus: nr_cpus as u32,
@@ -238,6 +239,7 @@ impl KernelTracer {
             take(&mut ebpf, "PROC_STATS")?,
             take(&mut ebpf, "SYSCALLS")?,
             take(&mut ebpf, "FILE_STATS")?,
+            take(&mut ebpf, "TASK_STATE")?,
             nr_cpus,
         )?;
         Ok(Self {

@@ -3,8 +3,9 @@
 //!
 //! Paths: the kernel sends the path as passed to open. Absolute paths are used as
 //! they are (lexically normalised); relative ones are joined with the directory they
-//! are relative to: the process's working directory (read from /proc while it runs,
-//! else inherited from its parent) or the directory fd (read from /proc).
+//! are relative to: the process's working directory, followed from the command's
+//! start through every fork, chdir and fchdir the kernel reports, or the directory
+//! fd (read from /proc).
 
 use std::{
     collections::HashMap,
@@ -99,26 +100,59 @@ impl FileTracker {
         }
     }
 
-    /// Refreshes the working directory from /proc while the process lives.
-    pub fn refresh_cwd(&mut self, pid: u32) {
-        if let Some(cwd) = readlink(format!("/proc/{pid}/cwd")) {
-            self.cwd.insert(pid, cwd);
+    /// A chdir (path relative to the old working directory) or fchdir (an fd).
+    pub fn on_chdir(&mut self, ev: &FileOpenEvent) {
+        let pid = ev.header.tgid;
+        let new = if ev.path_len > 0 {
+            let raw = c_str(&ev.path, ev.path_len as usize);
+            if raw.starts_with('/') {
+                Some(normalize(Path::new(&raw)))
+            } else {
+                self.cwd
+                    .get(&pid)
+                    .map(|cwd| normalize(&Path::new(cwd).join(&raw)))
+            }
+        } else {
+            self.open.get(&(pid, ev.fd)).map(|f| PathBuf::from(&f.path))
+        };
+        match new {
+            Some(dir) => {
+                self.cwd.insert(pid, dir.to_string_lossy().into_owned());
+            }
+            // Unknown base: ask /proc while the process still runs.
+            None => match readlink(format!("/proc/{pid}/cwd")) {
+                Some(cwd) => {
+                    self.cwd.insert(pid, cwd);
+                }
+                None => {
+                    self.cwd.remove(&pid);
+                }
+            },
         }
     }
 
     fn resolve(&mut self, pid: u32, raw: &str, dirfd: i32) -> (String, &'static str) {
         if raw.starts_with('/') {
-            return (normalize(Path::new(raw)).to_string_lossy().into_owned(), "absolute");
+            return (
+                normalize(Path::new(raw)).to_string_lossy().into_owned(),
+                "absolute",
+            );
         }
         let (base, source) = if dirfd == AT_FDCWD {
-            self.refresh_cwd(pid);
-            (self.cwd.get(&pid).cloned(), "cwd")
+            let cwd = self
+                .cwd
+                .get(&pid)
+                .cloned()
+                .or_else(|| readlink(format!("/proc/{pid}/cwd")));
+            (cwd, "cwd")
         } else {
             (readlink(format!("/proc/{pid}/fd/{dirfd}")), "dirfd")
         };
         match base {
             Some(base) => (
-                normalize(&Path::new(&base).join(raw)).to_string_lossy().into_owned(),
+                normalize(&Path::new(&base).join(raw))
+                    .to_string_lossy()
+                    .into_owned(),
                 source,
             ),
             None => (raw.to_string(), "relative"),
@@ -146,8 +180,19 @@ impl FileTracker {
 
     pub fn on_close(&mut self, ev: &FileCloseEvent) -> Option<FileRecord> {
         let file = self.open.remove(&(ev.header.tgid, ev.fd))?;
-        let closed_by = if ev.reason == CLOSE_BY_REOPEN { "reopen" } else { "close" };
-        Some(record(ev.header.tgid, ev.fd, file, &ev.stats, Some(ev.header.ts_ns), closed_by))
+        let closed_by = if ev.reason == CLOSE_BY_REOPEN {
+            "reopen"
+        } else {
+            "close"
+        };
+        Some(record(
+            ev.header.tgid,
+            ev.fd,
+            file,
+            &ev.stats,
+            Some(ev.header.ts_ns),
+            closed_by,
+        ))
     }
 
     /// Files a process still had open when it exited; `take` fetches their final
@@ -229,8 +274,17 @@ mod tests {
         let pid = u32::MAX - 7;
         t.set_cwd(pid, "/data/run".into());
         t.on_fork(pid, pid - 1, 0);
-        assert_eq!(t.resolve(pid - 1, "in/reads.fq", AT_FDCWD), ("/data/run/in/reads.fq".into(), "cwd"));
-        assert_eq!(t.resolve(pid - 1, "/abs/../x", AT_FDCWD), ("/x".into(), "absolute"));
-        assert_eq!(t.resolve(pid - 2, "rel", AT_FDCWD), ("rel".into(), "relative"));
+        assert_eq!(
+            t.resolve(pid - 1, "in/reads.fq", AT_FDCWD),
+            ("/data/run/in/reads.fq".into(), "cwd")
+        );
+        assert_eq!(
+            t.resolve(pid - 1, "/abs/../x", AT_FDCWD),
+            ("/x".into(), "absolute")
+        );
+        assert_eq!(
+            t.resolve(pid - 2, "rel", AT_FDCWD),
+            ("rel".into(), "relative")
+        );
     }
 }

@@ -1,8 +1,11 @@
 //! Reads the counters the eBPF programs aggregate per process (scheduler, block
 //! I/O, network, syscalls) and per open file, summing the per-CPU values.
 
-use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
-use denet_common::{FileKey, FileStats, ProcStats, SyscallCounts, HIST_BUCKETS};
+use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
+use denet_common::{
+    FileKey, FileStats, ProcStats, SyscallCounts, TaskState, HIST_BUCKETS, TASK_BLOCKED_IO,
+    TASK_RUNNABLE, TASK_RUNNING,
+};
 
 use crate::ebpf::TracerError;
 
@@ -18,6 +21,9 @@ pub struct StatsMaps {
     procs: PerCpuHashMap<MapData, u32, ProcStats>,
     syscalls: PerCpuHashMap<MapData, u32, SyscallCounts>,
     files: PerCpuHashMap<MapData, FileKey, FileStats>,
+    /// Per-thread scheduler states (sampler only): the time a thread has spent in
+    /// its current state is not in `procs` until it leaves that state.
+    task_state: Option<HashMap<MapData, u32, TaskState>>,
     nr_cpus: usize,
 }
 
@@ -60,21 +66,79 @@ fn data(map: Map, name: &'static str) -> Result<MapData, TracerError> {
 }
 
 impl StatsMaps {
-    fn from_data(procs: MapData, syscalls: MapData, files: MapData, nr_cpus: usize) -> Result<Self, TracerError> {
+    fn from_data(
+        procs: MapData,
+        syscalls: MapData,
+        files: MapData,
+        nr_cpus: usize,
+    ) -> Result<Self, TracerError> {
         Ok(Self {
-            procs: PerCpuHashMap::try_from(Map::PerCpuHashMap(procs)).map_err(map_err("PROC_STATS"))?,
-            syscalls: PerCpuHashMap::try_from(Map::PerCpuHashMap(syscalls)).map_err(map_err("SYSCALLS"))?,
-            files: PerCpuHashMap::try_from(Map::PerCpuHashMap(files)).map_err(map_err("FILE_STATS"))?,
+            procs: PerCpuHashMap::try_from(Map::PerCpuHashMap(procs))
+                .map_err(map_err("PROC_STATS"))?,
+            syscalls: PerCpuHashMap::try_from(Map::PerCpuHashMap(syscalls))
+                .map_err(map_err("SYSCALLS"))?,
+            files: PerCpuHashMap::try_from(Map::PerCpuHashMap(files))
+                .map_err(map_err("FILE_STATS"))?,
+            task_state: None,
             nr_cpus,
         })
     }
 
     /// Two handles on the same kernel maps: one for the collector thread (exits and
     /// files), one for the sampler.
-    pub fn pair(procs: Map, syscalls: Map, files: Map, nr_cpus: usize) -> Result<(Self, Self), TracerError> {
-        let (p, s, f) = (data(procs, "PROC_STATS")?, data(syscalls, "SYSCALLS")?, data(files, "FILE_STATS")?);
-        let second = Self::from_data(dup(&p, "PROC_STATS")?, dup(&s, "SYSCALLS")?, dup(&f, "FILE_STATS")?, nr_cpus)?;
+    pub fn pair(
+        procs: Map,
+        syscalls: Map,
+        files: Map,
+        task_state: Map,
+        nr_cpus: usize,
+    ) -> Result<(Self, Self), TracerError> {
+        let (p, s, f) = (
+            data(procs, "PROC_STATS")?,
+            data(syscalls, "SYSCALLS")?,
+            data(files, "FILE_STATS")?,
+        );
+        let mut second = Self::from_data(
+            dup(&p, "PROC_STATS")?,
+            dup(&s, "SYSCALLS")?,
+            dup(&f, "FILE_STATS")?,
+            nr_cpus,
+        )?;
+        second.task_state = Some(HashMap::try_from(task_state).map_err(map_err("TASK_STATE"))?);
         Ok((Self::from_data(p, s, f, nr_cpus)?, second))
+    }
+
+    /// Like [`Self::read`], plus the time each thread has spent so far in the state
+    /// it is in (so a thread running through a whole sample window shows up in it).
+    pub fn read_live(&self, tgid: u32, now_mono_ns: u64) -> Option<ProcDepth> {
+        let mut depth = self.read(tgid)?;
+        let Some(states) = &self.task_state else {
+            return Some(depth);
+        };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{tgid}/task")) else {
+            return Some(depth);
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(st) = states.get(&tid, 0) else {
+                continue;
+            };
+            let d = now_mono_ns.saturating_sub(st.since_ns);
+            let s = &mut depth.stats;
+            match st.state {
+                TASK_RUNNING => s.oncpu_ns += d,
+                TASK_RUNNABLE => s.cpu_wait_ns += d,
+                TASK_BLOCKED_IO => s.io_wait_ns += d,
+                _ => s.sleep_ns += d,
+            }
+        }
+        Some(depth)
     }
 
     /// Zeroed counters for a process the agent tracks itself (the command); the
@@ -82,10 +146,14 @@ impl StatsMaps {
     pub fn create(&mut self, tgid: u32) -> Result<(), TracerError> {
         let stats = PerCpuValues::try_from(vec![ProcStats::default(); self.nr_cpus])
             .map_err(|e| TracerError::Btf(format!("per-CPU values: {e}")))?;
-        self.procs.insert(tgid, stats, 0).map_err(map_err("PROC_STATS"))?;
+        self.procs
+            .insert(tgid, stats, 0)
+            .map_err(map_err("PROC_STATS"))?;
         let counts = PerCpuValues::try_from(vec![SyscallCounts::default(); self.nr_cpus])
             .map_err(|e| TracerError::Btf(format!("per-CPU values: {e}")))?;
-        self.syscalls.insert(tgid, counts, 0).map_err(map_err("SYSCALLS"))
+        self.syscalls
+            .insert(tgid, counts, 0)
+            .map_err(map_err("SYSCALLS"))
     }
 
     /// Current counters of a live process (None when it has none).

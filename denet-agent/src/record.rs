@@ -400,6 +400,25 @@ mod tests {
                 inv_ctxt: 3,
                 threads: 1,
             },
+            depth: Some(ProcDepth {
+                stats: denet_common::ProcStats {
+                    oncpu_ns: 1_400_000,
+                    cpu_wait_ns: 50_000,
+                    io_wait_ns: 30_000,
+                    sleep_ns: 500_000,
+                    runq_waits: 3,
+                    blk_read_bytes: 4096,
+                    blk_read_ops: 1,
+                    net_tx_bytes: 10,
+                    runq_hist: {
+                        let mut h = [0; denet_common::HIST_BUCKETS];
+                        h[2] = 3;
+                        h
+                    },
+                    ..Default::default()
+                },
+                syscalls: vec![(0, 8), (1, 1), (231, 1)],
+            }),
         };
         let killed = ProcessInfo {
             pid: 103,
@@ -456,6 +475,26 @@ mod tests {
         w.write(&header).unwrap();
         w.write(&Process::from_info(&info)).unwrap();
         w.write(&Process::from_info(&killed)).unwrap();
+        w.write(&FileRecord {
+            kind: "file",
+            pid: 102,
+            fd: 1,
+            path: "/data/out.txt".into(),
+            path_source: "cwd",
+            path_truncated: false,
+            open_flags: 0o1101,
+            access: "w",
+            created: false,
+            inherited: true,
+            read_bytes: 0,
+            write_bytes: 12,
+            reads: 0,
+            writes: 1,
+            open_boot_ns: 5_001_500_000,
+            close_boot_ns: Some(5_002_900_000),
+            closed_by: "close",
+        })
+        .unwrap();
         w.write(&sample).unwrap();
         w.write(&summary).unwrap();
         drop(w);

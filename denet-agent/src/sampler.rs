@@ -48,7 +48,11 @@ pub struct Sampler {
 
 /// Counters accumulated since `prev` (everything since the start when `prev` is
 /// None: the process started in this window or the counters were just created).
-fn delta(now: &ProcDepth, prev: Option<&ProcDepth>, syscalls: &mut BTreeMap<u16, u64>) -> SampleDelta {
+fn delta(
+    now: &ProcDepth,
+    prev: Option<&ProcDepth>,
+    syscalls: &mut BTreeMap<u16, u64>,
+) -> SampleDelta {
     let (a, p) = (&now.stats, prev.map(|p| &p.stats));
     let d = |f: fn(&denet_common::ProcStats) -> u64| f(a).saturating_sub(p.map_or(0, f));
     let mut calls = 0;
@@ -103,6 +107,7 @@ impl Sampler {
         let mut tree_delta = self.kernel.as_ref().map(|_| SampleDelta::default());
         let mut tree_syscalls = BTreeMap::new();
         let mut depth_now = HashMap::with_capacity(pids.len());
+        let mono_ns = crate::clock::monotonic_ns();
         for &pid in pids {
             let Ok(st) = procfs::read_stat(pid) else {
                 continue;
@@ -125,11 +130,15 @@ impl Sampler {
             rss_total += rss_kb;
             threads_total += st.threads;
             ticks_now.insert(pid, ticks);
-            let delta = self.kernel.as_ref().and_then(|k| k.read(pid)).map(|now| {
-                let d = delta(&now, self.prev_depth.get(&pid), &mut tree_syscalls);
-                depth_now.insert(pid, now);
-                d
-            });
+            let delta = self
+                .kernel
+                .as_ref()
+                .and_then(|k| k.read_live(pid, mono_ns))
+                .map(|now| {
+                    let d = delta(&now, self.prev_depth.get(&pid), &mut tree_syscalls);
+                    depth_now.insert(pid, now);
+                    d
+                });
             if let (Some(total), Some(d)) = (&mut tree_delta, &delta) {
                 total.add(d);
             }

@@ -12,6 +12,9 @@ pub const EVENT_EXIT: u32 = 3;
 pub const EVENT_FILE_OPEN: u32 = 4;
 pub const EVENT_FILE_CLOSE: u32 = 5;
 pub const EVENT_FILE_DUP: u32 = 6;
+/// A tracked process changed its working directory: a [`FileOpenEvent`] whose
+/// `path` is the chdir argument, or, for fchdir, empty with the directory's `fd`.
+pub const EVENT_CHDIR: u32 = 7;
 
 /// Bytes of argv captured per exec (NUL-separated, as in `/proc/PID/cmdline`).
 /// A power of two so the eBPF side can bound reads with a mask.
@@ -374,6 +377,7 @@ mod pod {
     unsafe impl aya::Pod for super::SyscallCounts {}
     unsafe impl aya::Pod for super::FileKey {}
     unsafe impl aya::Pod for super::FileStats {}
+    unsafe impl aya::Pod for super::TaskState {}
 }
 
 /// Marker for wire structs that are valid for every bit pattern.

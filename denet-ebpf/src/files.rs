@@ -110,19 +110,29 @@ pub(crate) fn opened(tgid: u32, tid: u32, fd: u32, path: u64, open_flags: u32, d
         bump(counter::STATS_INSERT_ERRORS);
         return;
     }
+    emit_path(EVENT_FILE_OPEN, tgid, tid, fd, path, open_flags, dirfd);
+}
+
+/// Sends a path event (open or chdir) with the path read from user memory.
+#[inline(always)]
+pub(crate) fn emit_path(kind: u32, tgid: u32, tid: u32, fd: u32, path: u64, open_flags: u32, dirfd: i32) {
     let Some(event) = OPEN_SCRATCH.get_ptr_mut(0) else { return };
-    let hdr = header(EVENT_FILE_OPEN, tid, tgid);
+    let hdr = header(kind, tid, tgid);
     // SAFETY: `event` is this CPU's scratch slot; written through the pointer.
     let len = unsafe {
         (*event).header = hdr;
         (*event).fd = fd;
         (*event).open_flags = open_flags;
         (*event).dirfd = dirfd;
-        let n = generated::bpf_probe_read_user_str(
-            (*event).path.as_mut_ptr().cast(),
-            PATH_MAX as u32,
-            path as *const core::ffi::c_void,
-        );
+        let n = if path == 0 {
+            0
+        } else {
+            generated::bpf_probe_read_user_str(
+                (*event).path.as_mut_ptr().cast(),
+                PATH_MAX as u32,
+                path as *const core::ffi::c_void,
+            )
+        };
         // n counts the NUL; a full buffer means the path may have been cut.
         let len = if n > 0 { (n - 1) as u32 } else { 0 };
         let len = len & (PATH_MAX as u32 - 1);

@@ -17,7 +17,7 @@ use crate::{bump, is_tracked, off, read_at, stats};
 
 /// Scheduler state of every thread of the tracked processes, keyed by tid.
 #[map]
-static TASK_STATE: HashMap<u32, TaskState> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+pub(crate) static TASK_STATE: HashMap<u32, TaskState> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
 
 /// `prev_state` bits (include/linux/sched.h).
 const STATE_INTERRUPTIBLE: u64 = 0x1;

@@ -1,7 +1,9 @@
 //! Where the time went, block I/O, files, network and syscalls (issue 3), against
 //! ground truth. Needs root; in CI these must run, elsewhere they skip with a message.
+//! The tests of this file run one at a time (`exclusive`): they measure scheduler
+//! times, which other tests on the same 2 CPUs would distort.
 
-use denet_tests::{ebpf_ready, rel_diff, run_agent, scratch_dir, u, Trace};
+use denet_tests::{ebpf_ready, exclusive, rel_diff, run_agent, scratch_dir, u, Trace};
 use serde_json::Value;
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_workload");
@@ -19,7 +21,10 @@ fn named<'a>(t: &'a Trace, name: &str) -> Vec<&'a Value> {
 }
 
 fn files_of<'a>(t: &'a Trace, pid: u64) -> Vec<&'a Value> {
-    t.of_kind("file").into_iter().filter(|f| f["pid"] == pid).collect()
+    t.of_kind("file")
+        .into_iter()
+        .filter(|f| f["pid"] == pid)
+        .collect()
 }
 
 #[test]
@@ -27,6 +32,7 @@ fn sleeping_child_shows_sleep_not_cpu() {
     if !ebpf_ready("sleeping_child_shows_sleep_not_cpu") {
         return;
     }
+    let _serial = exclusive();
     let t = run_agent(&[], &["sh", "-c", "sleep 0.5"]);
     clean(&t);
     let p = named(&t, "sleep");
@@ -43,7 +49,10 @@ fn sleeping_child_shows_sleep_not_cpu() {
         .map(|k| u(&p[0][k]))
         .sum::<u64>() as f64;
     let wall = u(&p[0]["wall_ns"]) as f64;
-    assert!(rel_diff(states, wall) < 0.05, "states {states} vs wall {wall}");
+    assert!(
+        rel_diff(states, wall) < 0.05,
+        "states {states} vs wall {wall}"
+    );
 }
 
 #[test]
@@ -51,7 +60,9 @@ fn two_burners_on_one_cpu_wait_as_long_as_they_run() {
     if !ebpf_ready("two_burners_on_one_cpu_wait_as_long_as_they_run") {
         return;
     }
-    let cmd = format!("taskset -c 1 {WORKLOAD} burn 1000 & taskset -c 1 {WORKLOAD} burn 1000 & wait");
+    let _serial = exclusive();
+    let cmd =
+        format!("taskset -c 1 {WORKLOAD} burn 1000 & taskset -c 1 {WORKLOAD} burn 1000 & wait");
     let t = run_agent(&[], &["sh", "-c", &cmd]);
     clean(&t);
     let burners = named(&t, "workload");
@@ -79,6 +90,7 @@ fn direct_read_counts_block_io_and_the_file() {
     if !ebpf_ready("direct_read_counts_block_io_and_the_file") {
         return;
     }
+    let _serial = exclusive();
     // A file on the root filesystem (ext4 on the VM's disk), not a tmpfs.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/denet-test-data")
@@ -91,9 +103,18 @@ fn direct_read_counts_block_io_and_the_file() {
     let _ = std::fs::remove_dir_all(&dir);
     clean(&t);
     let p = t.root();
-    assert!(u(&p["blk_read_bytes"]) >= n, "blk_read_bytes {}", p["blk_read_bytes"]);
+    assert!(
+        u(&p["blk_read_bytes"]) >= n,
+        "blk_read_bytes {}",
+        p["blk_read_bytes"]
+    );
     assert!(u(&p["blk_read_ops"]) >= 1);
-    let lat: u64 = p["blk_latency_hist_log2_us"].as_array().unwrap().iter().map(u).sum();
+    let lat: u64 = p["blk_latency_hist_log2_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(u)
+        .sum();
     assert!(lat >= 1, "block latency histogram is empty");
     let files = files_of(&t, u(&p["pid"]));
     let f = files
@@ -102,7 +123,7 @@ fn direct_read_counts_block_io_and_the_file() {
         .unwrap_or_else(|| panic!("no file record for {}: {files:?}", path.display()));
     assert_eq!(u(&f["read_bytes"]), n);
     assert_eq!(f["access"], "r");
-    assert_eq!(f["closed_by"], "exit");
+    assert_eq!(f["closed_by"], "close");
 }
 
 #[test]
@@ -110,12 +131,17 @@ fn written_file_has_its_path_and_bytes() {
     if !ebpf_ready("written_file_has_its_path_and_bytes") {
         return;
     }
+    let _serial = exclusive();
     let dir = scratch_dir("filewrite");
     let n = 3_000_001u64;
     // Relative path from a known working directory: resolved to the absolute one.
     let t = run_agent(
         &[],
-        &["sh", "-c", &format!("cd {} && {WORKLOAD} write {n} out.bin", dir.display())],
+        &[
+            "sh",
+            "-c",
+            &format!("cd {} && {WORKLOAD} write {n} out.bin", dir.display()),
+        ],
     );
     clean(&t);
     let w = named(&t, "workload");
@@ -132,7 +158,14 @@ fn written_file_has_its_path_and_bytes() {
     assert_eq!(f["path_source"], "cwd");
     // And a shell redirection: the child writes through an inherited fd.
     let out = dir.join("redir.txt");
-    let t = run_agent(&[], &["sh", "-c", &format!("head -c 777 /dev/zero > {}", out.display())]);
+    let t = run_agent(
+        &[],
+        &[
+            "sh",
+            "-c",
+            &format!("head -c 777 /dev/zero > {}", out.display()),
+        ],
+    );
     clean(&t);
     let head = named(&t, "head");
     let f = files_of(&t, u(&head[0]["pid"]))
@@ -149,6 +182,7 @@ fn loopback_tcp_bytes_per_process() {
     if !ebpf_ready("loopback_tcp_bytes_per_process") {
         return;
     }
+    let _serial = exclusive();
     let n = 5_000_000u64;
     let t = run_agent(&[], &[WORKLOAD, "tcp-pair", &n.to_string()]);
     clean(&t);
@@ -169,6 +203,7 @@ fn exact_syscall_count_while_others_do_the_same() {
     if !ebpf_ready("exact_syscall_count_while_others_do_the_same") {
         return;
     }
+    let _serial = exclusive();
     // An untraced process hammers getppid meanwhile.
     let mut bg = std::process::Command::new(WORKLOAD)
         .args(["getppid", "50000000"])
@@ -191,6 +226,7 @@ fn samples_carry_window_deltas() {
     if !ebpf_ready("samples_carry_window_deltas") {
         return;
     }
+    let _serial = exclusive();
     let t = run_agent(
         &["--interval-ms", "50", "--max-interval-ms", "50"],
         &[WORKLOAD, "burn", "600"],
@@ -201,7 +237,10 @@ fn samples_carry_window_deltas() {
     let oncpu: u64 = samples.iter().map(|s| u(&s["oncpu_ns"])).sum();
     let total = u(&t.root()["oncpu_ns"]);
     // The windows cover the run up to the last sample: most of the process's time.
-    assert!(oncpu <= total && oncpu as f64 > 0.7 * total as f64, "{oncpu} of {total}");
+    assert!(
+        oncpu <= total && oncpu as f64 > 0.7 * total as f64,
+        "{oncpu} of {total}"
+    );
     for s in &samples {
         for p in s["procs"].as_array().unwrap() {
             assert!(p.get("oncpu_ns").is_some(), "{p}");
@@ -214,11 +253,18 @@ fn no_files_turns_file_records_off() {
     if !ebpf_ready("no_files_turns_file_records_off") {
         return;
     }
-    let t = run_agent(&["--no-files"], &["sh", "-c", "cat /etc/hostname >/dev/null"]);
+    let _serial = exclusive();
+    let t = run_agent(
+        &["--no-files"],
+        &["sh", "-c", "cat /etc/hostname >/dev/null"],
+    );
     clean(&t);
     assert!(t.of_kind("file").is_empty());
     assert_eq!(t.summary()["file_count"], 0);
     let t = run_agent(&[], &["sh", "-c", "cat /etc/hostname >/dev/null"]);
     assert!(!t.of_kind("file").is_empty());
-    assert_eq!(u(&t.summary()["file_count"]), t.of_kind("file").len() as u64);
+    assert_eq!(
+        u(&t.summary()["file_count"]),
+        t.of_kind("file").len() as u64
+    );
 }
