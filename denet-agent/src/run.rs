@@ -275,9 +275,18 @@ impl RunState {
         let (collector, proc_tree) = match events {
             Some(ring) => {
                 let mut tracker = Tracker::new(procfs::clock_ticks_and_page_kb().1);
-                tracker.add_root(pid, std::process::id(), start_ns, config.launch.argv.clone());
+                tracker.add_root(
+                    pid,
+                    std::process::id(),
+                    start_ns,
+                    config.launch.argv.clone(),
+                );
                 let mut files = FileTracker::default();
-                let cwd = config.launch.cwd.clone().or_else(|| std::env::current_dir().ok());
+                let cwd = config
+                    .launch
+                    .cwd
+                    .clone()
+                    .or_else(|| std::env::current_dir().ok());
                 if let Some(cwd) = cwd {
                     files.set_cwd(pid, cwd.to_string_lossy().into_owned());
                 }
@@ -350,7 +359,9 @@ impl RunState {
         }
         for f in &msg.files {
             self.summary.file_count += 1;
-            self.out.write_unflushed(f).context("writing a file record")?;
+            self.out
+                .write_unflushed(f)
+                .context("writing a file record")?;
         }
         self.out.flush().context("writing process records")
     }

@@ -160,17 +160,22 @@ fn read_direct(path: &str) -> u64 {
 
 fn tcp_pair(bytes: usize) {
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|_| std::process::exit(4));
-    let addr = listener.local_addr().unwrap_or_else(|_| std::process::exit(4));
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|_| std::process::exit(4));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::process::exit(4));
     // SAFETY: the child only connects, writes and exits.
     match unsafe { libc::fork() } {
         0 => {
-            let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|_| std::process::exit(4));
+            let mut s =
+                std::net::TcpStream::connect(addr).unwrap_or_else(|_| std::process::exit(4));
             let chunk = vec![7u8; 64 * 1024];
             let mut left = bytes;
             while left > 0 {
                 let n = left.min(chunk.len());
-                s.write_all(&chunk[..n]).unwrap_or_else(|_| std::process::exit(4));
+                s.write_all(&chunk[..n])
+                    .unwrap_or_else(|_| std::process::exit(4));
                 left -= n;
             }
             drop(s);
