@@ -306,8 +306,7 @@ pub fn export<R: io::BufRead>(
     let mut files = create(fp)?;
     let mut syscalls = create(cp)?;
     header_row(&mut procs, PROCESS_COLUMNS).map_err(at(pp))?;
-    header_row(
-        &mut samples,
+    let sample_cols = [
         &[
             "sample",
             "t_s",
@@ -315,11 +314,12 @@ pub fn export<R: io::BufRead>(
             "cpu_percent",
             "rss_kib",
             "threads_count",
-        ],
-    )
-    .map_err(at(sp))?;
-    header_row(
-        &mut totals,
+        ][..],
+        WINDOW_COLUMNS,
+    ]
+    .concat();
+    header_row(&mut samples, &sample_cols).map_err(at(sp))?;
+    let total_cols = [
         &[
             "sample",
             "t_s",
@@ -328,14 +328,12 @@ pub fn export<R: io::BufRead>(
             "thread_count",
             "cpu_percent",
             "rss_kib",
-        ],
-    )
-    .map_err(at(tp))?;
-    header_row(
-        &mut files,
-        &["pid", "path", "flags", "read_bytes", "write_bytes"],
-    )
-    .map_err(at(fp))?;
+        ][..],
+        WINDOW_COLUMNS,
+    ]
+    .concat();
+    header_row(&mut totals, &total_cols).map_err(at(tp))?;
+    header_row(&mut files, FILE_COLUMNS).map_err(at(fp))?;
     header_row(&mut syscalls, &["pid", "syscall", "count"]).map_err(at(cp))?;
 
     let mut summary = None;
