@@ -1,7 +1,7 @@
 //! Loads and attaches the embedded eBPF programs and gives typed access to their maps.
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::RawTracePoint,
     Ebpf, EbpfLoader,
 };
@@ -30,12 +30,17 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("sched_process_fork", "sched_process_fork"),
 ];
 
+/// Programs on `raw_syscalls` (syscall counts and file accounting).
+const SYSCALL_PROGRAMS: &[&str] = &["sys_enter", "sys_exit"];
+
 /// What the kernel side collects besides the lifecycle.
 #[derive(Debug, Clone, Copy)]
 pub struct TracerOptions {
     pub ringbuf_bytes: u32,
-    /// Per-file accounting (open/read/write/close per fd).
+    /// Per-file accounting (open/read/write/close per fd); needs `syscalls`.
     pub files: bool,
+    /// Syscall counts (and the hooks file accounting needs).
+    pub syscalls: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,10 +81,19 @@ pub struct KernelCounters {
 }
 
 /// Attached programs plus the maps the agent uses.
+/// Size of the tgid-indexed tracked array: the kernel's pid_max.
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304)
+}
+
 pub struct KernelTracer {
     // Owns the attached programs: dropping it detaches them.
     _ebpf: Ebpf,
     tracked: HashMap<MapData, u32, u32>,
+    tracked_fast: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     /// Two handles on the per-process/per-file counters (collector, sampler).
@@ -194,7 +208,7 @@ impl KernelTracer {
         let nr_cpus =
             aya::util::nr_cpus().map_err(|(what, e)| TracerError::Btf(format!("{what}: {e}")))?;
         let settings = Settings {
-            files: u32::from(options.files),
+            files: u32::from(options.files && options.syscalls),
             nr_cpus: nr_cpus as u32,
         };
         let mut ebpf = EbpfLoader::new()
@@ -202,8 +216,14 @@ impl KernelTracer {
             .override_global("OFFSETS", &offsets, true)
             .override_global("SETTINGS", &settings, true)
             .map_max_entries("EVENTS", options.ringbuf_bytes)
+            .map_max_entries("TRACKED_FAST", pid_max())
             .load(OBJECT)?;
         for &(name, tracepoint) in PROGRAMS {
+            // The syscall hooks put every syscall on the machine on the kernel's slow
+            // path, so they are only attached when asked for.
+            if !options.syscalls && SYSCALL_PROGRAMS.contains(&name) {
+                continue;
+            }
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(TracerError::Missing(name))?
@@ -224,6 +244,12 @@ impl KernelTracer {
                 name: "TRACKED",
                 source,
             })?;
+        let tracked_fast = Array::try_from(take(&mut ebpf, "TRACKED_FAST")?).map_err(|source| {
+            TracerError::Map {
+                name: "TRACKED_FAST",
+                source,
+            }
+        })?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(|source| {
             TracerError::Map {
                 name: "COUNTERS",
@@ -235,16 +261,19 @@ impl KernelTracer {
                 name: "EVENTS",
                 source,
             })?;
-        let stats = StatsMaps::pair(
+        let mut stats = StatsMaps::pair(
             take(&mut ebpf, "PROC_STATS")?,
             take(&mut ebpf, "SYSCALLS")?,
             take(&mut ebpf, "FILE_STATS")?,
             take(&mut ebpf, "TASK_STATE")?,
             nr_cpus,
         )?;
+        stats.0.count_syscalls = options.syscalls;
+        stats.1.count_syscalls = options.syscalls;
         Ok(Self {
             _ebpf: ebpf,
             tracked,
+            tracked_fast,
             counters,
             events: Some(events),
             stats: Some(stats),
@@ -262,7 +291,19 @@ impl KernelTracer {
             .map_err(|source| TracerError::Map {
                 name: "TRACKED",
                 source,
+            })?;
+        self.tracked_fast
+            .set(pid, 1, 0)
+            .map_err(|source| TracerError::Map {
+                name: "TRACKED_FAST",
+                source,
             })
+    }
+
+    /// Drops a pid the kernel side failed to remove (its exit was not seen).
+    pub fn untrack(&mut self, pid: u32) {
+        let _ = self.tracked.remove(&pid);
+        let _ = self.tracked_fast.set(pid, 0, 0);
     }
 
     /// The counter maps: (for the collector, for the sampler); handed out once.

@@ -13,8 +13,9 @@ use crate::ebpf::TracerError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcDepth {
     pub stats: ProcStats,
-    /// (syscall number, count), non-zero counts only, by number.
-    pub syscalls: Vec<(u16, u64)>,
+    /// (syscall number, count), non-zero counts only, by number; None when
+    /// syscalls are not counted (`--no-syscalls`).
+    pub syscalls: Option<Vec<(u16, u64)>>,
 }
 
 pub struct StatsMaps {
@@ -25,6 +26,8 @@ pub struct StatsMaps {
     /// its current state is not in `procs` until it leaves that state.
     task_state: Option<HashMap<MapData, u32, TaskState>>,
     nr_cpus: usize,
+    /// The syscall hooks are attached (else SYSCALLS stays empty).
+    pub count_syscalls: bool,
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> TracerError {
@@ -81,6 +84,7 @@ impl StatsMaps {
                 .map_err(map_err("FILE_STATS"))?,
             task_state: None,
             nr_cpus,
+            count_syscalls: true,
         })
     }
 
@@ -177,7 +181,10 @@ impl StatsMaps {
             .filter(|(_, c)| **c > 0)
             .map(|(nr, c)| (nr as u16, *c))
             .collect();
-        Some(ProcDepth { stats, syscalls })
+        Some(ProcDepth {
+            stats,
+            syscalls: self.count_syscalls.then_some(syscalls),
+        })
     }
 
     /// Final counters of an exited process; its entries are deleted.

@@ -88,6 +88,10 @@ struct RunArgs {
     /// No per-file accounting (no `file` records).
     #[arg(long)]
     no_files: bool,
+    /// No syscall counts and no file records: the syscall hooks cost every process
+    /// on the machine some time per syscall while attached (see docs/benchmarks.md).
+    #[arg(long)]
+    no_syscalls: bool,
     /// After the run, write the HTML report of the trace to FILE.
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,
@@ -138,7 +142,8 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
             EbpfMode::Auto
         },
         ringbuf_bytes: args.ringbuf_mib * 1024 * 1024,
-        files: !args.no_files,
+        files: !args.no_files && !args.no_syscalls,
+        syscalls: !args.no_syscalls,
     })
 }
 

@@ -29,8 +29,9 @@ pub struct DepthFields {
     pub blk_latency_hist_log2_us: Vec<u32>,
     pub net_tx_bytes: u64,
     pub net_rx_bytes: u64,
-    /// Syscall name -> count.
-    pub syscalls: BTreeMap<String, u64>,
+    /// Syscall name -> count; absent with `--no-syscalls`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<BTreeMap<String, u64>>,
 }
 
 fn trim_hist(h: &[u32]) -> Vec<u32> {
@@ -55,11 +56,12 @@ impl DepthFields {
             blk_latency_hist_log2_us: trim_hist(&s.blk_lat_hist),
             net_tx_bytes: s.net_tx_bytes,
             net_rx_bytes: s.net_rx_bytes,
-            syscalls: d
-                .syscalls
-                .iter()
-                .map(|(nr, c)| (syscall_name(usize::from(*nr)).into_owned(), *c))
-                .collect(),
+            syscalls: d.syscalls.as_ref().map(|calls| {
+                calls
+                    .iter()
+                    .map(|(nr, c)| (syscall_name(usize::from(*nr)).into_owned(), *c))
+                    .collect()
+            }),
         }
     }
 }
@@ -135,6 +137,10 @@ pub struct Header {
     pub ebpf: bool,
     /// Why eBPF is off, when it is.
     pub ebpf_unavailable_reason: Option<String>,
+    /// Per-process syscall counts are collected (eBPF mode, not `--no-syscalls`).
+    pub syscalls: bool,
+    /// `file` records are written (eBPF mode, not `--no-files`/`--no-syscalls`).
+    pub files: bool,
     pub interval_ms: u64,
     pub max_interval_ms: u64,
     pub argv_max_bytes: usize,
@@ -366,6 +372,8 @@ mod tests {
             hold_ns: Some(250_000),
             ebpf: true,
             ebpf_unavailable_reason: None,
+            syscalls: true,
+            files: true,
             interval_ms: 100,
             max_interval_ms: 1000,
             argv_max_bytes: 4096,
@@ -417,7 +425,7 @@ mod tests {
                     },
                     ..Default::default()
                 },
-                syscalls: vec![(0, 8), (1, 1), (231, 1)],
+                syscalls: Some(vec![(0, 8), (1, 1), (231, 1)]),
             }),
         };
         let killed = ProcessInfo {

@@ -54,6 +54,8 @@ pub struct RunConfig {
     pub ringbuf_bytes: u32,
     /// Per-file accounting (`file` records).
     pub files: bool,
+    /// Per-process syscall counts (and the syscall hooks files need).
+    pub syscalls: bool,
 }
 
 /// How the run ended, for the caller's exit status.
@@ -135,6 +137,8 @@ fn header(config: &RunConfig, kernel: &Kernel, pid: Option<u32>, hold_ns: Option
         hold_ns,
         ebpf: kernel.tracer.is_some(),
         ebpf_unavailable_reason: kernel.unavailable.clone(),
+        syscalls: kernel.tracer.is_some() && config.syscalls,
+        files: kernel.tracer.is_some() && config.syscalls && config.files,
         interval_ms: config.interval_ms,
         max_interval_ms: config.max_interval_ms,
         argv_max_bytes: denet_common::ARGV_MAX,
@@ -152,6 +156,7 @@ pub fn run(config: RunConfig) -> Result<RunOutcome> {
     let options = TracerOptions {
         ringbuf_bytes: config.ringbuf_bytes,
         files: config.files,
+        syscalls: config.syscalls,
     };
     let mut kernel = open_kernel(config.ebpf, options)?;
 
@@ -418,13 +423,25 @@ impl RunState {
 
     /// Done when the command is reaped and no descendant is left: no child of ours
     /// (orphans are adopted by us) and, with eBPF, nothing in the kernel's tracked set.
-    fn is_done(&self) -> bool {
-        self.root_status.is_some()
-            && self.no_children
-            && self
-                .tracer
-                .as_ref()
-                .is_none_or(|t| t.tracked_pids().is_empty())
+    fn is_done(&mut self) -> bool {
+        if self.root_status.is_none() || !self.no_children {
+            return false;
+        }
+        let Some(tracer) = &mut self.tracer else {
+            return true;
+        };
+        // A tracked pid that no longer exists means its exit was missed (events
+        // lost): forget it rather than wait for it forever. It is counted.
+        let mut alive = 0;
+        for pid in tracer.tracked_pids() {
+            if kill(Pid::from_raw(pid as i32), None) == Err(nix::errno::Errno::ESRCH) {
+                self.summary.ebpf_track_errors += 1;
+                tracer.untrack(pid);
+            } else {
+                alive += 1;
+            }
+        }
+        alive == 0
     }
 
     /// Every process of the tree: the kernel's tracked set when there is one (it also
@@ -511,7 +528,7 @@ impl RunState {
                 .max(counters.ringbuf_drops)
                 + report.malformed_events;
             s.ebpf_read_errors = counters.read_errors;
-            s.ebpf_track_errors = counters.track_insert_errors;
+            s.ebpf_track_errors += counters.track_insert_errors;
             s.threads_created = counters.threads_created;
             s.ebpf_stats_errors = counters.stats_insert_errors;
         }

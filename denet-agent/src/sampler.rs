@@ -56,9 +56,10 @@ fn delta(
     let (a, p) = (&now.stats, prev.map(|p| &p.stats));
     let d = |f: fn(&denet_common::ProcStats) -> u64| f(a).saturating_sub(p.map_or(0, f));
     let mut calls = 0;
-    for (nr, c) in &now.syscalls {
+    for (nr, c) in now.syscalls.iter().flatten() {
         let before = prev
-            .and_then(|p| p.syscalls.iter().find(|(n, _)| n == nr))
+            .and_then(|p| p.syscalls.as_ref())
+            .and_then(|calls| calls.iter().find(|(n, _)| n == nr))
             .map_or(0, |(_, c)| *c);
         let n = c.saturating_sub(before);
         if n > 0 {
@@ -163,7 +164,7 @@ impl Sampler {
             cpu_percent: round2(cpu_total),
             rss_kb: rss_total,
             delta: tree_delta,
-            syscalls: self.kernel.as_ref().map(|_| {
+            syscalls: self.kernel.as_ref().filter(|k| k.count_syscalls).map(|_| {
                 tree_syscalls
                     .into_iter()
                     .map(|(nr, c)| (syscall_name(usize::from(nr)).into_owned(), c))

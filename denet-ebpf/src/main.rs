@@ -18,7 +18,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
     },
     macros::{map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 mod block;
@@ -142,10 +142,37 @@ pub(crate) fn bump(slot: u32) -> u64 {
     }
 }
 
+/// The tracked set again, as an array indexed by tgid (sized to pid_max by the
+/// agent): the check every hot-path program makes first, for every task on the
+/// machine, and array lookups are inlined by the verifier where hash lookups are
+/// not. `TRACKED` stays the authoritative set the agent iterates.
+#[map]
+static TRACKED_FAST: Array<u32> = Array::with_max_entries(32_768, 0);
+
 #[inline(always)]
 pub(crate) fn is_tracked(tgid: u32) -> bool {
-    // SAFETY: only existence is checked; the value is not read.
-    unsafe { TRACKED.get(&tgid) }.is_some()
+    match TRACKED_FAST.get(tgid) {
+        Some(v) => *v != 0,
+        // A tgid beyond the array (pid_max raised after load): ask the hash map.
+        // SAFETY: only existence is checked; the value is not read.
+        None => unsafe { TRACKED.get(&tgid) }.is_some(),
+    }
+}
+
+#[inline(always)]
+fn set_tracked(tgid: u32, parent: u32, on: bool) {
+    if on {
+        if TRACKED.insert(&tgid, &parent, 0).is_err() {
+            bump(counter::TRACK_INSERT_ERRORS);
+        }
+    } else {
+        // Removal failure only means it was already gone.
+        let _ = TRACKED.remove(&tgid);
+    }
+    if let Some(slot) = TRACKED_FAST.get_ptr_mut(tgid) {
+        // SAFETY: pointer to the array slot of `tgid`.
+        unsafe { *slot = u32::from(on) };
+    }
 }
 
 /// Read a kernel value at `base + off`; counts a read error and yields zero on failure.
@@ -191,9 +218,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         bump(counter::THREADS_CREATED);
         return 0;
     }
-    if TRACKED.insert(&child_tgid, &parent_tgid, 0).is_err() {
-        bump(counter::TRACK_INSERT_ERRORS);
-    }
+    set_tracked(child_tgid, parent_tgid, true);
     stats::create(child_tgid);
     if setting!(files) != 0 {
         files::inherit(parent_tgid, child_tgid);
@@ -310,8 +335,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     sched::thread_exit(pid_tgid as u32, tgid);
     let hdr = header(EVENT_EXIT, pid_tgid as u32, tgid);
     if group_dead {
-        // Removal failure only means it was already gone; nothing to count.
-        let _ = TRACKED.remove(&tgid);
+        set_tracked(tgid, 0, false);
     }
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         bump(counter::RINGBUF_DROPS);

@@ -261,7 +261,18 @@ fn no_files_turns_file_records_off() {
     clean(&t);
     assert!(t.of_kind("file").is_empty());
     assert_eq!(t.summary()["file_count"], 0);
+    assert_eq!(t.header()["files"], false);
+    assert_eq!(t.header()["syscalls"], true);
+    // --no-syscalls: no syscall hooks, so no counts and no files either; the
+    // scheduler accounting stays.
+    let t = run_agent(&["--no-syscalls"], &[WORKLOAD, "getppid", "1000"]);
+    clean(&t);
+    assert!(t.of_kind("file").is_empty());
+    assert_eq!(t.header()["syscalls"], false);
+    assert!(t.root().get("syscalls").is_none(), "{}", t.root());
+    assert!(u(&t.root()["oncpu_ns"]) > 0);
     let t = run_agent(&[], &["sh", "-c", "cat /etc/hostname >/dev/null"]);
+    assert_eq!(t.header()["files"], true);
     assert!(!t.of_kind("file").is_empty());
     assert_eq!(
         u(&t.summary()["file_count"]),

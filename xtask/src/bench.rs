@@ -13,6 +13,8 @@ use anyhow::{bail, Context, Result};
 pub struct BenchOptions {
     pub runs: usize,
     pub quick: bool,
+    /// Which part: "core" (issue 2), "depth" (issue 3) or "all".
+    pub suite: String,
 }
 
 struct Workload {
@@ -85,6 +87,17 @@ fn trace_numbers(path: &Path) -> Result<(f64, f64, f64, f64, f64)> {
 }
 
 pub fn run(root: &Path, opts: &BenchOptions) -> Result<()> {
+    let (agent, workload) = build(root)?;
+    if opts.suite == "core" || opts.suite == "all" {
+        core(&agent, &workload, opts)?;
+    }
+    if opts.suite == "depth" || opts.suite == "all" {
+        depth(&agent, &workload, opts)?;
+    }
+    Ok(())
+}
+
+fn build(root: &Path) -> Result<(std::path::PathBuf, String)> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("cargo xtask bench needs root (the agent must run with eBPF)");
@@ -109,6 +122,10 @@ pub fn run(root: &Path, opts: &BenchOptions) -> Result<()> {
         .join("target/release/workload")
         .to_string_lossy()
         .into_owned();
+    Ok((agent, workload))
+}
+
+fn core(agent: &Path, workload: &str, opts: &BenchOptions) -> Result<()> {
     let loops = if opts.quick { 200 } else { 2000 };
     let spin = if opts.quick {
         "200000000"
@@ -127,7 +144,7 @@ pub fn run(root: &Path, opts: &BenchOptions) -> Result<()> {
         },
         Workload {
             name: "cpu-bound",
-            cmd: vec![workload.clone(), "spin".into(), spin.into()],
+            cmd: vec![workload.to_string(), "spin".into(), spin.into()],
             target_ratio: 1.01,
         },
     ];
@@ -189,5 +206,135 @@ pub fn run(root: &Path, opts: &BenchOptions) -> Result<()> {
     }
     let _ = std::fs::remove_file(&trace);
     println!();
+    Ok(())
+}
+
+fn median_of(cmd: &[String], runs: usize) -> Result<Stats> {
+    let mut v = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        v.push(run_quiet(cmd)?);
+    }
+    Ok(stats(v))
+}
+
+/// Issue 3: everything on (scheduler, block, network, syscalls, files) against bare,
+/// `strace -f -c` and `perf trace -s`, interleaved per round; then the cost for an
+/// untraced process while the agent traces something else.
+fn depth(agent: &Path, workload: &str, opts: &BenchOptions) -> Result<()> {
+    let count = if opts.quick { "200K" } else { "2M" };
+    let rounds = if opts.quick { "20000" } else { "200000" };
+    let loops = if opts.quick { 200 } else { 2000 };
+    let workloads: Vec<(&str, Vec<String>)> = vec![
+        (
+            "syscall-heavy (dd bs=1)",
+            [
+                "dd",
+                "if=/dev/zero",
+                "of=/dev/null",
+                "bs=1",
+                &format!("count={count}"),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ),
+        (
+            "context-switch-heavy (pipe ping-pong)",
+            vec![workload.to_string(), "pingpong".into(), rounds.into()],
+        ),
+        (
+            "fork-heavy",
+            vec![
+                "sh".into(),
+                "-c".into(),
+                format!("i=0; while [ $i -lt {loops} ]; do /bin/true; i=$((i+1)); done"),
+            ],
+        ),
+    ];
+    let trace =
+        std::env::temp_dir().join(format!("denet-bench-depth-{}.jsonl", std::process::id()));
+    let wrap = |prefix: &[&str], cmd: &[String]| -> Vec<String> {
+        prefix
+            .iter()
+            .map(|s| s.to_string())
+            .chain(cmd.iter().cloned())
+            .collect()
+    };
+    let agent_s = agent.to_string_lossy().into_owned();
+    let trace_s = trace.to_string_lossy().into_owned();
+    println!("## Depth accounting overhead (issue 3)\n");
+    println!(
+        "{} rounds per workload; each round runs bare, denet-agent (everything on), \
+         `strace -f -c -o /dev/null` and `perf trace -s -o /dev/null` once, in that \
+         order rotated by one each round. Medians of whole-command wall seconds.\n",
+        opts.runs
+    );
+    println!("| workload | bare s | denet-agent s (ratio) | strace -f -c s (ratio) | perf trace -s s (ratio) |");
+    println!("|---|---|---|---|---|");
+    for (name, cmd) in &workloads {
+        let modes: Vec<Vec<String>> = vec![
+            cmd.clone(),
+            wrap(
+                &[&agent_s, "run", "--require-ebpf", "-o", &trace_s, "--"],
+                cmd,
+            ),
+            wrap(&["strace", "-f", "-c", "-o", "/dev/null"], cmd),
+            wrap(&["perf", "trace", "-s", "-o", "/dev/null"], cmd),
+        ];
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+        for m in &modes {
+            run_quiet(m)?; // warm-up
+        }
+        for round in 0..opts.runs {
+            for k in 0..modes.len() {
+                let i = (k + round) % modes.len();
+                times[i].push(run_quiet(&modes[i])?);
+            }
+        }
+        let med: Vec<f64> = times.into_iter().map(|t| stats(t).median).collect();
+        println!(
+            "| {name} | {:.3} | {:.3} ({:.2}x) | {:.3} ({:.2}x) | {:.3} ({:.2}x) |",
+            med[0],
+            med[1],
+            med[1] / med[0],
+            med[2],
+            med[2] / med[0],
+            med[3],
+            med[3] / med[0]
+        );
+    }
+    // Untraced work while the agent traces another command.
+    let dd: Vec<String> = workloads[0].1.clone();
+    let bare = median_of(&dd, opts.runs)?;
+    let mut bg = Command::new(agent)
+        .args([
+            "run",
+            "--require-ebpf",
+            "-o",
+            &trace_s,
+            "--",
+            "sleep",
+            "100000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let during = median_of(&dd, opts.runs);
+    // SAFETY: signalling our own child (the agent forwards SIGTERM to sleep).
+    unsafe { libc::kill(bg.id() as i32, libc::SIGTERM) };
+    let _ = bg.wait();
+    let during = during?;
+    println!(
+        "\nUntraced `{}` while the agent traces another command: {:.3} s vs {:.3} s with no \
+         agent running ({:.2}x; medians of {} runs).\n",
+        dd.join(" "),
+        during.median,
+        bare.median,
+        during.median / bare.median,
+        opts.runs
+    );
+    let _ = std::fs::remove_file(&trace);
     Ok(())
 }

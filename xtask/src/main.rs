@@ -29,6 +29,9 @@ enum Task {
         /// Smaller workloads, for a smoke run.
         #[arg(long)]
         quick: bool,
+        /// core (issue 2: run overhead), depth (issue 3: with strace/perf) or all.
+        #[arg(long, default_value = "all")]
+        suite: String,
     },
 }
 
@@ -48,12 +51,16 @@ fn main() -> Result<()> {
                 .map_err(|e| anyhow!(e))?;
             println!("{}", object.display());
         }
-        Task::Bench { runs, quick } => {
+        Task::Bench { runs, quick, suite } => {
+            if !["core", "depth", "all"].contains(&suite.as_str()) {
+                return Err(anyhow!("--suite must be core, depth or all"));
+            }
             bench::run(
                 &root,
                 &bench::BenchOptions {
                     runs: runs.max(1),
                     quick,
+                    suite,
                 },
             )?;
         }

@@ -13,7 +13,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: workload burn MS | alloc MIB HOLD_MS [TRUTH] | write BYTES PATH | \
          rusage-child TRUTH -- CMD... | alloc-then-exec MIB -- CMD... | getppid K | \
-         forkstorm WORKERS CHILDREN | threads N MS | spin ITERATIONS | read-direct PATH | tcp-pair BYTES | exit CODE | signal SIG"
+         forkstorm WORKERS CHILDREN | threads N MS | spin ITERATIONS | read-direct PATH | tcp-pair BYTES | pingpong ROUNDS | exit CODE | signal SIG"
     );
     std::process::exit(2)
 }
@@ -156,6 +156,39 @@ fn read_direct(path: &str) -> u64 {
     // SAFETY: allocated above with the same layout.
     unsafe { std::alloc::dealloc(buf, layout) };
     total
+}
+
+fn pingpong(rounds: u64) {
+    let mut a = [0i32; 2];
+    let mut b = [0i32; 2];
+    // SAFETY: plain pipe/fork/read/write on descriptors we own.
+    unsafe {
+        if libc::pipe(a.as_mut_ptr()) != 0 || libc::pipe(b.as_mut_ptr()) != 0 {
+            std::process::exit(4);
+        }
+        let mut byte = [0u8; 1];
+        match libc::fork() {
+            0 => {
+                for _ in 0..rounds {
+                    if libc::read(a[0], byte.as_mut_ptr().cast(), 1) != 1 {
+                        libc::_exit(4);
+                    }
+                    libc::write(b[1], byte.as_ptr().cast(), 1);
+                }
+                libc::_exit(0);
+            }
+            pid if pid > 0 => {
+                for _ in 0..rounds {
+                    libc::write(a[1], byte.as_ptr().cast(), 1);
+                    if libc::read(b[0], byte.as_mut_ptr().cast(), 1) != 1 {
+                        std::process::exit(4);
+                    }
+                }
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            _ => std::process::exit(5),
+        }
+    }
 }
 
 fn tcp_pair(bytes: usize) {
@@ -306,6 +339,12 @@ fn main() {
             // comes from the block device. Prints the byte count.
             let path: String = arg(&args, 2);
             println!("{}", read_direct(&path));
+        }
+        Some("pingpong") => {
+            // ROUNDS one-byte round trips between two processes over two pipes: a
+            // context switch per message.
+            let rounds: u64 = arg(&args, 2);
+            pingpong(rounds);
         }
         Some("tcp-pair") => {
             // Sends BYTES from a forked child to this process over loopback TCP.
