@@ -76,7 +76,7 @@ fn stats_json_matches_the_trace() {
         && n["label"]
             .as_str()
             .unwrap()
-            .contains("exited before these children")));
+            .contains("outlived their parent")));
 
     // Top lists are sorted and agree with the records.
     let top_cpu = s["top"]["cpu"].as_array().unwrap();
@@ -359,4 +359,52 @@ fn run_writes_the_html_report() {
         "true",
     ]);
     assert_clean_failure(&o, "--report reads the trace back");
+}
+
+/// A trace from the agent as built now reads without a single warning: every field
+/// the writer emits (core and depth) is known to the reader, so a new field shows up
+/// here until the reader learns it.
+#[test]
+fn fresh_ebpf_trace_reads_without_warnings() {
+    if !denet_tests::ebpf_ready("fresh_ebpf_trace_reads_without_warnings") {
+        return;
+    }
+    let dir = denet_tests::scratch_dir("fresh");
+    let trace = dir.join("t.jsonl");
+    let t = trace.to_string_lossy();
+    let script = format!(
+        "head -c 3000000 /dev/urandom | gzip -1 > /dev/null; echo x > {0}/out.txt; cat {0}/out.txt; rm {0}/out.txt; sleep 0.05",
+        dir.display()
+    );
+    let o = agent(&[
+        "run",
+        "--require-ebpf",
+        "--interval-ms",
+        "10",
+        "-o",
+        &t,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recs = records(&trace);
+    assert!(!of_kind(&recs, "file").is_empty(), "the run opened files");
+    for args in [
+        vec!["stats", &*t],
+        vec!["stats", "--json", &*t],
+        vec!["export", &*t, "-f", "nextflow", "-o", "/dev/null"],
+        vec!["export", &*t, "-f", "perfetto", "-o", "/dev/null"],
+    ] {
+        let o = agent(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{args:?}: warnings on a fresh trace");
+    }
+    let s = stats_json(&trace);
+    assert_eq!(
+        s["totals"]["processes"],
+        of_kind(&recs, "process").len() as u64
+    );
+    assert!(s["totals"]["oncpu_ns"].as_u64().is_some_and(|v| v > 0));
 }

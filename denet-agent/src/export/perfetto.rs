@@ -25,10 +25,34 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
+/// Per pid: what the track metadata needs. Labels are interned (few distinct
+/// commands), so this is ~40 bytes per distinct pid, bounded by the kernel's pid_max.
 struct Track {
     ppid: Option<u32>,
     start: Option<u64>,
-    label: String,
+    label: u32,
+}
+
+#[derive(Default)]
+struct Labels {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Labels {
+    fn intern(&mut self, s: String) -> u32 {
+        if let Some(id) = self.ids.get(&s) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(s.clone());
+        self.ids.insert(s, id);
+        id
+    }
+
+    fn get(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("?", String::as_str)
+    }
 }
 
 struct Writer<'a> {
@@ -159,6 +183,7 @@ pub fn export<R: BufRead>(
         first: true,
     };
     let mut tracks: HashMap<u32, Track> = HashMap::new();
+    let mut labels = Labels::default();
     while let Some(rec) = reader.next_record()? {
         match rec {
             Record::Process(p) => {
@@ -169,7 +194,7 @@ pub fn export<R: BufRead>(
                         Track {
                             ppid: p.ppid,
                             start: p.start_boot_ns,
-                            label: command::label(&p.argv, p.exe.as_deref()),
+                            label: labels.intern(command::label(&p.argv, p.exe.as_deref())),
                         },
                     );
                 }
@@ -189,7 +214,8 @@ pub fn export<R: BufRead>(
     )?;
     for (i, (pid, depth)) in track_order(&tracks).into_iter().enumerate() {
         let Some(t) = tracks.get(&pid) else { continue };
-        let name = format!("{}{}", "· ".repeat(depth), t.label);
+        let label = labels.get(t.label);
+        let name = format!("{}{label}", "· ".repeat(depth));
         wr.event(
             &json!({"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
             "args": {"name": name}}),
@@ -200,7 +226,7 @@ pub fn export<R: BufRead>(
         )?;
         wr.event(
             &json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": pid,
-            "args": {"name": t.label}}),
+            "args": {"name": label}}),
         )?;
         if let Some(pp) = t.ppid {
             let parent = tracks.get(&pp).map_or_else(

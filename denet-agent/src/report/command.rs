@@ -100,7 +100,7 @@ mod tests {
             "awk",
             "{ print ($1 * 7919) % 1009 } and then some more text",
         ]);
-        assert_eq!(label(&long, None), "awk '{ print ($1 *…e more text'");
+        assert_eq!(label(&long, None), "awk '{ print ($1 * …ome more text'");
         let many: Vec<String> = (0..40).map(|i| format!("arg{i}")).collect();
         let l = label(&many, None);
         assert!(l.chars().count() <= LABEL_MAX_CHARS + 2, "{l}");

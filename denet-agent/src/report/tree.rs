@@ -216,20 +216,25 @@ impl Group {
         }
     }
 
-    fn placeholder(pid: u32, label: String) -> Group {
+    fn placeholder(pid: u32, label: String, children: Vec<Group>) -> Group {
+        let mut agg = Agg::default();
+        for c in &children {
+            min(&mut agg.first_start_ns, c.agg.first_start_ns);
+            max(&mut agg.last_end_ns, c.agg.last_end_ns);
+        }
         Group {
             key: 0,
             program: String::new(),
             label,
             argv: Vec::new(),
-            pid: Some(pid),
+            pid: (pid != 0).then_some(pid),
             exit_code: None,
             signal: None,
             core_dumped: false,
             other_args: false,
             placeholder: true,
-            agg: Agg::default(),
-            children: Vec::new(),
+            agg,
+            children,
         }
     }
 
@@ -296,13 +301,23 @@ fn insert_child(list: &mut Vec<Group>, g: Group) {
     }
 }
 
+/// A process whose record has been seen, remembered briefly to recognise orphans.
+struct Exited {
+    key: u64,
+    label: String,
+    end_ns: Option<u64>,
+}
+
 #[derive(Default)]
 pub struct TreeBuilder {
     /// Subtrees waiting for their parent's record, by parent pid (0: unknown parent).
     pending: HashMap<u32, Vec<Group>>,
-    /// Subtrees whose parent pid was reused before they exited: shown as orphans.
-    stale: Vec<(u32, Group)>,
-    recent: VecDeque<(u32, String)>,
+    /// Subtrees whose parent exited before them (orphans, daemons), merged by the
+    /// parent's command line so repeated patterns stay one line.
+    orphans: Vec<(u64, String, Vec<Group>)>,
+    /// The last [`RECENT_EXITS`] exits, by pid, oldest first in `recent_order`.
+    recent: HashMap<u32, Exited>,
+    recent_order: VecDeque<u32>,
 }
 
 impl TreeBuilder {
@@ -315,19 +330,53 @@ impl TreeBuilder {
                     // it belonged to an earlier process with the same (reused) pid.
                     let before = matches!((c.agg.first_start_ns, p.start_boot_ns), (Some(c), Some(s)) if c < s);
                     if before {
-                        self.stale.push((pid, c));
+                        self.adopt_orphan(pid, c);
                     } else {
                         insert_child(&mut g.children, c);
                     }
                 }
             }
-            if self.recent.len() == RECENT_EXITS {
-                self.recent.pop_front();
-            }
-            self.recent.push_back((pid, g.label.clone()));
+            self.remember(pid, &g, p.end_boot_ns);
         }
-        let siblings = self.pending.entry(p.ppid.unwrap_or(0)).or_default();
-        insert_child(siblings, g);
+        let ppid = p.ppid.unwrap_or(0);
+        // The parent's record came first: this process outlived it.
+        let orphan = self.recent.get(&ppid).is_some_and(
+            |e| !matches!((p.start_boot_ns, e.end_ns), (Some(s), Some(end)) if s > end),
+        );
+        if orphan {
+            self.adopt_orphan(ppid, g);
+        } else {
+            insert_child(self.pending.entry(ppid).or_default(), g);
+        }
+    }
+
+    fn remember(&mut self, pid: u32, g: &Group, end_ns: Option<u64>) {
+        if self.recent_order.len() >= RECENT_EXITS {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+        let e = Exited {
+            key: g.key,
+            label: g.label.clone(),
+            end_ns,
+        };
+        if self.recent.insert(pid, e).is_some() {
+            self.recent_order.retain(|p| *p != pid);
+        }
+        self.recent_order.push_back(pid);
+    }
+
+    /// Files an orphan under its (exited) parent's command line.
+    fn adopt_orphan(&mut self, ppid: u32, g: Group) {
+        let (key, label) = match self.recent.get(&ppid) {
+            Some(e) => (e.key, e.label.clone()),
+            None => (u64::from(ppid), format!("pid {ppid}")),
+        };
+        match self.orphans.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, _, list)) => insert_child(list, g),
+            None => self.orphans.push((key, label, vec![g])),
+        }
     }
 
     /// Groups waiting for their parents (for memory accounting in tests).
@@ -345,10 +394,8 @@ impl TreeBuilder {
             roots.extend(top);
         }
         let mut rest: Vec<(u32, Vec<Group>)> = self.pending.drain().collect();
-        for (pid, g) in self.stale.drain(..) {
-            rest.push((pid, vec![g]));
-        }
         rest.sort_by_key(|(pid, g)| (g.iter().filter_map(|c| c.agg.first_start_ns).min(), *pid));
+        let mut placeholders = Vec::new();
         for (pid, children) in rest {
             let label = if pid == 0 {
                 "[parent unknown: fork event lost]".to_string()
@@ -357,22 +404,17 @@ impl TreeBuilder {
                     "{} [no exit record: still running when the trace ended]",
                     command::label(&header.argv, None)
                 )
-            } else if let Some((_, l)) = self.recent.iter().rev().find(|(p, _)| *p == pid) {
-                format!("{l} [pid {pid} exited before these children]")
             } else {
                 format!("[pid {pid}: no record]")
             };
-            let mut ph = Group::placeholder(pid, label);
-            for c in children {
-                ph.agg.first_start_ns = match (ph.agg.first_start_ns, c.agg.first_start_ns) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                max(&mut ph.agg.last_end_ns, c.agg.last_end_ns);
-                ph.children.push(c);
-            }
-            roots.push(ph);
+            placeholders.push(Group::placeholder(pid, label, children));
         }
+        for (_, label, children) in self.orphans.drain(..) {
+            let label = format!("[outlived their parent: {label}]");
+            placeholders.push(Group::placeholder(0, label, children));
+        }
+        placeholders.sort_by_key(|g| (g.agg.first_start_ns.is_none(), g.agg.first_start_ns));
+        roots.extend(placeholders);
         for r in &mut roots {
             r.sort();
         }
@@ -411,6 +453,8 @@ mod tests {
     #[test]
     fn children_first_builds_the_tree_and_merges_equal_siblings() {
         let mut t = TreeBuilder::default();
+        // Records come in exit order: the grandchild before its parent.
+        t.add(&proc(200, 3, &["helper"], 11, 12));
         t.add(&proc(3, 2, &["sort", "-n"], 10, 20));
         for pid in 4..104 {
             t.add(&proc(
@@ -421,7 +465,6 @@ mod tests {
                 pid as u64 * 10 + 5,
             ));
         }
-        t.add(&proc(200, 3, &["helper"], 11, 12));
         // The late child of a process whose record came before it (an orphan).
         t.add(&proc(2, 1, &["sh", "job.sh"], 1, 2000));
         t.add(&proc(300, 2, &["sleep", "1"], 1500, 3000));
@@ -440,7 +483,7 @@ mod tests {
         assert_eq!(t100.pid, Some(4));
         let orphan = &roots[1];
         assert!(orphan.placeholder);
-        assert!(orphan.label.contains("exited before"), "{}", orphan.label);
+        assert_eq!(orphan.label, "[outlived their parent: sh job.sh]");
         assert_eq!(orphan.children[0].label, "sleep 1");
     }
 
@@ -465,6 +508,24 @@ mod tests {
         let other = kids.iter().find(|k| k.other_args).map(|k| k.agg.count);
         assert_eq!(other, Some(1000 - FOLD_AFTER as u64));
         assert_eq!(kids.iter().map(|k| k.agg.count).sum::<u64>(), 1000);
+    }
+
+    #[test]
+    fn repeated_orphans_merge_by_their_parents_command() {
+        let mut t = TreeBuilder::default();
+        for i in 0..1000u32 {
+            let (pid, at) = (10 + 2 * i, u64::from(i) * 100);
+            // A subshell that exits at once, and its child that outlives it.
+            t.add(&proc(pid, 2, &["sh", "-c", "sleep 1 &"], at, at + 5));
+            t.add(&proc(pid + 1, pid, &["sleep", "1"], at + 1, at + 50));
+        }
+        assert!(t.pending_groups() <= 1 && t.orphans.len() == 1);
+        t.add(&proc(2, 1, &["sh", "job.sh"], 0, 200_000));
+        let roots = t.finish(&header());
+        assert_eq!(roots.len(), 2);
+        assert_eq!(roots[0].children[0].agg.count, 1000);
+        assert_eq!(roots[1].label, "[outlived their parent: sh -c 'sleep 1 &']");
+        assert_eq!(roots[1].children[0].agg.count, 1000);
     }
 
     #[test]

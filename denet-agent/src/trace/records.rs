@@ -34,6 +34,10 @@ pub struct Header {
     pub hold_ns: Option<u64>,
     pub ebpf: Option<bool>,
     pub ebpf_unavailable_reason: Option<String>,
+    /// Per-process syscall counts were collected (issue 3).
+    pub syscalls: Option<bool>,
+    /// `file` records were written (issue 3).
+    pub files: Option<bool>,
     pub interval_ms: Option<u64>,
     pub max_interval_ms: Option<u64>,
     pub argv_max_bytes: Option<u64>,
