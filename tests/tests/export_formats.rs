@@ -214,9 +214,10 @@ fn nextflow_trace_uses_nextflow_columns_and_formats() {
         .find(|r| r["name"] == "sh -c 'kill -TERM $$'")
         .unwrap();
     assert_eq!((killed["status"], killed["exit"]), ("FAILED", "143"));
+    let root_pid = recs[0]["pid"].to_string();
     let root = rows
         .iter()
-        .find(|r| r["native_id"] == recs[0]["pid"].to_string())
+        .find(|r| r["native_id"] == root_pid.as_str())
         .unwrap();
     assert!(
         root["realtime"].ends_with('s') && root["realtime"].contains('.'),
@@ -370,6 +371,7 @@ fn perfetto_output_is_valid_trace_event_json() {
 }
 
 /// Peak RSS (KiB) of a child run to completion, from wait4's rusage.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std's Child cannot do
 fn run_measured(args: &[&str]) -> (i32, u64) {
     let child = std::process::Command::new(denet_tests::agent_bin())
         .args(args)
@@ -414,8 +416,9 @@ fn large_traces_stream_in_bounded_memory() {
     ] {
         let (code, rss_kb) = run_measured(&args);
         assert_eq!(code, 0, "{args:?}");
-        // 64 MiB of trace (18k processes): a reader that kept records would need
-        // well over 100 MiB; the streaming one stays near its baseline.
-        assert!(rss_kb < 40 * 1024, "{args:?}: peak RSS {rss_kb} KiB");
+        // 64 MiB of trace (15k processes, 120k file records): a reader that kept
+        // the records would need well over 100 MiB; the streaming one stays near
+        // its baseline (under 10 MiB when measured; Perfetto keeps per-pid tracks).
+        assert!(rss_kb < 32 * 1024, "{args:?}: peak RSS {rss_kb} KiB");
     }
 }
