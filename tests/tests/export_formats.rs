@@ -27,12 +27,13 @@ fn export_csv(trace: &str, name: &str) -> std::path::PathBuf {
     dir
 }
 
-const CSV_TABLES: [&str; 6] = [
+const CSV_TABLES: [&str; 7] = [
     "processes.csv",
     "samples.csv",
     "sample_totals.csv",
     "files.csv",
     "syscalls.csv",
+    "events.csv",
     "run.csv",
 ];
 
@@ -161,6 +162,57 @@ fn csv_tables_hold_the_trace_values() {
     let p = parse_csv(&std::fs::read_to_string(plain.join("processes.csv")).unwrap());
     assert_eq!(p[0]["oncpu_s"], "");
     assert_eq!(p[0].len(), procs[0].len());
+}
+
+/// Raw `event` records (`run --events`) read without warnings, count in stats and
+/// become the events table.
+#[test]
+fn event_records_become_a_table() {
+    let text = std::fs::read_to_string(data("pipeline.jsonl")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let pid = records(&data("pipeline.jsonl"))[0]["pid"].as_u64().unwrap();
+    let start = of_kind(&records(&data("pipeline.jsonl")), "summary")[0]["start_boot_ns"]
+        .as_u64()
+        .unwrap();
+    lines.insert(1, format!(r#"{{"kind":"event","type":"sched","ts_boot_ns":{},"pid":{pid},"tid":{pid},"cpu":1,"state":"runnable","duration_ns":2500}}"#, start + 1_000_000));
+    lines.insert(2, format!(r#"{{"kind":"event","type":"block","ts_boot_ns":{},"pid":{pid},"tid":{pid},"cpu":0,"duration_ns":90000,"op":"read","bytes":4096}}"#, start + 2_000_000));
+    let dir = denet_tests::scratch_dir("events");
+    let trace = dir.join("t.jsonl");
+    std::fs::write(&trace, lines.join("\n") + "\n").unwrap();
+    let t = trace.to_string_lossy();
+    let o = agent(&["stats", "--json", &t]);
+    assert!(
+        o.status.success() && stderr(&o).is_empty(),
+        "{}",
+        stderr(&o)
+    );
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["totals"]["event_records"], 2);
+    let out = dir.join("csv");
+    let o = agent(&["export", &t, "-f", "csv", "-o", &out.to_string_lossy()]);
+    assert!(
+        o.status.success() && stderr(&o).is_empty(),
+        "{}",
+        stderr(&o)
+    );
+    let ev = parse_csv(&std::fs::read_to_string(out.join("events.csv")).unwrap());
+    assert_eq!(ev.len(), 2);
+    assert_eq!(
+        (
+            ev[0]["type"].as_str(),
+            ev[0]["state"].as_str(),
+            ev[0]["duration_s"].as_str()
+        ),
+        ("sched", "runnable", "0.000002500")
+    );
+    assert_eq!(
+        (
+            ev[1]["op"].as_str(),
+            ev[1]["bytes"].as_str(),
+            ev[1]["t_s"].as_str()
+        ),
+        ("read", "4096", "0.002000000")
+    );
 }
 
 #[test]

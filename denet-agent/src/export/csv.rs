@@ -1,8 +1,9 @@
 //! Tidy CSV tables, one file per record kind, units in the column names:
 //! `processes.csv` (one row per process), `samples.csv` (long form: one row per
 //! process per sample), `sample_totals.csv` (one row per sample), `files.csv` (one
-//! row per `file` record), `syscalls.csv` (long form: pid, syscall, count) and
-//! `run.csv` (one row: header and summary facts). Times `*_s` are seconds since the
+//! row per `file` record), `syscalls.csv` (long form: pid, syscall, count),
+//! `events.csv` (one row per `event` record, `--events` traces) and `run.csv` (one
+//! row: header and summary facts). Times `*_s` are seconds since the
 //! run started; `run.csv` has that start as Unix time. Empty cell: unknown.
 
 use std::{
@@ -13,7 +14,7 @@ use std::{
 
 use super::{at, create, ExportError};
 use crate::report::command;
-use crate::trace::{FileRecord, Header, Process, Record, Summary, TraceReader};
+use crate::trace::{EventRecord, FileRecord, Header, Process, Record, Summary, TraceReader};
 
 pub const PROCESS_COLUMNS: &[&str] = &[
     "pid",
@@ -78,6 +79,32 @@ pub const FILE_COLUMNS: &[&str] = &[
     "close_s",
     "closed_by",
 ];
+
+pub const EVENT_COLUMNS: &[&str] = &[
+    "type",
+    "t_s",
+    "pid",
+    "tid",
+    "cpu",
+    "state",
+    "duration_s",
+    "op",
+    "bytes",
+];
+
+fn event_cells(e: &EventRecord, t0: u64) -> Vec<String> {
+    vec![
+        u(e.event_type.clone()),
+        ts_s(e.ts_boot_ns, t0),
+        u(e.pid),
+        u(e.tid),
+        u(e.cpu),
+        u(e.state.clone()),
+        ns_s(e.duration_ns),
+        u(e.op.clone()),
+        u(e.bytes),
+    ]
+}
 
 /// Window counters of samples (eBPF mode), in both sample tables.
 pub const WINDOW_COLUMNS: &[&str] = &[
@@ -297,15 +324,18 @@ pub fn export<R: io::BufRead>(
         "sample_totals.csv",
         "files.csv",
         "syscalls.csv",
+        "events.csv",
     ]
     .map(|n| dir.join(n));
-    let [pp, sp, tp, fp, cp] = &paths;
+    let [pp, sp, tp, fp, cp, ep] = &paths;
     let mut procs = create(pp)?;
     let mut samples = create(sp)?;
     let mut totals = create(tp)?;
     let mut files = create(fp)?;
     let mut syscalls = create(cp)?;
+    let mut events = create(ep)?;
     header_row(&mut procs, PROCESS_COLUMNS).map_err(at(pp))?;
+    header_row(&mut events, EVENT_COLUMNS).map_err(at(ep))?;
     let sample_cols = [
         &[
             "sample",
@@ -400,6 +430,9 @@ pub fn export<R: io::BufRead>(
             Record::File(f) => {
                 row(&mut files, &file_cells(&f, t0)).map_err(at(fp))?;
             }
+            Record::Event(e) => {
+                row(&mut events, &event_cells(&e, t0)).map_err(at(ep))?;
+            }
             Record::Summary(s) => summary = Some(*s),
         }
     }
@@ -409,6 +442,7 @@ pub fn export<R: io::BufRead>(
         (&mut totals, tp),
         (&mut files, fp),
         (&mut syscalls, cp),
+        (&mut events, ep),
     ] {
         w.flush().map_err(at(p))?;
     }

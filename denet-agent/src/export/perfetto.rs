@@ -200,7 +200,7 @@ pub fn export<R: BufRead>(
                 }
             }
             Record::Sample(s) => sample_events(&s, run_pid, &mut wr)?,
-            Record::Summary(_) | Record::File(_) => {}
+            Record::Summary(_) | Record::File(_) | Record::Event(_) => {}
         }
     }
     let run_name = format!("run: {}", command::label(&header.argv, None));

@@ -152,6 +152,8 @@ pub struct Totals {
     pub net_tx_bytes: Option<u64>,
     pub net_rx_bytes: Option<u64>,
     pub file_records: u64,
+    /// Raw `event` records (`--events`).
+    pub event_records: u64,
     /// Run-queue waits and their delays summed over processes: element i counts
     /// waits of [2^i, 2^(i+1)) µs. Empty when the trace has none.
     pub runq_waits: Option<u64>,
@@ -264,6 +266,7 @@ pub struct StatsBuilder {
     files: HashMap<String, FileRow>,
     other_files: FileRow,
     file_records: u64,
+    event_records: u64,
     summary: Option<Summary>,
     runq_waits: Option<u64>,
     runq_hist: Vec<u64>,
@@ -289,6 +292,7 @@ impl StatsBuilder {
             Record::Sample(s) => self.add_sample(s),
             Record::Summary(s) => self.summary = Some((**s).clone()),
             Record::File(f) => self.add_file(f),
+            Record::Event(_) => self.event_records += 1,
         }
     }
 
@@ -418,6 +422,7 @@ impl StatsBuilder {
             net_tx_bytes: a.net_tx_bytes,
             net_rx_bytes: a.net_rx_bytes,
             file_records: self.file_records,
+            event_records: self.event_records,
             runq_waits: self.runq_waits,
             runq_delay_hist_log2_us: self.runq_hist.clone(),
             ..Default::default()

@@ -10,4 +10,4 @@ pub mod reader;
 pub mod records;
 
 pub use reader::{TraceError, TraceReader};
-pub use records::{FileRecord, Header, ProcSample, Process, Record, Sample, Summary};
+pub use records::{EventRecord, FileRecord, Header, ProcSample, Process, Record, Sample, Summary};

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::records::{
-    FileRecord, Header, Process, Record, Sample, Summary, SUPPORTED_SCHEMA_VERSION,
+    EventRecord, FileRecord, Header, Process, Record, Sample, Summary, SUPPORTED_SCHEMA_VERSION,
 };
 
 /// A line longer than this is not a trace line (guards memory against binary input
@@ -209,6 +209,7 @@ impl<R: BufRead> TraceReader<R> {
                 Record::Summary(Box::new(self.parse_typed::<Summary>(buf, "summary")?))
             }
             "file" => Record::File(self.parse_typed::<FileRecord>(buf, "file")?),
+            "event" => Record::Event(self.parse_typed::<EventRecord>(buf, "event")?),
             "header" => {
                 return Err(TraceError::Invalid {
                     line,

@@ -38,6 +38,8 @@ pub struct Header {
     pub syscalls: Option<bool>,
     /// `file` records were written (issue 3).
     pub files: Option<bool>,
+    /// Raw `event` records were written (`--events`).
+    pub events: Option<bool>,
     pub interval_ms: Option<u64>,
     pub max_interval_ms: Option<u64>,
     pub argv_max_bytes: Option<u64>,
@@ -211,6 +213,7 @@ pub struct Summary {
     pub agent_peak_rss_kb: Option<u64>,
     pub ebpf_stats_errors: Option<u64>,
     pub file_count: Option<u64>,
+    pub event_count: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -236,10 +239,29 @@ pub struct FileRecord {
     pub closed_by: Option<String>,
 }
 
+/// A raw kernel event (`--events`): a scheduler span a thread left, or a completed
+/// block request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EventRecord {
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// End of the span (sched) or completion (block).
+    pub ts_boot_ns: Option<u64>,
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub cpu: Option<u32>,
+    pub state: Option<String>,
+    pub duration_ns: Option<u64>,
+    pub op: Option<String>,
+    pub bytes: Option<u64>,
+}
+
 #[derive(Debug, Clone)]
 pub enum Record {
     Process(Box<Process>),
     Sample(Sample),
     Summary(Box<Summary>),
     File(FileRecord),
+    Event(EventRecord),
 }
