@@ -379,5 +379,62 @@ fn html_report_renders_in_headless_chromium() {
         requests.is_empty(),
         "the report loads other resources: {requests:?}"
     );
+
+    // A command that could not start: no processes, no samples. The page says so,
+    // and its checks still pass (empty states, not missing charts).
+    let failed = dir.join("failed.jsonl");
+    let failed_html = dir.join("failed.html");
+    let o = agent(&[
+        "run",
+        "--no-ebpf",
+        "-o",
+        &failed.to_string_lossy(),
+        "--",
+        "/nonexistent/cmd",
+    ]);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    let o = agent(&[
+        "export",
+        &failed.to_string_lossy(),
+        "-f",
+        "html",
+        "-o",
+        &failed_html.to_string_lossy(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    b.call(
+        Some(s),
+        "Page.navigate",
+        json!({"url": format!("file://{}", failed_html.display())}),
+    );
+    b.wait_event("Page.loadEventFired");
+    assert_eq!(
+        eval(&mut b, s, "document.documentElement.dataset.checks"),
+        "pass"
+    );
+    let empties = eval(
+        &mut b,
+        s,
+        "document.querySelectorAll('svg text.empty').length",
+    );
+    assert_eq!(
+        empties.as_u64(),
+        Some(3),
+        "timeline and both charts show their empty state"
+    );
+    let text = eval(&mut b, s, "document.body.innerText");
+    assert!(
+        text.as_str().unwrap().contains("command not found"),
+        "the error is shown"
+    );
+    let errors: Vec<Value> = b
+        .drain()
+        .into_iter()
+        .filter(|e| {
+            e["method"] == "Runtime.exceptionThrown"
+                || (e["method"] == "Runtime.consoleAPICalled" && e["params"]["type"] == "error")
+        })
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
     let _ = b.call(None, "Browser.close", json!({}));
 }

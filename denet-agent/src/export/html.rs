@@ -79,7 +79,8 @@ const CHECKS: &str = r#"
     if (!svg) return false;
     var bars = svg.querySelectorAll("rect.bar");
     var rows = svg.querySelectorAll("g.row");
-    if (rows.length === 0 || rows.length !== Number(svg.getAttribute("data-rows"))) return false;
+    if (rows.length !== Number(svg.getAttribute("data-rows"))) return false;
+    if (rows.length === 0) return svg.querySelector("text.empty") !== null && svg.getBoundingClientRect().width > 0;
     for (var i = 0; i < bars.length; i++) {
       if (!(bars[i].getBBox().width > 0)) return false;
     }

@@ -72,7 +72,7 @@ pub fn timeline(bars: &[Bar], span_s: f64, omitted: usize) -> String {
     let right = WIDTH - 16.0;
     let span = if span_s > 0.0 { span_s } else { 1.0 };
     let x = |t: f64| LEFT + (t.clamp(0.0, span) / span) * (right - LEFT);
-    let height = TOP + ROW * bars.len() as f64 + 8.0;
+    let height = TOP + ROW * bars.len().max(1) as f64 + 8.0;
     let mut o = String::new();
     let _ = write!(
         o,
@@ -87,6 +87,14 @@ pub fn timeline(bars: &[Bar], span_s: f64, omitted: usize) -> String {
             TOP - 4.0,
             height - 8.0,
             tick_label(t)
+        );
+    }
+    if bars.is_empty() {
+        let _ = write!(
+            o,
+            r#"<text class="empty" x="{:.1}" y="{:.1}" text-anchor="middle">no process records in this trace</text>"#,
+            (LEFT + right) / 2.0,
+            TOP + 14.0
         );
     }
     for (i, b) in bars.iter().enumerate() {
