@@ -16,13 +16,17 @@ use denet_common::{
     FileOpenEvent, ForkEvent, EVENT_CHDIR, EVENT_EXEC, EVENT_EXIT, EVENT_FILE_CLOSE,
     EVENT_FILE_DUP, EVENT_FILE_OPEN, EVENT_FORK,
 };
+use denet_common::{
+    BlockIoEvent, SchedSpanEvent, EVENT_RAW_BLOCK, EVENT_RAW_SCHED, TASK_BLOCKED_IO, TASK_RUNNABLE,
+    TASK_RUNNING,
+};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
     files::FileTracker,
     kstats::StatsMaps,
-    record::FileRecord,
+    record::{EventRecord, FileRecord},
     tracker::{ProcessInfo, Tracker},
 };
 
@@ -41,6 +45,8 @@ pub struct CollectorMsg {
     pub finished: Vec<ProcessInfo>,
     /// Files closed (or left open by exited processes).
     pub files: Vec<FileRecord>,
+    /// Raw events (`--events`).
+    pub events: Vec<EventRecord>,
 }
 
 /// How long the collector sleeps between passes when the kernel does not wake it
@@ -176,6 +182,7 @@ impl Collector {
         if !self.batch.started.is_empty()
             || !self.batch.finished.is_empty()
             || !self.batch.files.is_empty()
+            || !self.batch.events.is_empty()
         {
             // The receiver is gone only when the run loop has ended.
             let _ = self.tx.send(std::mem::take(&mut self.batch));
@@ -219,6 +226,41 @@ impl Collector {
                 EVENT_CHDIR => match read_event_prefix::<FileOpenEvent>(bytes, FILE_OPEN_FIXED_LEN)
                 {
                     Some(ev) => self.files.on_chdir(&ev),
+                    None => self.report.malformed_events += 1,
+                },
+                EVENT_RAW_SCHED => match read_event::<SchedSpanEvent>(bytes) {
+                    Some(ev) => self.batch.events.push(EventRecord {
+                        kind: "event",
+                        event_type: "sched",
+                        ts_boot_ns: ev.header.ts_ns,
+                        pid: ev.header.tgid,
+                        tid: ev.header.pid,
+                        cpu: ev.header.cpu,
+                        state: Some(match ev.state {
+                            TASK_RUNNING => "running",
+                            TASK_RUNNABLE => "runnable",
+                            TASK_BLOCKED_IO => "io_wait",
+                            _ => "sleep",
+                        }),
+                        duration_ns: ev.duration_ns,
+                        op: None,
+                        bytes: None,
+                    }),
+                    None => self.report.malformed_events += 1,
+                },
+                EVENT_RAW_BLOCK => match read_event::<BlockIoEvent>(bytes) {
+                    Some(ev) => self.batch.events.push(EventRecord {
+                        kind: "event",
+                        event_type: "block",
+                        ts_boot_ns: ev.header.ts_ns,
+                        pid: ev.header.tgid,
+                        tid: ev.header.pid,
+                        cpu: ev.header.cpu,
+                        state: None,
+                        duration_ns: ev.latency_ns,
+                        op: Some(if ev.op == 0 { "read" } else { "write" }),
+                        bytes: Some(ev.bytes),
+                    }),
                     None => self.report.malformed_events += 1,
                 },
                 EVENT_FILE_DUP => match read_event::<FileDupEvent>(bytes) {

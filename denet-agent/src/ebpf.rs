@@ -41,6 +41,8 @@ pub struct TracerOptions {
     pub files: bool,
     /// Syscall counts (and the hooks file accounting needs).
     pub syscalls: bool,
+    /// Raw scheduler and block I/O events through the ring buffer.
+    pub events: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,8 @@ impl KernelTracer {
         let settings = Settings {
             files: u32::from(options.files && options.syscalls),
             nr_cpus: nr_cpus as u32,
+            events: u32::from(options.events),
+            _pad: 0,
         };
         let mut ebpf = EbpfLoader::new()
             .btf(None)

@@ -92,6 +92,10 @@ struct RunArgs {
     /// on the machine some time per syscall while attached (see docs/benchmarks.md).
     #[arg(long)]
     no_syscalls: bool,
+    /// Also write raw `event` records: every scheduler state span of every thread
+    /// and every block request (a firehose: consider a larger --ringbuf-mib).
+    #[arg(long)]
+    events: bool,
     /// After the run, write the HTML report of the trace to FILE.
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,
@@ -144,6 +148,7 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
         ringbuf_bytes: args.ringbuf_mib * 1024 * 1024,
         files: !args.no_files && !args.no_syscalls,
         syscalls: !args.no_syscalls,
+        events: args.events,
     })
 }
 

@@ -66,6 +66,31 @@ impl DepthFields {
     }
 }
 
+/// `--events`: one raw kernel event.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    pub kind: &'static str,
+    /// "sched": a thread left a scheduler state; "block": a block request completed.
+    #[serde(rename = "type")]
+    pub event_type: &'static str,
+    /// End of the span (sched) or completion (block).
+    pub ts_boot_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    /// sched: "running", "runnable", "io_wait" or "sleep".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+    /// sched: time spent in `state`; block: queueing to completion.
+    pub duration_ns: u64,
+    /// block: "read" or "write".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<&'static str>,
+    /// block: bytes of the bio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u32>,
+}
+
 /// One file a process opened: written when it is closed or the process exits.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileRecord {
@@ -141,6 +166,8 @@ pub struct Header {
     pub syscalls: bool,
     /// `file` records are written (eBPF mode, not `--no-files`/`--no-syscalls`).
     pub files: bool,
+    /// Raw `event` records are written (`--events`).
+    pub events: bool,
     pub interval_ms: u64,
     pub max_interval_ms: u64,
     pub argv_max_bytes: usize,
@@ -333,6 +360,8 @@ pub struct Summary {
     pub ebpf_stats_errors: u64,
     /// File records written.
     pub file_count: u64,
+    /// Event records written (`--events`).
+    pub event_count: u64,
     /// The agent's own CPU time (getrusage RUSAGE_SELF; the in-kernel eBPF work runs
     /// in the traced tasks and counts in their system time).
     pub agent_cpu_user_ns: u64,
@@ -374,6 +403,7 @@ mod tests {
             ebpf_unavailable_reason: None,
             syscalls: true,
             files: true,
+            events: false,
             interval_ms: 100,
             max_interval_ms: 1000,
             argv_max_bytes: 4096,

@@ -56,6 +56,8 @@ pub struct RunConfig {
     pub files: bool,
     /// Per-process syscall counts (and the syscall hooks files need).
     pub syscalls: bool,
+    /// Raw scheduler and block I/O `event` records.
+    pub events: bool,
 }
 
 /// How the run ended, for the caller's exit status.
@@ -139,6 +141,7 @@ fn header(config: &RunConfig, kernel: &Kernel, pid: Option<u32>, hold_ns: Option
         ebpf_unavailable_reason: kernel.unavailable.clone(),
         syscalls: kernel.tracer.is_some() && config.syscalls,
         files: kernel.tracer.is_some() && config.syscalls && config.files,
+        events: kernel.tracer.is_some() && config.events,
         interval_ms: config.interval_ms,
         max_interval_ms: config.max_interval_ms,
         argv_max_bytes: denet_common::ARGV_MAX,
@@ -157,6 +160,7 @@ pub fn run(config: RunConfig) -> Result<RunOutcome> {
         ringbuf_bytes: config.ringbuf_bytes,
         files: config.files,
         syscalls: config.syscalls,
+        events: config.events,
     };
     let mut kernel = open_kernel(config.ebpf, options)?;
 
@@ -361,6 +365,12 @@ impl RunState {
         for info in &msg.finished {
             self.live.remove(&info.pid);
             self.write_process(&Process::from_info(info))?;
+        }
+        for e in &msg.events {
+            self.summary.event_count += 1;
+            self.out
+                .write_unflushed(e)
+                .context("writing an event record")?;
         }
         for f in &msg.files {
             self.summary.file_count += 1;

@@ -15,6 +15,10 @@ pub const EVENT_FILE_DUP: u32 = 6;
 /// A tracked process changed its working directory: a [`FileOpenEvent`] whose
 /// `path` is the chdir argument, or, for fchdir, empty with the directory's `fd`.
 pub const EVENT_CHDIR: u32 = 7;
+/// `--events` only: a thread left a scheduler state ([`SchedSpanEvent`]).
+pub const EVENT_RAW_SCHED: u32 = 8;
+/// `--events` only: a block request of a tracked process completed ([`BlockIoEvent`]).
+pub const EVENT_RAW_BLOCK: u32 = 9;
 
 /// Bytes of argv captured per exec (NUL-separated, as in `/proc/PID/cmdline`).
 /// A power of two so the eBPF side can bound reads with a mask.
@@ -263,6 +267,28 @@ pub struct FileDupEvent {
     pub old_fd: u32,
 }
 
+/// A thread spent `duration_ns` in `state` (`TASK_*`), ending at `header.ts_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedSpanEvent {
+    pub header: EventHeader,
+    pub state: u32,
+    pub _pad: u32,
+    pub duration_ns: u64,
+}
+
+/// A bio of a tracked process completed (`header.pid` is the submitting thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockIoEvent {
+    pub header: EventHeader,
+    /// 0 read, 1 write.
+    pub op: u32,
+    pub bytes: u32,
+    /// Queueing to completion.
+    pub latency_ns: u64,
+}
+
 /// Open fds below this a forked child inherits counters for (the kernel checks
 /// each, so it is kept small).
 pub const FILE_INHERIT_FDS: u32 = 64;
@@ -338,6 +364,9 @@ pub struct Settings {
     pub files: u32,
     /// Number of possible CPUs (bounds the per-CPU sums done in the kernel).
     pub nr_cpus: u32,
+    /// Non-zero: raw scheduler and block I/O events go to the ring buffer too.
+    pub events: u32,
+    pub _pad: u32,
 }
 
 /// `enum mm_counter_type` slots that make up RSS: MM_FILEPAGES, MM_ANONPAGES,
@@ -394,6 +423,8 @@ unsafe impl Wire for IoAccounting {}
 unsafe impl Wire for FileOpenEvent {}
 unsafe impl Wire for FileCloseEvent {}
 unsafe impl Wire for FileDupEvent {}
+unsafe impl Wire for SchedSpanEvent {}
+unsafe impl Wire for BlockIoEvent {}
 
 /// Read a `T` from the start of `bytes` (userspace side of the ring buffer).
 /// Returns `None` when the slice is too short.

@@ -10,16 +10,18 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::RawTracePointContext,
 };
-use denet_common::counter;
+use denet_common::{counter, BlockIoEvent, EVENT_RAW_BLOCK};
 
-use crate::{bump, is_tracked, off, read_at, stats};
+use crate::{bump, header, is_tracked, off, read_at, setting, stats, wakeup_flags, EVENTS};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct BioStart {
     ts_ns: u64,
     tgid: u32,
-    _pad: u32,
+    tid: u32,
+    op: u32,
+    bytes: u32,
 }
 
 /// Bios of tracked processes in flight, by address. LRU so bios merged into another
@@ -34,7 +36,8 @@ const REQ_OP_WRITE: u32 = 1;
 /// `block_bio_queue(struct bio *bio)`.
 #[raw_tracepoint(tracepoint = "block_bio_queue")]
 pub fn block_bio_queue(ctx: RawTracePointContext) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     if !is_tracked(tgid) {
         return 0;
     }
@@ -57,7 +60,9 @@ pub fn block_bio_queue(ctx: RawTracePointContext) -> i32 {
         // SAFETY: plain helper call without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid,
-        _pad: 0,
+        tid: pid_tgid as u32,
+        op,
+        bytes: size,
     };
     let _ = BIO_START.insert(&(bio as u64), &start, 0);
     0
@@ -76,6 +81,17 @@ pub fn block_rq_complete(ctx: RawTracePointContext) -> i32 {
     let _ = BIO_START.remove(&bio);
     // SAFETY: plain helper call without arguments.
     let lat = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
+    if setting!(events) != 0 {
+        let event = BlockIoEvent {
+            header: header(EVENT_RAW_BLOCK, start.tid, start.tgid),
+            op: start.op,
+            bytes: start.bytes,
+            latency_ns: lat,
+        };
+        if EVENTS.output::<BlockIoEvent>(&event, wakeup_flags()).is_err() {
+            bump(counter::RINGBUF_DROPS);
+        }
+    }
     match stats::of(start.tgid) {
         Some(s) => {
             if let Some(slot) = s.blk_lat_hist.get_mut(stats::bucket_us(lat)) {

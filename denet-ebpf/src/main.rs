@@ -117,7 +117,12 @@ pub(crate) use off;
 
 /// Settings written by the agent before loading.
 #[unsafe(no_mangle)]
-pub(crate) static SETTINGS: Settings = Settings { files: 0, nr_cpus: 1 };
+pub(crate) static SETTINGS: Settings = Settings {
+    files: 0,
+    nr_cpus: 1,
+    events: 0,
+    _pad: 0,
+};
 
 macro_rules! setting {
     ($field:ident) => {{

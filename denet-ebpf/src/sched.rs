@@ -10,10 +10,11 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use denet_common::{
-    counter, TaskState, TASK_BLOCKED_IO, TASK_RUNNABLE, TASK_RUNNING, TASK_SLEEPING,
+    counter, SchedSpanEvent, TaskState, EVENT_RAW_SCHED, TASK_BLOCKED_IO, TASK_RUNNABLE,
+    TASK_RUNNING, TASK_SLEEPING,
 };
 
-use crate::{bump, is_tracked, off, read_at, stats};
+use crate::{bump, header, is_tracked, off, read_at, setting, stats, wakeup_flags, EVENTS};
 
 /// Scheduler state of every thread of the tracked processes, keyed by tid.
 #[map]
@@ -30,11 +31,23 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Charges the time since the thread's last transition to the state it leaves.
+/// Charges the time since the thread's last transition to the state it leaves
+/// (and, with `--events`, reports the span).
 #[inline(always)]
-fn leave(st: &TaskState, now: u64, tgid: u32) {
-    let Some(s) = stats::of(tgid) else { return };
+fn leave(st: &TaskState, now: u64, tgid: u32, tid: u32) {
     let d = now.saturating_sub(st.since_ns);
+    if setting!(events) != 0 {
+        let event = SchedSpanEvent {
+            header: header(EVENT_RAW_SCHED, tid, tgid),
+            state: st.state,
+            _pad: 0,
+            duration_ns: d,
+        };
+        if EVENTS.output::<SchedSpanEvent>(&event, wakeup_flags()).is_err() {
+            bump(counter::RINGBUF_DROPS);
+        }
+    }
+    let Some(s) = stats::of(tgid) else { return };
     match st.state {
         TASK_RUNNING => s.oncpu_ns += d,
         TASK_RUNNABLE => {
@@ -74,7 +87,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         // SAFETY: the value is copied out before the map is written again.
         if let Some(st) = unsafe { TASK_STATE.get(&prev_tid) } {
             let st = *st;
-            leave(&st, t, prev_tgid);
+            leave(&st, t, prev_tgid, prev_tid);
         }
         let preempt: u64 = ctx.arg(0);
         let prev_state: u64 = ctx.arg(3);
@@ -101,7 +114,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         // SAFETY: copied out before the map is written again.
         if let Some(st) = unsafe { TASK_STATE.get(&next_tid) } {
             let st = *st;
-            leave(&st, t, next_tgid);
+            leave(&st, t, next_tgid, next_tid);
         }
         enter(next_tid, next_tgid, TASK_RUNNING, t);
     }
@@ -123,7 +136,7 @@ fn wakeup(ctx: &RawTracePointContext) {
         if st.state == TASK_RUNNING || st.state == TASK_RUNNABLE {
             return;
         }
-        leave(&st, t, tgid);
+        leave(&st, t, tgid, tid);
     }
     enter(tid, tgid, TASK_RUNNABLE, t);
 }
@@ -149,7 +162,7 @@ pub(crate) fn thread_exit(tid: u32, tgid: u32) {
     // SAFETY: copied out before the map is written again.
     if let Some(st) = unsafe { TASK_STATE.get(&tid) } {
         let st = *st;
-        leave(&st, now(), tgid);
+        leave(&st, now(), tgid, tid);
     }
     let _ = TASK_STATE.remove(&tid);
 }

@@ -279,3 +279,42 @@ fn no_files_turns_file_records_off() {
         t.of_kind("file").len() as u64
     );
 }
+
+#[test]
+fn raw_events_add_up_to_the_aggregates() {
+    if !ebpf_ready("raw_events_add_up_to_the_aggregates") {
+        return;
+    }
+    let _serial = exclusive();
+    let t = run_agent(
+        &["--events", "--ringbuf-mib", "16"],
+        &["sh", "-c", "sleep 0.2; true"],
+    );
+    clean(&t);
+    assert_eq!(t.header()["events"], true);
+    let events = t.of_kind("event");
+    assert_eq!(u(&t.summary()["event_count"]), events.len() as u64);
+    // Every span the kernel aggregated was also reported, so per process and state
+    // the raw spans sum exactly to the record's totals.
+    for p in t.processes() {
+        for (state, field) in [
+            ("running", "oncpu_ns"),
+            ("runnable", "cpu_wait_ns"),
+            ("io_wait", "io_wait_ns"),
+            ("sleep", "sleep_ns"),
+        ] {
+            let sum: u64 = events
+                .iter()
+                .filter(|e| e["type"] == "sched" && e["pid"] == p["pid"] && e["state"] == state)
+                .map(|e| u(&e["duration_ns"]))
+                .sum();
+            assert_eq!(sum, u(&p[field]), "{state} of {}", p["argv"]);
+        }
+    }
+    let runq: u64 = t.root()["runq_waits"].as_u64().unwrap();
+    let spans = events
+        .iter()
+        .filter(|e| e["pid"] == t.root()["pid"] && e["state"] == "runnable")
+        .count() as u64;
+    assert_eq!(spans, runq);
+}
