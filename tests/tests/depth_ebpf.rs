@@ -20,7 +20,7 @@ fn named<'a>(t: &'a Trace, name: &str) -> Vec<&'a Value> {
     t.processes_named(name)
 }
 
-fn files_of<'a>(t: &'a Trace, pid: u64) -> Vec<&'a Value> {
+fn files_of(t: &Trace, pid: u64) -> Vec<&Value> {
     t.of_kind("file")
         .into_iter()
         .filter(|f| f["pid"] == pid)
