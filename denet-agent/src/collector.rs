@@ -60,7 +60,6 @@ const POLL_MAX_MS: u16 = 160;
 pub struct CollectorReport {
     pub events_received: u64,
     pub malformed_events: u64,
-    pub processes_started: u64,
 }
 
 pub struct CollectorHandle {
@@ -158,7 +157,6 @@ impl Collector {
         self.exited = self.tracker.flush();
         self.complete_exited();
         self.send_batch();
-        self.report.processes_started = self.tracker.started;
         self.report
     }
 

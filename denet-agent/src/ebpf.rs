@@ -71,6 +71,11 @@ pub enum TracerError {
     Missing(&'static str),
 }
 
+/// Wraps a map error with the map's name.
+pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> TracerError {
+    move |source| TracerError::Map { name, source }
+}
+
 /// Kernel counters, summed over CPUs (see `denet_common::counter`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -243,28 +248,12 @@ impl KernelTracer {
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(TracerError::Missing(name))
         };
-        let tracked =
-            HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(|source| TracerError::Map {
-                name: "TRACKED",
-                source,
-            })?;
-        let tracked_fast = Array::try_from(take(&mut ebpf, "TRACKED_FAST")?).map_err(|source| {
-            TracerError::Map {
-                name: "TRACKED_FAST",
-                source,
-            }
-        })?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(|source| {
-            TracerError::Map {
-                name: "COUNTERS",
-                source,
-            }
-        })?;
-        let events =
-            RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|source| TracerError::Map {
-                name: "EVENTS",
-                source,
-            })?;
+        let tracked = HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(map_err("TRACKED"))?;
+        let tracked_fast =
+            Array::try_from(take(&mut ebpf, "TRACKED_FAST")?).map_err(map_err("TRACKED_FAST"))?;
+        let counters =
+            PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
+        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
         let mut stats = StatsMaps::pair(
             take(&mut ebpf, "PROC_STATS")?,
             take(&mut ebpf, "SYSCALLS")?,
@@ -292,16 +281,10 @@ impl KernelTracer {
         }
         self.tracked
             .insert(pid, parent, 0)
-            .map_err(|source| TracerError::Map {
-                name: "TRACKED",
-                source,
-            })?;
+            .map_err(map_err("TRACKED"))?;
         self.tracked_fast
             .set(pid, 1, 0)
-            .map_err(|source| TracerError::Map {
-                name: "TRACKED_FAST",
-                source,
-            })
+            .map_err(map_err("TRACKED_FAST"))
     }
 
     /// Drops a pid the kernel side failed to remove (its exit was not seen).
@@ -327,13 +310,7 @@ impl KernelTracer {
 
     pub fn counters(&self) -> Result<KernelCounters, TracerError> {
         let sum = |slot: u32| -> Result<u64, TracerError> {
-            let values = self
-                .counters
-                .get(&slot, 0)
-                .map_err(|source| TracerError::Map {
-                    name: "COUNTERS",
-                    source,
-                })?;
+            let values = self.counters.get(&slot, 0).map_err(map_err("COUNTERS"))?;
             Ok(values.iter().sum())
         };
         Ok(KernelCounters {

@@ -17,7 +17,7 @@ use denet_common::{
     FILE_PATH_TRUNCATED,
 };
 
-use crate::record::FileRecord;
+use crate::{record::FileRecord, tracker::c_string};
 
 const AT_FDCWD: i32 = -100;
 
@@ -60,10 +60,9 @@ fn readlink(path: String) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+/// The first `len` bytes of a NUL-terminated kernel buffer.
 fn c_str(bytes: &[u8], len: usize) -> String {
-    let bytes = &bytes[..len.min(bytes.len())];
-    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    c_string(&bytes[..len.min(bytes.len())])
 }
 
 impl FileTracker {

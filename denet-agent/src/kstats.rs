@@ -7,7 +7,7 @@ use denet_common::{
     TASK_RUNNABLE, TASK_RUNNING,
 };
 
-use crate::ebpf::TracerError;
+use crate::ebpf::{map_err, TracerError};
 
 /// A process's counters, summed over CPUs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,10 +28,6 @@ pub struct StatsMaps {
     nr_cpus: usize,
     /// The syscall hooks are attached (else SYSCALLS stays empty).
     pub count_syscalls: bool,
-}
-
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> TracerError {
-    move |source| TracerError::Map { name, source }
 }
 
 /// A second handle on the same kernel map (for another thread).

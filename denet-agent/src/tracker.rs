@@ -107,7 +107,8 @@ pub fn split_argv(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn c_string(bytes: &[u8]) -> String {
+/// The bytes before the first NUL, as (lossy) UTF-8.
+pub(crate) fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
