@@ -87,4 +87,43 @@ if ! "$PYENV_DIR/bin/python" -c 'import pandas, polars, matplotlib' 2>/dev/null;
   log "pip install ${PY_PACKAGES[*]} into $PYENV_DIR"
   "$PYENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
+# 7. PostgreSQL for the job-history tests (tests/tests/history_db.rs): Debian's
+#    server, a cluster listening on 127.0.0.1:5432 (started on every run: nothing
+#    keeps it running between sessions, there is no systemd), and a login role
+#    denet/denet with CREATEDB (each test creates and drops its own database).
+#    Only as root; otherwise the PostgreSQL tests skip (fail in CI).
+if [ "$(id -u)" -eq 0 ]; then
+  apt_install postgresql
+  pg_psql() { runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+  # The newest installed cluster; create one if the package left none.
+  pg_cluster=$(pg_lsclusters -h 2>/dev/null | sort -k1,1V | tail -n1 || true)
+  if [ -z "$pg_cluster" ]; then
+    pg_ver=$(ls /usr/lib/postgresql | sort -V | tail -n1)
+    log "creating PostgreSQL $pg_ver cluster main"
+    pg_createcluster "$pg_ver" main --port 5432 >/dev/null
+    pg_cluster=$(pg_lsclusters -h | sort -k1,1V | tail -n1)
+  fi
+  read -r pg_ver pg_name pg_port pg_status _ <<<"$pg_cluster"
+  if [ "$pg_port" != 5432 ]; then
+    log "PostgreSQL cluster $pg_ver/$pg_name is on port $pg_port, not 5432 (tests use DENET_TEST_PG_URL)"
+  fi
+  if [ "$pg_status" != online ]; then
+    log "starting PostgreSQL cluster $pg_ver/$pg_name"
+    pg_ctlcluster "$pg_ver" "$pg_name" start
+  fi
+  for _ in $(seq 1 30); do
+    pg_isready -q -h 127.0.0.1 -p "$pg_port" && break
+    sleep 0.5
+  done
+  pg_isready -q -h 127.0.0.1 -p "$pg_port" || { log "PostgreSQL is not accepting connections on 127.0.0.1:$pg_port"; exit 1; }
+  if [ "$(pg_psql -p "$pg_port" -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'denet'")" != 1 ]; then
+    log "creating PostgreSQL role denet"
+    pg_psql -p "$pg_port" -c "CREATE ROLE denet LOGIN CREATEDB PASSWORD 'denet'"
+  else
+    # Keep it usable even if someone changed it.
+    pg_psql -p "$pg_port" -c "ALTER ROLE denet LOGIN CREATEDB PASSWORD 'denet'"
+  fi
+else
+  log "not root: PostgreSQL is not set up; the PostgreSQL history tests will skip (set DENET_TEST_PG_URL to use a server of your own)"
+fi
 log "ok"

@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The job-history tests (tests/tests/history_db.rs) create and drop their own
+# databases through this admin URL; setup.sh (as root) starts the server and
+# creates the role. Not root and no local server: left unset, so those tests skip
+# (and fail in CI).
+if [ -n "${DENET_TEST_PG_URL:-}" ] || [ "$(id -u)" -eq 0 ] \
+  || pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+  export DENET_TEST_PG_URL="${DENET_TEST_PG_URL:-postgres://denet:denet@127.0.0.1:5432/postgres}"
+fi
 # One profile for everything: the agent under test is the release binary.
 cargo build --locked --release -p denet-agent -p denet-tests --bins
 export DENET_AGENT_BIN="$PWD/target/release/denet-agent"

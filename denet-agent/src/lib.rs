@@ -7,6 +7,7 @@ pub mod collector;
 pub mod ebpf;
 pub mod export;
 pub mod files;
+pub mod history;
 pub mod kstats;
 pub mod launch;
 pub mod output;

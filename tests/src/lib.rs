@@ -169,3 +169,21 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Admin URL of the PostgreSQL server for the job-history tests
+/// (`DENET_TEST_PG_URL`, e.g. postgres://denet:denet@127.0.0.1:5432/postgres; the
+/// role needs CREATEDB). Unset: skip with a message, or fail in CI.
+pub fn pg_admin_url(test: &str) -> Option<String> {
+    match std::env::var("DENET_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if in_ci() {
+                panic!("{test}: PostgreSQL test cannot run in CI: DENET_TEST_PG_URL unset");
+            }
+            eprintln!(
+                "skipped {test}: DENET_TEST_PG_URL unset (scripts/test.sh sets it; scripts/setup.sh starts PostgreSQL as root)"
+            );
+            None
+        }
+    }
+}

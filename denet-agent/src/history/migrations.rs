@@ -1,0 +1,146 @@
+//! The versioned schema of the job-history store: one ordered list, one SQL text
+//! per backend. A database records what it has applied in `schema_migrations`;
+//! opening applies the pending ones, each in its own transaction.
+//!
+//! Never edit a migration that has shipped: append a new one with the next version.
+
+/// One schema step.
+pub struct Migration {
+    pub version: i64,
+    pub description: &'static str,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+/// All migrations, versions 1, 2, … in order (a unit test checks it).
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "job_history table",
+    sqlite: "
+        CREATE TABLE job_history (
+            id              TEXT    NOT NULL PRIMARY KEY,
+            name            TEXT    NOT NULL,
+            cmd             TEXT    NOT NULL, -- JSON array of strings
+            cwd             TEXT    NOT NULL,
+            hostname        TEXT    NOT NULL,
+            start_unix_ms   INTEGER NOT NULL,
+            end_unix_ms     INTEGER NOT NULL,
+            duration_s      REAL    NOT NULL,
+            status          TEXT    NOT NULL,
+            exit_code       INTEGER,
+            signal          INTEGER,
+            cpu_user_s      REAL    NOT NULL,
+            cpu_sys_s       REAL    NOT NULL,
+            cpu_percent     REAL    NOT NULL,
+            peak_rss_kb     INTEGER NOT NULL,
+            read_bytes      INTEGER,
+            write_bytes     INTEGER,
+            blk_read_bytes  INTEGER,
+            blk_write_bytes INTEGER,
+            net_rx_bytes    INTEGER,
+            net_tx_bytes    INTEGER,
+            process_count   INTEGER NOT NULL,
+            lost_events     INTEGER NOT NULL,
+            stuck           INTEGER NOT NULL CHECK (stuck IN (0, 1)),
+            trace_path      TEXT    NOT NULL,
+            error           TEXT
+        );
+        CREATE INDEX job_history_name ON job_history (name);
+        CREATE INDEX job_history_status ON job_history (status);
+        CREATE INDEX job_history_end_unix_ms ON job_history (end_unix_ms);
+    ",
+    postgres: "
+        CREATE TABLE job_history (
+            id              TEXT             NOT NULL PRIMARY KEY,
+            name            TEXT             NOT NULL,
+            cmd             TEXT             NOT NULL, -- JSON array of strings
+            cwd             TEXT             NOT NULL,
+            hostname        TEXT             NOT NULL,
+            start_unix_ms   BIGINT           NOT NULL,
+            end_unix_ms     BIGINT           NOT NULL,
+            duration_s      DOUBLE PRECISION NOT NULL,
+            status          TEXT             NOT NULL,
+            exit_code       INTEGER,
+            signal          INTEGER,
+            cpu_user_s      DOUBLE PRECISION NOT NULL,
+            cpu_sys_s       DOUBLE PRECISION NOT NULL,
+            cpu_percent     DOUBLE PRECISION NOT NULL,
+            peak_rss_kb     BIGINT           NOT NULL,
+            read_bytes      BIGINT,
+            write_bytes     BIGINT,
+            blk_read_bytes  BIGINT,
+            blk_write_bytes BIGINT,
+            net_rx_bytes    BIGINT,
+            net_tx_bytes    BIGINT,
+            process_count   BIGINT           NOT NULL,
+            lost_events     BIGINT           NOT NULL,
+            stuck           BOOLEAN          NOT NULL,
+            trace_path      TEXT             NOT NULL,
+            error           TEXT
+        );
+        CREATE INDEX job_history_name ON job_history (name);
+        CREATE INDEX job_history_status ON job_history (status);
+        CREATE INDEX job_history_end_unix_ms ON job_history (end_unix_ms);
+    ",
+}];
+
+/// The schema version this binary writes and reads.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// The migrations after `current`, in order.
+pub fn pending(current: i64) -> impl Iterator<Item = &'static Migration> {
+    MIGRATIONS.iter().filter(move |m| m.version > current)
+}
+
+/// Version-table DDL (created before any migration, outside the list).
+pub const SQLITE_VERSION_TABLE: &str = "
+    CREATE TABLE IF NOT EXISTS schema_migrations (
+        version            INTEGER NOT NULL PRIMARY KEY,
+        description        TEXT    NOT NULL,
+        applied_unix_ms    INTEGER NOT NULL
+    )";
+pub const POSTGRES_VERSION_TABLE: &str = "
+    CREATE TABLE IF NOT EXISTS schema_migrations (
+        version            BIGINT NOT NULL PRIMARY KEY,
+        description        TEXT   NOT NULL,
+        applied_unix_ms    BIGINT NOT NULL
+    )";
+
+/// Milliseconds since the Unix epoch, for `applied_unix_ms`.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_1_to_n_in_order() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{}", m.description);
+        }
+        assert_eq!(latest_version(), MIGRATIONS.len() as i64);
+        assert_eq!(pending(0).count(), MIGRATIONS.len());
+        assert_eq!(pending(latest_version()).count(), 0);
+    }
+
+    #[test]
+    fn both_backends_define_every_column() {
+        for m in MIGRATIONS.iter().filter(|m| m.version == 1) {
+            for col in super::super::COLUMNS {
+                for sql in [m.sqlite, m.postgres] {
+                    assert!(
+                        sql.lines()
+                            .any(|l| l.split_whitespace().next() == Some(col)),
+                        "column {col} missing"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Job history for `denet-agent serve`: one row per finished job, in SQLite (a
+//! local file) or PostgreSQL (shared by many nodes). See docs/history.md.
+//!
+//! [`History::open`] picks the backend from the spec, applies the versioned
+//! migrations ([`migrations`]) and returns a cheap-to-clone handle. Every call is
+//! async; SQLite work runs on tokio's blocking pool.
+
+pub mod migrations;
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+/// One finished job.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryRow {
+    /// Job id (unique, primary key).
+    pub id: String,
+    pub name: String,
+    /// Stored as JSON text.
+    pub cmd: Vec<String>,
+    pub cwd: String,
+    /// Node that ran it (many nodes share one PostgreSQL server).
+    pub hostname: String,
+    pub start_unix_ms: i64,
+    pub end_unix_ms: i64,
+    pub duration_s: f64,
+    /// succeeded|failed|timed_out|cancelled|startup_failed (only finished jobs are stored).
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
+    /// (user+sys)/duration*100; 100 = one CPU.
+    pub cpu_percent: f64,
+    /// Largest single-process peak RSS, KiB.
+    pub peak_rss_kb: i64,
+    pub read_bytes: Option<i64>,
+    pub write_bytes: Option<i64>,
+    pub blk_read_bytes: Option<i64>,
+    pub blk_write_bytes: Option<i64>,
+    pub net_rx_bytes: Option<i64>,
+    pub net_tx_bytes: Option<i64>,
+    pub process_count: i64,
+    pub lost_events: i64,
+    /// The stuck flag was raised at some point.
+    pub stuck: bool,
+    pub trace_path: String,
+    pub error: Option<String>,
+}
+
+/// Filters for [`History::query`]: exact name and status; `limit` 0 means
+/// [`DEFAULT_LIMIT`] (the caller clamps large values).
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub name: Option<String>,
+    pub status: Option<String>,
+    pub limit: u32,
+}
+
+/// Rows returned by a query whose `limit` is 0.
+pub const DEFAULT_LIMIT: u32 = 100;
+
+impl HistoryQuery {
+    fn effective_limit(&self) -> i64 {
+        i64::from(if self.limit == 0 {
+            DEFAULT_LIMIT
+        } else {
+            self.limit
+        })
+    }
+}
+
+/// The `job_history` columns, in [`HistoryRow`] field order (both backends read
+/// and write them in this order).
+pub(crate) const COLUMNS: [&str; 26] = [
+    "id",
+    "name",
+    "cmd",
+    "cwd",
+    "hostname",
+    "start_unix_ms",
+    "end_unix_ms",
+    "duration_s",
+    "status",
+    "exit_code",
+    "signal",
+    "cpu_user_s",
+    "cpu_sys_s",
+    "cpu_percent",
+    "peak_rss_kb",
+    "read_bytes",
+    "write_bytes",
+    "blk_read_bytes",
+    "blk_write_bytes",
+    "net_rx_bytes",
+    "net_tx_bytes",
+    "process_count",
+    "lost_events",
+    "stuck",
+    "trace_path",
+    "error",
+];
+
+/// `INSERT … ON CONFLICT (id) DO UPDATE` over all columns; `placeholder(i)` renders
+/// parameter i (1-based) in the backend's syntax.
+pub(crate) fn upsert_sql(placeholder: impl Fn(usize) -> String) -> String {
+    let values: Vec<String> = (1..=COLUMNS.len()).map(placeholder).collect();
+    let updates: Vec<String> = COLUMNS[1..]
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO job_history ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
+        COLUMNS.join(", "),
+        values.join(", "),
+        updates.join(", ")
+    )
+}
+
+/// `SELECT` of all columns with the query's filters; parameters in order: name
+/// (if set), status (if set), limit.
+pub(crate) fn select_sql(q: &HistoryQuery, placeholder: impl Fn(usize) -> String) -> String {
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        placeholder(n)
+    };
+    let mut filters = Vec::new();
+    if q.name.is_some() {
+        filters.push(format!("name = {}", next()));
+    }
+    if q.status.is_some() {
+        filters.push(format!("status = {}", next()));
+    }
+    let filter = if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", filters.join(" AND "))
+    };
+    format!(
+        "SELECT {} FROM job_history{filter} ORDER BY end_unix_ms DESC, id ASC LIMIT {}",
+        COLUMNS.join(", "),
+        next()
+    )
+}
+
+pub(crate) fn get_sql(placeholder: &str) -> String {
+    format!(
+        "SELECT {} FROM job_history WHERE id = {placeholder}",
+        COLUMNS.join(", ")
+    )
+}
+
+/// Errors of the history store; each says which backend and what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("job history (sqlite): {op}: {source}")]
+    Sqlite {
+        op: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// `detail` is the full message (the server's error text included).
+    #[error("job history (postgres): {op}: {detail}")]
+    Postgres {
+        op: String,
+        detail: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("job history ({backend}): {op}: {source}")]
+    Io {
+        backend: &'static str,
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "job history ({backend}): the database is at schema version {found}, newer than this \
+         denet-agent knows (up to {supported}); it was left untouched: use a newer denet-agent \
+         or another database"
+    )]
+    FutureSchema {
+        backend: &'static str,
+        found: i64,
+        supported: i64,
+    },
+    /// A stored value that cannot be read back (e.g. `cmd` not a JSON array).
+    #[error("job history ({backend}): {op}: {detail}")]
+    Corrupt {
+        backend: &'static str,
+        op: String,
+        detail: String,
+    },
+    /// A row this store refuses to write (e.g. a NaN duration).
+    #[error("job history: invalid row {id:?}: {detail}")]
+    InvalidRow { id: String, detail: String },
+    /// The blocking task or the connection lock failed (a panic elsewhere).
+    #[error("job history ({backend}): {op}: {detail}")]
+    Internal {
+        backend: &'static str,
+        op: String,
+        detail: String,
+    },
+}
+
+/// The job-history store. Clone it freely: clones share one connection (SQLite)
+/// or one client (PostgreSQL).
+#[derive(Clone)]
+pub struct History {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(sqlite::SqliteHistory),
+    Postgres(Arc<postgres::PgHistory>),
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the PostgreSQL URL: it may hold a password.
+        f.debug_struct("History")
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl History {
+    /// `spec` starting with postgres:// or postgresql:// opens PostgreSQL; anything
+    /// else is a SQLite file path (its directory must exist; the file is created
+    /// owner-only). Applies the pending migrations before returning.
+    pub async fn open(spec: &str) -> Result<History, HistoryError> {
+        let backend = if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            Backend::Postgres(Arc::new(postgres::PgHistory::open(spec).await?))
+        } else {
+            Backend::Sqlite(sqlite::SqliteHistory::open(spec).await?)
+        };
+        Ok(History { backend })
+    }
+
+    /// "sqlite" or "postgres".
+    pub fn backend(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The highest applied migration (equal to [`migrations::latest_version`] once open).
+    pub async fn schema_version(&self) -> Result<i64, HistoryError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.schema_version().await,
+            Backend::Postgres(p) => p.schema_version().await,
+        }
+    }
+
+    /// Inserts, or replaces the row with the same id (a retry never duplicates).
+    pub async fn insert(&self, row: &HistoryRow) -> Result<(), HistoryError> {
+        validate(row)?;
+        match &self.backend {
+            Backend::Sqlite(s) => s.insert(row.clone()).await,
+            Backend::Postgres(p) => p.insert(row).await,
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<HistoryRow>, HistoryError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.get(id.to_owned()).await,
+            Backend::Postgres(p) => p.get(id).await,
+        }
+    }
+
+    /// Newest first (end_unix_ms descending, then id ascending), filtered by exact
+    /// name and status.
+    pub async fn query(&self, q: &HistoryQuery) -> Result<Vec<HistoryRow>, HistoryError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.query(q.clone()).await,
+            Backend::Postgres(p) => p.query(q).await,
+        }
+    }
+}
+
+/// Both backends store the same thing: SQLite would turn a NaN into NULL (and fail
+/// on NOT NULL) while PostgreSQL keeps it, so refuse non-finite numbers up front.
+fn validate(row: &HistoryRow) -> Result<(), HistoryError> {
+    for (field, v) in [
+        ("duration_s", row.duration_s),
+        ("cpu_user_s", row.cpu_user_s),
+        ("cpu_sys_s", row.cpu_sys_s),
+        ("cpu_percent", row.cpu_percent),
+    ] {
+        if !v.is_finite() {
+            return Err(HistoryError::InvalidRow {
+                id: row.id.clone(),
+                detail: format!("{field} is {v}, not a finite number"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn cmd_to_json(cmd: &[String]) -> String {
+    // Serializing a list of strings cannot fail.
+    serde_json::to_string(cmd).unwrap_or_else(|_| String::from("[]"))
+}
+
+fn cmd_from_json(backend: &'static str, id: &str, text: &str) -> Result<Vec<String>, HistoryError> {
+    serde_json::from_str(text).map_err(|e| HistoryError::Corrupt {
+        backend,
+        op: format!("reading job {id:?}"),
+        detail: format!("cmd is not a JSON array of strings: {e}"),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod test_rows {
+    use super::HistoryRow;
+
+    /// A row with every optional field set (`full`) or empty.
+    pub fn row(id: &str, name: &str, status: &str, end_unix_ms: i64, full: bool) -> HistoryRow {
+        let some = |v: i64| full.then_some(v);
+        HistoryRow {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            cmd: vec!["sh".into(), "-c".into(), "echo 'a \"b\"' ünï".into()],
+            cwd: "/tmp/work dir".into(),
+            hostname: "node-1".into(),
+            start_unix_ms: end_unix_ms - 1500,
+            end_unix_ms,
+            duration_s: 1.5,
+            status: status.to_owned(),
+            exit_code: full.then_some(-3),
+            signal: full.then_some(9),
+            cpu_user_s: 0.25,
+            cpu_sys_s: 0.125,
+            cpu_percent: 25.0,
+            peak_rss_kb: 123_456,
+            read_bytes: some(1 << 40),
+            write_bytes: some(0),
+            blk_read_bytes: some(4096),
+            blk_write_bytes: some(i64::MAX),
+            net_rx_bytes: some(17),
+            net_tx_bytes: some(18),
+            process_count: 3,
+            lost_events: 0,
+            stuck: full,
+            trace_path: format!("/var/lib/denet/{id}.jsonl"),
+            error: full.then(|| "boom: ünïcode".to_owned()),
+        }
+    }
+}

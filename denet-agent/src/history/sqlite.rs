@@ -1,0 +1,558 @@
+//! SQLite backend: one connection behind a mutex; every call runs on tokio's
+//! blocking pool so the async runtime never waits on disk or on a lock.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rusqlite::{
+    params_from_iter, types::Value, Connection, OptionalExtension, TransactionBehavior,
+};
+
+use super::{
+    cmd_from_json, cmd_to_json, get_sql, migrations, select_sql, upsert_sql, HistoryError,
+    HistoryQuery, HistoryRow,
+};
+
+const BACKEND: &str = "sqlite";
+/// How long a writer waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub(super) struct SqliteHistory {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn err(op: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> HistoryError {
+    let op = op.into();
+    move |source| HistoryError::Sqlite { op, source }
+}
+
+impl SqliteHistory {
+    pub(super) async fn open(spec: &str) -> Result<Self, HistoryError> {
+        let path = PathBuf::from(spec);
+        let conn = tokio::task::spawn_blocking(move || open_blocking(&path))
+            .await
+            .map_err(|e| HistoryError::Internal {
+                backend: BACKEND,
+                op: "opening the database".into(),
+                detail: e.to_string(),
+            })??;
+        Ok(SqliteHistory {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection in the blocking pool.
+    async fn with_conn<T, F>(&self, op: &str, f: F) -> Result<T, HistoryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, HistoryError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let op_name = op.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| HistoryError::Internal {
+                backend: BACKEND,
+                op: op_name,
+                detail: "the connection lock is poisoned (a previous call panicked)".into(),
+            })?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| HistoryError::Internal {
+            backend: BACKEND,
+            op: op.to_owned(),
+            detail: e.to_string(),
+        })?
+    }
+
+    pub(super) async fn schema_version(&self) -> Result<i64, HistoryError> {
+        self.with_conn("reading the schema version", |c| {
+            current_version(c).map_err(err("reading the schema version"))
+        })
+        .await
+    }
+
+    pub(super) async fn insert(&self, row: HistoryRow) -> Result<(), HistoryError> {
+        let op = format!("inserting job {:?}", row.id);
+        self.with_conn(&op.clone(), move |c| {
+            let sql = upsert_sql(|i| format!("?{i}"));
+            let mut stmt = c.prepare_cached(&sql).map_err(err(op.clone()))?;
+            stmt.execute(params_from_iter(to_values(&row)))
+                .map_err(err(op))?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn get(&self, id: String) -> Result<Option<HistoryRow>, HistoryError> {
+        let op = format!("reading job {id:?}");
+        self.with_conn(&op.clone(), move |c| {
+            let mut stmt = c.prepare_cached(&get_sql("?1")).map_err(err(op.clone()))?;
+            let raw = stmt
+                .query_row([&id], RawRow::read)
+                .optional()
+                .map_err(err(op))?;
+            raw.map(RawRow::into_row).transpose()
+        })
+        .await
+    }
+
+    pub(super) async fn query(&self, q: HistoryQuery) -> Result<Vec<HistoryRow>, HistoryError> {
+        self.with_conn("querying jobs", move |c| {
+            let op = "querying jobs";
+            let sql = select_sql(&q, |i| format!("?{i}"));
+            let mut params: Vec<Value> = Vec::new();
+            params.extend(q.name.clone().map(Value::Text));
+            params.extend(q.status.clone().map(Value::Text));
+            params.push(Value::Integer(q.effective_limit()));
+            let mut stmt = c.prepare_cached(&sql).map_err(err(op))?;
+            let raws = stmt
+                .query_map(params_from_iter(params), RawRow::read)
+                .map_err(err(op))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err(op))?;
+            raws.into_iter().map(RawRow::into_row).collect()
+        })
+        .await
+    }
+}
+
+/// Creates the file owner-only if missing, opens it, sets WAL and the busy
+/// timeout, and migrates.
+fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
+    let conn = if path.as_os_str() == ":memory:" {
+        Connection::open_in_memory().map_err(err("opening an in-memory database"))?
+    } else {
+        create_owner_only(path)?;
+        Connection::open(path).map_err(err(format!("opening {}", path.display())))?
+    };
+    let what = path.display().to_string();
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(err(format!("setting the busy timeout on {what}")))?;
+    // In-memory databases answer "memory": only a file can use WAL.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(err(format!("enabling WAL on {what}")))?;
+    if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+        return Err(HistoryError::Corrupt {
+            backend: BACKEND,
+            op: format!("enabling WAL on {what}"),
+            detail: format!("journal_mode stayed {mode:?}"),
+        });
+    }
+    // With WAL, NORMAL is durable across application crashes (not power loss).
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(err(format!("setting synchronous=NORMAL on {what}")))?;
+    let mut conn = conn;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn create_owner_only(path: &Path) -> Result<(), HistoryError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io_err = |op: String| {
+        move |source| HistoryError::Io {
+            backend: BACKEND,
+            op,
+            source,
+        }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(io_err(format!("opening {}", path.display()))(
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("directory {} does not exist", dir.display()),
+                ),
+            ));
+        }
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(io_err(format!("creating {}", path.display())))
+}
+
+fn current_version(c: &Connection) -> rusqlite::Result<i64> {
+    c.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Applies each pending migration in its own IMMEDIATE transaction (the write
+/// lock is taken before reading the version, so concurrent openers of one file
+/// serialize instead of both applying a step).
+fn migrate(conn: &mut Connection) -> Result<(), HistoryError> {
+    let supported = migrations::latest_version();
+    loop {
+        let op = "migrating";
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err(op))?;
+        tx.execute_batch(migrations::SQLITE_VERSION_TABLE)
+            .map_err(err("creating schema_migrations"))?;
+        let current = current_version(&tx).map_err(err("reading the schema version"))?;
+        if current > supported {
+            // Dropping `tx` rolls back: nothing of ours is left behind.
+            return Err(HistoryError::FutureSchema {
+                backend: BACKEND,
+                found: current,
+                supported,
+            });
+        }
+        let Some(m) = migrations::pending(current).next() else {
+            tx.commit().map_err(err(op))?;
+            return Ok(());
+        };
+        let op = format!("applying migration {} ({})", m.version, m.description);
+        tx.execute_batch(m.sqlite).map_err(err(op.clone()))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, description, applied_unix_ms) VALUES (?1, ?2, ?3)",
+            (m.version, m.description, migrations::now_unix_ms()),
+        )
+        .map_err(err(op.clone()))?;
+        tx.commit().map_err(err(op))?;
+    }
+}
+
+fn to_values(r: &HistoryRow) -> Vec<Value> {
+    let opt = |v: Option<i64>| v.map_or(Value::Null, Value::Integer);
+    vec![
+        Value::Text(r.id.clone()),
+        Value::Text(r.name.clone()),
+        Value::Text(cmd_to_json(&r.cmd)),
+        Value::Text(r.cwd.clone()),
+        Value::Text(r.hostname.clone()),
+        Value::Integer(r.start_unix_ms),
+        Value::Integer(r.end_unix_ms),
+        Value::Real(r.duration_s),
+        Value::Text(r.status.clone()),
+        opt(r.exit_code.map(i64::from)),
+        opt(r.signal.map(i64::from)),
+        Value::Real(r.cpu_user_s),
+        Value::Real(r.cpu_sys_s),
+        Value::Real(r.cpu_percent),
+        Value::Integer(r.peak_rss_kb),
+        opt(r.read_bytes),
+        opt(r.write_bytes),
+        opt(r.blk_read_bytes),
+        opt(r.blk_write_bytes),
+        opt(r.net_rx_bytes),
+        opt(r.net_tx_bytes),
+        Value::Integer(r.process_count),
+        Value::Integer(r.lost_events),
+        Value::Integer(i64::from(r.stuck)),
+        Value::Text(r.trace_path.clone()),
+        r.error.clone().map_or(Value::Null, Value::Text),
+    ]
+}
+
+/// A row as read, before `cmd` is parsed (parsing errors are ours, not rusqlite's).
+struct RawRow {
+    row: HistoryRow,
+    cmd_json: String,
+}
+
+impl RawRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+        Ok(RawRow {
+            cmd_json: r.get(2)?,
+            row: HistoryRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                cmd: Vec::new(),
+                cwd: r.get(3)?,
+                hostname: r.get(4)?,
+                start_unix_ms: r.get(5)?,
+                end_unix_ms: r.get(6)?,
+                duration_s: r.get(7)?,
+                status: r.get(8)?,
+                exit_code: r.get(9)?,
+                signal: r.get(10)?,
+                cpu_user_s: r.get(11)?,
+                cpu_sys_s: r.get(12)?,
+                cpu_percent: r.get(13)?,
+                peak_rss_kb: r.get(14)?,
+                read_bytes: r.get(15)?,
+                write_bytes: r.get(16)?,
+                blk_read_bytes: r.get(17)?,
+                blk_write_bytes: r.get(18)?,
+                net_rx_bytes: r.get(19)?,
+                net_tx_bytes: r.get(20)?,
+                process_count: r.get(21)?,
+                lost_events: r.get(22)?,
+                stuck: r.get(23)?,
+                trace_path: r.get(24)?,
+                error: r.get(25)?,
+            },
+        })
+    }
+
+    fn into_row(self) -> Result<HistoryRow, HistoryError> {
+        let mut row = self.row;
+        row.cmd = cmd_from_json(BACKEND, &row.id, &self.cmd_json)?;
+        Ok(row)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::super::{test_rows::row, History, HistoryQuery};
+    use super::*;
+
+    /// A fresh directory under the temp dir, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new() -> TempDir {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "denet-history-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+        fn db(&self) -> String {
+            self.0.join("history.db").to_str().unwrap().to_owned()
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent_and_rows_survive_reopen() {
+        let dir = TempDir::new();
+        let h = History::open(&dir.db()).await.unwrap();
+        assert_eq!(h.backend(), "sqlite");
+        assert_eq!(
+            h.schema_version().await.unwrap(),
+            migrations::latest_version()
+        );
+        h.insert(&row("a", "n", "succeeded", 1000, true))
+            .await
+            .unwrap();
+        drop(h);
+        for _ in 0..2 {
+            let h = History::open(&dir.db()).await.unwrap();
+            assert_eq!(
+                h.schema_version().await.unwrap(),
+                migrations::latest_version()
+            );
+            assert_eq!(
+                h.get("a").await.unwrap(),
+                Some(row("a", "n", "succeeded", 1000, true))
+            );
+        }
+        let c = Connection::open(dir.db()).unwrap();
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, migrations::MIGRATIONS.len() as i64);
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn file_is_owner_only_and_directory_must_exist() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new();
+        History::open(&dir.db()).await.unwrap();
+        let mode = std::fs::metadata(dir.db()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let missing = dir.0.join("no/such/dir/h.db");
+        let e = History::open(missing.to_str().unwrap()).await.unwrap_err();
+        assert!(matches!(e, HistoryError::Io { .. }), "{e}");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn roundtrip_of_all_fields_some_and_none() {
+        let dir = TempDir::new();
+        let h = History::open(&dir.db()).await.unwrap();
+        let full = row("full", "n", "failed", 2000, true);
+        let empty = row("empty", "n", "succeeded", 3000, false);
+        h.insert(&full).await.unwrap();
+        h.insert(&empty).await.unwrap();
+        assert_eq!(h.get("full").await.unwrap().as_ref(), Some(&full));
+        assert_eq!(h.get("empty").await.unwrap().as_ref(), Some(&empty));
+        assert_eq!(h.get("nope").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn upsert_by_id_does_not_duplicate() {
+        let dir = TempDir::new();
+        let h = History::open(&dir.db()).await.unwrap();
+        let first = row("j", "n", "failed", 1000, false);
+        h.insert(&first).await.unwrap();
+        h.insert(&first).await.unwrap();
+        let mut second = row("j", "other", "succeeded", 5000, true);
+        second.cmd = vec![];
+        h.insert(&second).await.unwrap();
+        let all = h.query(&HistoryQuery::default()).await.unwrap();
+        assert_eq!(all, vec![second]);
+    }
+
+    #[tokio::test]
+    async fn query_filters_limit_and_order() {
+        let dir = TempDir::new();
+        let h = History::open(&dir.db()).await.unwrap();
+        for (id, name, status, end) in [
+            ("a", "build", "succeeded", 100),
+            ("b", "build", "failed", 300),
+            ("c", "test", "succeeded", 200),
+            ("d", "build", "succeeded", 300),
+            ("e", "test", "failed", 50),
+        ] {
+            h.insert(&row(id, name, status, end, false)).await.unwrap();
+        }
+        let ids = |rows: Vec<HistoryRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let q = |name: Option<&str>, status: Option<&str>, limit| HistoryQuery {
+            name: name.map(str::to_owned),
+            status: status.map(str::to_owned),
+            limit,
+        };
+        assert_eq!(
+            ids(h.query(&q(None, None, 0)).await.unwrap()),
+            ["b", "d", "c", "a", "e"]
+        );
+        assert_eq!(ids(h.query(&q(None, None, 2)).await.unwrap()), ["b", "d"]);
+        assert_eq!(
+            ids(h.query(&q(Some("build"), None, 0)).await.unwrap()),
+            ["b", "d", "a"]
+        );
+        assert_eq!(
+            ids(h.query(&q(None, Some("failed"), 0)).await.unwrap()),
+            ["b", "e"]
+        );
+        assert_eq!(
+            ids(h
+                .query(&q(Some("build"), Some("succeeded"), 1))
+                .await
+                .unwrap()),
+            ["d"]
+        );
+        assert!(h.query(&q(Some("bui"), None, 0)).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn default_limit_is_100() {
+        let dir = TempDir::new();
+        let h = History::open(&dir.db()).await.unwrap();
+        for i in 0..120 {
+            h.insert(&row(&format!("j{i:03}"), "n", "succeeded", i, false))
+                .await
+                .unwrap();
+        }
+        assert_eq!(h.query(&HistoryQuery::default()).await.unwrap().len(), 100);
+        let q = HistoryQuery {
+            limit: 1000,
+            ..Default::default()
+        };
+        assert_eq!(h.query(&q).await.unwrap().len(), 120);
+    }
+
+    #[tokio::test]
+    async fn refuses_a_future_schema_and_leaves_it_untouched() {
+        let dir = TempDir::new();
+        drop(History::open(&dir.db()).await.unwrap());
+        let future = migrations::latest_version() + 1;
+        {
+            let c = Connection::open(dir.db()).unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations VALUES (?1, 'from the future', 0)",
+                [future],
+            )
+            .unwrap();
+        }
+        let e = History::open(&dir.db()).await.unwrap_err();
+        match &e {
+            HistoryError::FutureSchema {
+                backend,
+                found,
+                supported,
+            } => {
+                assert_eq!(*backend, "sqlite");
+                assert_eq!(*found, future);
+                assert_eq!(*supported, migrations::latest_version());
+            }
+            other => panic!("expected FutureSchema, got {other}"),
+        }
+        assert!(e.to_string().contains("newer than this denet-agent"), "{e}");
+        let c = Connection::open(dir.db()).unwrap();
+        assert_eq!(current_version(&c).unwrap(), future);
+    }
+
+    #[tokio::test]
+    async fn refuses_non_finite_numbers() {
+        let dir = TempDir::new();
+        let h = History::open(&dir.db()).await.unwrap();
+        let mut r = row("nan", "n", "succeeded", 1, false);
+        r.cpu_percent = f64::NAN;
+        let e = h.insert(&r).await.unwrap_err();
+        assert!(e.to_string().contains("cpu_percent"), "{e}");
+        assert_eq!(h.get("nan").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn corrupt_cmd_is_reported_with_context() {
+        let dir = TempDir::new();
+        let h = History::open(&dir.db()).await.unwrap();
+        h.insert(&row("x", "n", "succeeded", 1, false))
+            .await
+            .unwrap();
+        Connection::open(dir.db())
+            .unwrap()
+            .execute("UPDATE job_history SET cmd = 'not json'", [])
+            .unwrap();
+        let e = h.get("x").await.unwrap_err();
+        assert!(e.to_string().contains("cmd is not a JSON array"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_openers_and_inserts() {
+        let dir = TempDir::new();
+        let db = dir.db();
+        let (a, b) = tokio::join!(History::open(&db), History::open(&db));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let h = if t % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    h.insert(&row(&format!("t{t}-{i}"), "n", "succeeded", i, false))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let q = HistoryQuery {
+            limit: 1000,
+            ..Default::default()
+        };
+        assert_eq!(a.query(&q).await.unwrap().len(), 200);
+    }
+}

@@ -1,0 +1,528 @@
+//! The job-history store (`denet_agent::history`) against a real PostgreSQL
+//! server: the SQLite unit tests' behaviours, plus what only a shared server has
+//! (several agents migrating one database at once, concurrent writers, a server
+//! dropping the connection).
+//!
+//! `DENET_TEST_PG_URL` is an admin URL (a role with CREATEDB); each test creates
+//! its own database `denet_t_<pid>_<n>` and drops it at the end, even on failure.
+//! Unset: the tests skip, except in CI where they fail.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use denet_agent::history::{migrations, History, HistoryError, HistoryQuery, HistoryRow};
+use denet_tests::pg_admin_url;
+use tokio_postgres::{Client, NoTls};
+
+async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to DENET_TEST_PG_URL's server: {e:?}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// `url` with its database name replaced by `db` (query parameters kept).
+fn with_dbname(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").expect("a postgres:// URL") + 3;
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    format!("{}/{db}{query}", &base[..authority_end])
+}
+
+/// A freshly created database, dropped when this goes out of scope.
+struct TestDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create(test: &str) -> Option<TestDb> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let admin_url = pg_admin_url(test)?;
+        let name = format!(
+            "denet_t_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = connect(&admin_url).await;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} (needs CREATEDB): {e:?}"));
+        let url = with_dbname(&admin_url, &name);
+        Some(TestDb {
+            admin_url,
+            name,
+            url,
+        })
+    }
+
+    /// A plain client on the test database, to look behind the store's back.
+    async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                connect(&admin_url)
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: could not drop test database {}: {e:?}", self.name),
+            Err(_) => eprintln!("warning: could not drop test database {}", self.name),
+        }
+    }
+}
+
+/// A row with every optional field set (`full`) or empty.
+fn row(id: &str, name: &str, status: &str, end_unix_ms: i64, full: bool) -> HistoryRow {
+    let some = |v: i64| full.then_some(v);
+    HistoryRow {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        cmd: vec!["sh".into(), "-c".into(), "echo 'a \"b\"' ünï".into()],
+        cwd: "/tmp/work dir".into(),
+        hostname: "node-1".into(),
+        start_unix_ms: end_unix_ms - 1500,
+        end_unix_ms,
+        duration_s: 1.5,
+        status: status.to_owned(),
+        exit_code: full.then_some(-3),
+        signal: full.then_some(9),
+        cpu_user_s: 0.25,
+        cpu_sys_s: 0.125,
+        cpu_percent: 25.0,
+        peak_rss_kb: 123_456,
+        read_bytes: some(1 << 40),
+        write_bytes: some(0),
+        blk_read_bytes: some(4096),
+        blk_write_bytes: some(i64::MAX),
+        net_rx_bytes: some(17),
+        net_tx_bytes: some(18),
+        process_count: 3,
+        lost_events: 0,
+        stuck: full,
+        trace_path: format!("/var/lib/denet/{id}.jsonl"),
+        error: full.then(|| "boom: ünïcode".to_owned()),
+    }
+}
+
+async fn version_rows(c: &Client) -> Vec<i64> {
+    c.query(
+        "SELECT version FROM schema_migrations ORDER BY version",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn all_versions() -> Vec<i64> {
+    migrations::MIGRATIONS.iter().map(|m| m.version).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_and_rows_survive_reopen() {
+    let Some(db) = TestDb::create("migrations_are_idempotent_and_rows_survive_reopen").await else {
+        return;
+    };
+    let h = History::open(&db.url).await.unwrap();
+    assert_eq!(h.backend(), "postgres");
+    assert_eq!(
+        h.schema_version().await.unwrap(),
+        migrations::latest_version()
+    );
+    h.insert(&row("a", "n", "succeeded", 1000, true))
+        .await
+        .unwrap();
+    drop(h);
+    for _ in 0..2 {
+        let h = History::open(&db.url).await.unwrap();
+        assert_eq!(
+            h.schema_version().await.unwrap(),
+            migrations::latest_version()
+        );
+        assert_eq!(
+            h.get("a").await.unwrap(),
+            Some(row("a", "n", "succeeded", 1000, true))
+        );
+    }
+    let c = db.client().await;
+    assert_eq!(version_rows(&c).await, all_versions());
+
+    // Types as documented: BIGINT ms, DOUBLE PRECISION durations, BOOLEAN flags.
+    let types: Vec<(String, String)> = c
+        .query(
+            "SELECT column_name::TEXT, data_type::TEXT FROM information_schema.columns \
+             WHERE table_name = 'job_history' AND column_name = ANY($1) ORDER BY column_name",
+            &[&vec!["duration_s", "end_unix_ms", "exit_code", "stuck"]],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expect = [
+        ("duration_s", "double precision"),
+        ("end_unix_ms", "bigint"),
+        ("exit_code", "integer"),
+        ("stuck", "boolean"),
+    ];
+    assert_eq!(
+        types,
+        expect.map(|(a, b)| (a.to_owned(), b.to_owned())).to_vec()
+    );
+    let indexes: Vec<String> = c
+        .query(
+            "SELECT indexname::TEXT FROM pg_indexes WHERE tablename = 'job_history' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        indexes,
+        [
+            "job_history_end_unix_ms",
+            "job_history_name",
+            "job_history_pkey",
+            "job_history_status"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roundtrip_of_all_fields_some_and_none() {
+    let Some(db) = TestDb::create("roundtrip_of_all_fields_some_and_none").await else {
+        return;
+    };
+    let h = History::open(&db.url).await.unwrap();
+    let full = row("full", "n", "failed", 2000, true);
+    let empty = row("empty", "n", "succeeded", 3000, false);
+    h.insert(&full).await.unwrap();
+    h.insert(&empty).await.unwrap();
+    assert_eq!(h.get("full").await.unwrap().as_ref(), Some(&full));
+    assert_eq!(h.get("empty").await.unwrap().as_ref(), Some(&empty));
+    assert_eq!(h.get("nope").await.unwrap(), None);
+    // Extremes survive.
+    let mut r = row("big", "n", "succeeded", i64::MAX, true);
+    r.start_unix_ms = i64::MIN;
+    r.exit_code = Some(i32::MIN);
+    r.cmd = vec![];
+    r.duration_s = 1e-300;
+    h.insert(&r).await.unwrap();
+    assert_eq!(h.get("big").await.unwrap(), Some(r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_by_id_does_not_duplicate() {
+    let Some(db) = TestDb::create("upsert_by_id_does_not_duplicate").await else {
+        return;
+    };
+    let h = History::open(&db.url).await.unwrap();
+    let first = row("j", "n", "failed", 1000, false);
+    h.insert(&first).await.unwrap();
+    h.insert(&first).await.unwrap();
+    let second = row("j", "other", "succeeded", 5000, true);
+    h.insert(&second).await.unwrap();
+    assert_eq!(
+        h.query(&HistoryQuery::default()).await.unwrap(),
+        vec![second]
+    );
+    let n: i64 = db
+        .client()
+        .await
+        .query_one("SELECT COUNT(*) FROM job_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_filters_limit_and_order() {
+    let Some(db) = TestDb::create("query_filters_limit_and_order").await else {
+        return;
+    };
+    let h = History::open(&db.url).await.unwrap();
+    for (id, name, status, end) in [
+        ("a", "build", "succeeded", 100),
+        ("b", "build", "failed", 300),
+        ("c", "test", "succeeded", 200),
+        ("d", "build", "succeeded", 300),
+        ("e", "test", "failed", 50),
+    ] {
+        h.insert(&row(id, name, status, end, false)).await.unwrap();
+    }
+    let ids = |rows: Vec<HistoryRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let q = |name: Option<&str>, status: Option<&str>, limit| HistoryQuery {
+        name: name.map(str::to_owned),
+        status: status.map(str::to_owned),
+        limit,
+    };
+    assert_eq!(
+        ids(h.query(&q(None, None, 0)).await.unwrap()),
+        ["b", "d", "c", "a", "e"]
+    );
+    assert_eq!(ids(h.query(&q(None, None, 2)).await.unwrap()), ["b", "d"]);
+    assert_eq!(
+        ids(h.query(&q(Some("build"), None, 0)).await.unwrap()),
+        ["b", "d", "a"]
+    );
+    assert_eq!(
+        ids(h.query(&q(None, Some("failed"), 0)).await.unwrap()),
+        ["b", "e"]
+    );
+    assert_eq!(
+        ids(h
+            .query(&q(Some("build"), Some("succeeded"), 1))
+            .await
+            .unwrap()),
+        ["d"]
+    );
+    assert!(h.query(&q(Some("bui"), None, 0)).await.unwrap().is_empty());
+    // Values that would break a query built by string pasting are just values.
+    assert!(h
+        .query(&q(Some("x' OR '1'='1"), None, 0))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_limit_is_100() {
+    let Some(db) = TestDb::create("default_limit_is_100").await else {
+        return;
+    };
+    let h = History::open(&db.url).await.unwrap();
+    for i in 0..120 {
+        h.insert(&row(&format!("j{i:03}"), "n", "succeeded", i, false))
+            .await
+            .unwrap();
+    }
+    let rows = h.query(&HistoryQuery::default()).await.unwrap();
+    assert_eq!(rows.len(), 100);
+    assert_eq!(rows[0].id, "j119");
+    let q = HistoryQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    assert_eq!(h.query(&q).await.unwrap().len(), 120);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_future_schema_and_leaves_it_untouched() {
+    let Some(db) = TestDb::create("refuses_a_future_schema_and_leaves_it_untouched").await else {
+        return;
+    };
+    drop(History::open(&db.url).await.unwrap());
+    let future = migrations::latest_version() + 1;
+    let c = db.client().await;
+    c.execute(
+        "INSERT INTO schema_migrations VALUES ($1, 'from the future', 0)",
+        &[&future],
+    )
+    .await
+    .unwrap();
+    let e = History::open(&db.url).await.unwrap_err();
+    match &e {
+        HistoryError::FutureSchema {
+            backend,
+            found,
+            supported,
+        } => {
+            assert_eq!(*backend, "postgres");
+            assert_eq!(*found, future);
+            assert_eq!(*supported, migrations::latest_version());
+        }
+        other => panic!("expected FutureSchema, got {other}"),
+    }
+    assert!(e.to_string().contains("newer than this denet-agent"), "{e}");
+    let mut expect = all_versions();
+    expect.push(future);
+    assert_eq!(version_rows(&c).await, expect);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_openers_migrate_once() {
+    let Some(db) = TestDb::create("concurrent_openers_migrate_once").await else {
+        return;
+    };
+    // Several agents starting together on one fresh database.
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = db.url.clone();
+            tokio::spawn(async move { History::open(&url).await })
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for o in opens {
+        handles.push(o.await.unwrap().unwrap());
+    }
+    for h in &handles {
+        assert_eq!(
+            h.schema_version().await.unwrap(),
+            migrations::latest_version()
+        );
+    }
+    assert_eq!(version_rows(&db.client().await).await, all_versions());
+    // And they all work on the same table.
+    handles[0]
+        .insert(&row("x", "n", "succeeded", 1, false))
+        .await
+        .unwrap();
+    assert!(handles[3].get("x").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inserts_are_all_present() {
+    let Some(db) = TestDb::create("concurrent_inserts_are_all_present").await else {
+        return;
+    };
+    let shared = History::open(&db.url).await.unwrap();
+    let other = History::open(&db.url).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            // Half the tasks share one handle (one pipelined client), half another.
+            let h = if t % 2 == 0 {
+                shared.clone()
+            } else {
+                other.clone()
+            };
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let mut r = row(
+                        &format!("t{t}-{i:02}"),
+                        &format!("task{t}"),
+                        "succeeded",
+                        i,
+                        i % 2 == 0,
+                    );
+                    r.hostname = format!("node-{t}");
+                    h.insert(&r).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let q = HistoryQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    let rows = shared.query(&q).await.unwrap();
+    assert_eq!(rows.len(), 200);
+    for t in 0..8 {
+        let q = HistoryQuery {
+            name: Some(format!("task{t}")),
+            limit: 1000,
+            ..Default::default()
+        };
+        let rows = other.query(&q).await.unwrap();
+        assert_eq!(rows.len(), 25);
+        assert!(rows.iter().all(|r| r.hostname == format!("node-{t}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_the_server_drops_the_connection() {
+    let Some(db) = TestDb::create("reconnects_after_the_server_drops_the_connection").await else {
+        return;
+    };
+    let h = History::open(&db.url).await.unwrap();
+    h.insert(&row("before", "n", "succeeded", 1, false))
+        .await
+        .unwrap();
+    let admin = connect(&db.admin_url).await;
+    for round in 0..2 {
+        // What a server restart does to the agent's session.
+        let killed: i64 = admin
+            .query_one(
+                "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()) t",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(killed >= 1, "round {round}: no session to terminate");
+        // The very next call works: reconnect and retry, no error surfaces.
+        let id = format!("after-{round}");
+        h.insert(&row(&id, "n", "succeeded", 2 + round, false))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("round {round}: insert after the connection was killed: {e}")
+            });
+        assert!(h.get(&id).await.unwrap().is_some());
+    }
+    assert_eq!(h.query(&HistoryQuery::default()).await.unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_have_context_and_no_password() {
+    let Some(admin_url) = pg_admin_url("connection_errors_have_context_and_no_password") else {
+        return;
+    };
+    // A wrong password on the real server.
+    let Some(at) = admin_url.rfind('@') else {
+        return;
+    };
+    let bad = format!("postgres://denet:s3cret-wrong{}", &admin_url[at..]);
+    let e = History::open(&bad).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("postgres") && msg.contains("connecting"),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cret-wrong"), "{msg}");
+    assert!(!format!("{e:?}").contains("s3cret-wrong"), "{e:?}");
+    // Nothing listening.
+    let e = History::open("postgresql://denet:x@127.0.0.1:1/none?connect_timeout=5")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("connecting to the server"), "{e}");
+}
+
+#[test]
+fn dbname_is_replaced_in_urls() {
+    assert_eq!(
+        with_dbname("postgres://u:p@h:5432/postgres", "d"),
+        "postgres://u:p@h:5432/d"
+    );
+    assert_eq!(with_dbname("postgres://u@h", "d"), "postgres://u@h/d");
+    assert_eq!(
+        with_dbname("postgresql://h/x?sslmode=disable", "d"),
+        "postgresql://h/d?sslmode=disable"
+    );
+}
