@@ -12,7 +12,8 @@ use std::{
         fd::{AsRawFd, OwnedFd},
         unix::{ffi::OsStrExt, fs::PermissionsExt},
     },
-    path::{Path, PathBuf},
+    path::PathBuf,
+    sync::Arc,
 };
 
 use nix::{
@@ -61,14 +62,23 @@ impl LaunchError {
     }
 }
 
+/// Where one of the command's output streams goes.
+#[derive(Debug, Clone)]
+pub enum Redirect {
+    /// A file, created or truncated.
+    Path(PathBuf),
+    /// An open descriptor handed to the agent (a pipe from `serve`).
+    Fd(Arc<OwnedFd>),
+}
+
 /// What to run and where its standard streams go.
 #[derive(Debug, Clone, Default)]
 pub struct LaunchSpec {
     pub argv: Vec<String>,
     /// `None`: inherit the agent's stdout.
-    pub stdout: Option<PathBuf>,
+    pub stdout: Option<Redirect>,
     /// `None`: inherit the agent's stderr.
-    pub stderr: Option<PathBuf>,
+    pub stderr: Option<Redirect>,
     /// Working directory of the command (`None`: the agent's).
     pub cwd: Option<PathBuf>,
     /// Full environment of the command (`None`: the agent's).
@@ -125,17 +135,24 @@ fn cstring(s: &[u8]) -> Result<CString, LaunchError> {
     CString::new(s).map_err(|_| LaunchError::NulInArgument(String::from_utf8_lossy(s).into_owned()))
 }
 
-fn open_redirect(path: &Path, what: &'static str) -> Result<File, LaunchError> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|source| LaunchError::Redirect {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })
+fn open_redirect(to: &Redirect, what: &'static str) -> Result<File, LaunchError> {
+    match to {
+        Redirect::Path(path) => OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path),
+        // A close-on-exec duplicate, like an opened file.
+        Redirect::Fd(fd) => fd.try_clone().map(File::from),
+    }
+    .map_err(|source| LaunchError::Redirect {
+        what,
+        path: match to {
+            Redirect::Path(p) => p.clone(),
+            Redirect::Fd(fd) => PathBuf::from(format!("/dev/fd/{}", fd.as_raw_fd())),
+        },
+        source,
+    })
 }
 
 fn pipe_cloexec(what: &'static str) -> Result<(OwnedFd, OwnedFd), LaunchError> {
@@ -170,12 +187,12 @@ impl HeldChild {
         };
         let stdout = spec
             .stdout
-            .as_deref()
+            .as_ref()
             .map(|p| open_redirect(p, "stdout"))
             .transpose()?;
         let stderr = spec
             .stderr
-            .as_deref()
+            .as_ref()
             .map(|p| open_redirect(p, "stderr"))
             .transpose()?;
         let (gate_r, gate_w) = pipe_cloexec("gate pipe")?;

@@ -2,6 +2,7 @@
 //! of, so other front ends (the CLI, a service) drive one engine.
 
 pub mod btf;
+pub mod client;
 pub mod clock;
 pub mod collector;
 pub mod ebpf;
@@ -9,6 +10,7 @@ pub mod export;
 pub mod files;
 pub mod history;
 pub mod kstats;
+pub mod jobs_cli;
 pub mod launch;
 pub mod output;
 pub mod proc_tree;
@@ -17,6 +19,7 @@ pub mod record;
 pub mod report;
 pub mod run;
 pub mod sampler;
+pub mod serve;
 pub mod syscall_names;
 pub mod trace;
 pub mod tracker;

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use denet_agent::{
     export::{self, Format},
-    launch::LaunchSpec,
+    launch::{LaunchSpec, Redirect},
     report,
     run::{self, EbpfMode, RunConfig},
 };
@@ -28,6 +28,67 @@ enum Command {
     Stats(StatsArgs),
     /// Convert a trace to CSV tables, a Nextflow trace, Perfetto JSON or an HTML report.
     Export(ExportArgs),
+    /// Serve the job API: start, stop, pause and stream monitored jobs, keep their history.
+    Serve(ServeArgs),
+    /// Client of `serve`: spawn, list, show, stop, pause, resume jobs, logs, history.
+    Jobs(denet_agent::jobs_cli::JobsArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TCP address to listen on. Beyond loopback, --token-file is required.
+    #[arg(long, default_value = "127.0.0.1:7878", conflicts_with = "socket")]
+    listen: std::net::SocketAddr,
+    /// Listen on this Unix socket instead (created owner-only, mode 0600).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// File whose first line is the bearer token every request must carry.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Directory for job traces and logs (and the default SQLite history).
+    /// Default: /var/lib/denet-agent as root, else ~/.local/state/denet-agent.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// History database: a SQLite file path, or postgres://USER:PASS@HOST/DB.
+    /// Default: DATA_DIR/history.sqlite.
+    #[arg(long, value_name = "PATH|URL")]
+    db: Option<String>,
+    /// Jobs running at once (each is a traced `run`); more wait as `queued`.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_running: u32,
+    /// Jobs queued or running at once; more are refused with 429.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_jobs: u32,
+    /// Ended jobs kept in memory for `GET /jobs` (all are in the history).
+    #[arg(long, default_value_t = 1000)]
+    keep_finished: usize,
+    /// Default job timeout, seconds.
+    #[arg(long, default_value_t = 3600.0, value_name = "SECONDS")]
+    timeout: f64,
+    /// Seconds between SIGTERM and SIGKILL when a job is stopped or times out.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    kill_grace: f64,
+    /// A job failing within this many seconds of its start is `startup_failed`.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    startup_window: f64,
+    /// Default seconds without CPU progress or output before a job is flagged stuck.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    stuck_after: f64,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Jobs use /proc sampling only.
+    #[arg(long, conflicts_with = "require_ebpf")]
+    no_ebpf: bool,
+    /// Jobs fail instead of falling back to /proc sampling.
+    #[arg(long)]
+    require_ebpf: bool,
+    /// Jobs run without syscall counts and file records (see `run --no-syscalls`).
+    #[arg(long)]
+    no_syscalls: bool,
+    /// Jobs run without file records.
+    #[arg(long)]
+    no_files: bool,
 }
 
 #[derive(Args)]
@@ -96,6 +157,16 @@ struct RunArgs {
     /// and every block request (a firehose: consider a larger --ringbuf-mib).
     #[arg(long)]
     events: bool,
+    /// Read control requests (`stop [GRACE_MS]`, `pause`, `resume`, one per line) from
+    /// this file descriptor; its end stops the run. Used by `serve` for its jobs.
+    #[arg(long, value_name = "FD", hide = true)]
+    control_fd: Option<i32>,
+    /// The command's stdout goes to this inherited descriptor (a pipe from `serve`).
+    #[arg(long, value_name = "FD", hide = true, conflicts_with = "stdout")]
+    stdout_fd: Option<i32>,
+    /// The command's stderr goes to this inherited descriptor (a pipe from `serve`).
+    #[arg(long, value_name = "FD", hide = true, conflicts_with = "stderr")]
+    stderr_fd: Option<i32>,
     /// After the run, write the HTML report of the trace to FILE.
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,
@@ -128,8 +199,8 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
     Ok(RunConfig {
         launch: LaunchSpec {
             argv: args.cmd,
-            stdout: args.stdout,
-            stderr: args.stderr,
+            stdout: redirect(args.stdout, args.stdout_fd, "stdout-fd")?,
+            stderr: redirect(args.stderr, args.stderr_fd, "stderr-fd")?,
             cwd: None,
             env: None,
         },
@@ -188,12 +259,13 @@ fn export(args: ExportArgs) -> Result<i32> {
 
 fn run_command(args: RunArgs) -> Result<i32> {
     let report_path = args.report.clone();
+    let control = args.control_fd.map(control_channel).transpose()?;
     let config = run_config(args)?;
     let out = config.out.clone();
     if report_path.is_some() && out.as_os_str() == "-" {
         bail!("--report reads the trace back after the run: give a trace file with -o FILE");
     }
-    let outcome = run::run(config)?;
+    let outcome = run::run_controlled(config, control)?;
     let s = &outcome.summary;
     eprintln!(
         "denet-agent: {} processes, {:.3} s CPU, peak RSS {} KiB (largest process), \
@@ -228,12 +300,130 @@ fn run_command(args: RunArgs) -> Result<i32> {
     Ok(status)
 }
 
+/// Takes ownership of an inherited descriptor, marked close-on-exec so the command
+/// does not inherit it as well.
+fn adopt_fd(fd: i32, flag: &str) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_GETFD/F_SETFD only touch the descriptor table.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        bail!("--{flag} {fd}: not an open file descriptor above 2");
+    }
+    // SAFETY: checked open above; the caller hands it to us alone.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+fn redirect(path: Option<PathBuf>, fd: Option<i32>, flag: &str) -> Result<Option<Redirect>> {
+    Ok(match (path, fd) {
+        (Some(p), _) => Some(Redirect::Path(p)),
+        (None, Some(fd)) => Some(Redirect::Fd(std::sync::Arc::new(adopt_fd(fd, flag)?))),
+        (None, None) => None,
+    })
+}
+
+/// Control requests read line by line from an inherited descriptor. A bad line is
+/// reported and ignored; the end of input closes the channel (which stops the run).
+fn control_channel(fd: i32) -> Result<tokio::sync::mpsc::UnboundedReceiver<run::Control>> {
+    use std::io::BufRead;
+    let file = std::fs::File::from(adopt_fd(fd, "control-fd")?);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for line in std::io::BufReader::new(file).lines() {
+                let Ok(line) = line else { break };
+                match line.parse::<run::Control>() {
+                    Ok(request) => {
+                        if tx.send(request).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => eprintln!("denet-agent: warning: --control-fd: {e}"),
+                }
+            }
+        })
+        .context("starting the control reader")?;
+    Ok(rx)
+}
+
+fn serve(args: ServeArgs) -> Result<i32> {
+    use denet_agent::serve::{self, spec::SpecDefaults, Endpoint, ServeConfig};
+    let endpoint = match args.socket {
+        Some(p) => Endpoint::Unix(p),
+        None => Endpoint::Tcp(args.listen),
+    };
+    let token = args
+        .token_file
+        .as_deref()
+        .map(denet_agent::jobs_cli::read_token)
+        .transpose()?;
+    serve::check_endpoint(&endpoint, token.as_deref())?;
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None if nix::unistd::geteuid().is_root() => PathBuf::from("/var/lib/denet-agent"),
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".local/state/denet-agent"))
+            .context("no --data-dir and no HOME")?,
+    };
+    let data_dir = std::path::absolute(&data_dir).context("--data-dir")?;
+    let db = args
+        .db
+        .unwrap_or_else(|| data_dir.join("history.sqlite").to_string_lossy().into_owned());
+    let mut run_flags = Vec::new();
+    for (on, flag) in [
+        (args.no_ebpf, "--no-ebpf"),
+        (args.require_ebpf, "--require-ebpf"),
+        (args.no_syscalls, "--no-syscalls"),
+        (args.no_files, "--no-files"),
+    ] {
+        if on {
+            run_flags.push(flag.to_string());
+        }
+    }
+    let positive = |name: &str, v: f64| -> Result<Duration> {
+        let d = seconds(name, v)?;
+        if d.is_zero() {
+            bail!("--{name} must be more than 0 seconds");
+        }
+        Ok(d)
+    };
+    let config = ServeConfig {
+        endpoint,
+        token,
+        defaults: SpecDefaults {
+            cwd: std::env::current_dir().context("the current directory")?,
+            timeout: positive("timeout", args.timeout)?,
+            stuck_after: positive("stuck-after", args.stuck_after)?,
+        },
+        data_dir,
+        db,
+        max_running: args.max_running as usize,
+        max_jobs: args.max_jobs as usize,
+        keep_finished: args.keep_finished,
+        kill_grace: seconds("kill-grace", args.kill_grace)?,
+        startup_window: seconds("startup-window", args.startup_window)?,
+        run_flags,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let svc = serve::Service::new(config).await?;
+        serve::api::serve(svc).await
+    })?;
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run_command(args),
         Command::Stats(args) => stats(args),
         Command::Export(args) => export(args),
+        Command::Serve(args) => serve(args),
+        Command::Jobs(args) => denet_agent::jobs_cli::run(args),
     };
     match result {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),

@@ -338,6 +338,8 @@ pub struct Summary {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub timed_out: bool,
+    /// Stopped on request (`denet-agent jobs stop`, or the service shutting down).
+    pub cancelled: bool,
     pub start_boot_ns: u64,
     pub end_boot_ns: u64,
     pub wall_ns: u64,

@@ -60,6 +60,45 @@ pub struct RunConfig {
     pub events: bool,
 }
 
+/// Requests from whoever drives the run (the `serve` supervisor), while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Stop the whole tree: SIGTERM, SIGKILL after `grace`. The summary says `cancelled`.
+    Stop { grace: Duration },
+    /// SIGSTOP the whole tree (and whatever it forks meanwhile) until `Resume`.
+    Pause,
+    /// SIGCONT the whole tree.
+    Resume,
+}
+
+impl std::str::FromStr for Control {
+    type Err = String;
+    /// The line protocol of `run --control-fd`: `stop [GRACE_MS]`, `pause`, `resume`.
+    fn from_str(line: &str) -> Result<Self, String> {
+        let mut words = line.split_whitespace();
+        let control = match words.next() {
+            Some("stop") => {
+                let grace_ms = match words.next() {
+                    Some(ms) => ms
+                        .parse::<u64>()
+                        .map_err(|e| format!("stop: bad grace {ms:?}: {e}"))?,
+                    None => 5000,
+                };
+                Control::Stop {
+                    grace: Duration::from_millis(grace_ms),
+                }
+            }
+            Some("pause") => Control::Pause,
+            Some("resume") => Control::Resume,
+            _ => return Err(format!("unknown control request {line:?}")),
+        };
+        match words.next() {
+            Some(extra) => Err(format!("unexpected {extra:?} in control request {line:?}")),
+            None => Ok(control),
+        }
+    }
+}
+
 /// How the run ended, for the caller's exit status.
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
@@ -152,6 +191,14 @@ fn header(config: &RunConfig, kernel: &Kernel, pid: Option<u32>, hold_ns: Option
 /// Runs the command to completion. Errors are setup failures (output not writable,
 /// eBPF required but missing); a command that fails to start is a normal outcome.
 pub fn run(config: RunConfig) -> Result<RunOutcome> {
+    run_controlled(config, None)
+}
+
+/// [`run`], also obeying `control` requests (stop, pause, resume the tree).
+pub fn run_controlled(
+    config: RunConfig,
+    control: Option<mpsc::UnboundedReceiver<Control>>,
+) -> Result<RunOutcome> {
     // Orphaned descendants are re-parented to us, so we can follow and reap them.
     nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
     let mut out = JsonlWriter::create(&config.out)
@@ -194,7 +241,7 @@ pub fn run(config: RunConfig) -> Result<RunOutcome> {
         .build()
         .context("starting the async runtime")?;
     let mut state = RunState::new(&config, pid, fork_ns, kernel, out)?;
-    runtime.block_on(state.main_loop(&config))?;
+    runtime.block_on(state.main_loop(&config, control))?;
     state.finish(start_error)
 }
 
@@ -247,6 +294,14 @@ enum KillStage {
     Killed,
 }
 
+/// Waits for the next control request; never resolves without a channel.
+async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 struct RunState {
     pid: u32,
     start_ns: u64,
@@ -262,6 +317,9 @@ struct RunState {
     root_status: Option<u32>,
     no_children: bool,
     kill_stage: KillStage,
+    /// Grace between SIGTERM and SIGKILL of the escalation under way.
+    grace: Duration,
+    paused: bool,
 }
 
 impl RunState {
@@ -324,10 +382,16 @@ impl RunState {
             root_status: None,
             no_children: false,
             kill_stage: KillStage::None,
+            grace: config.kill_grace,
+            paused: false,
         })
     }
 
-    async fn main_loop(&mut self, config: &RunConfig) -> Result<()> {
+    async fn main_loop(
+        &mut self,
+        config: &RunConfig,
+        mut control: Option<mpsc::UnboundedReceiver<Control>>,
+    ) -> Result<()> {
         let mut sigchld = signal(SignalKind::child()).context("SIGCHLD handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -350,14 +414,58 @@ impl RunState {
                 _ = sigchld.recv() => {}
                 _ = sigint.recv() => self.forward(Signal::SIGINT),
                 _ = sigterm.recv() => self.forward(Signal::SIGTERM),
+                request = next_control(&mut control) => match request {
+                    Some(request) => self.on_control(request),
+                    // The driver is gone: nobody will collect this run, so end it.
+                    None => {
+                        control = None;
+                        self.on_control(Control::Stop { grace: config.kill_grace });
+                    }
+                },
                 _ = tokio::time::sleep_until(next_sample) => {
+                    // A process forked while the tree was being stopped escaped the
+                    // stop: catch it at every sample.
+                    if self.paused {
+                        self.signal_tree(Signal::SIGSTOP);
+                    }
                     self.sample()?;
                     next_sample = tokio::time::Instant::now() + Duration::from_millis(self.interval.next_ms());
                 }
                 _ = tokio::time::sleep_until(timeout_check.into()),
-                    if deadline.is_some() => self.check_timeout(deadline, config.kill_grace),
+                    if deadline.is_some() || self.kill_stage != KillStage::None => self.check_timeout(deadline),
             }
         }
+    }
+
+    fn on_control(&mut self, request: Control) {
+        match request {
+            Control::Stop { grace } => {
+                if self.kill_stage != KillStage::None {
+                    return; // already stopping
+                }
+                self.summary.cancelled = true;
+                self.grace = grace;
+                self.terminate_tree(Instant::now());
+            }
+            Control::Pause => {
+                self.paused = true;
+                self.signal_tree(Signal::SIGSTOP);
+            }
+            Control::Resume => {
+                self.paused = false;
+                self.signal_tree(Signal::SIGCONT);
+            }
+        }
+    }
+
+    /// SIGTERM to the tree (continued, so stopped processes see it), SIGKILL after the grace.
+    fn terminate_tree(&mut self, now: Instant) {
+        self.paused = false;
+        self.signal_tree(Signal::SIGTERM);
+        self.signal_tree(Signal::SIGCONT);
+        self.kill_stage = KillStage::Terminated {
+            kill_at: now + self.grace,
+        };
     }
 
     fn on_collector(&mut self, msg: CollectorMsg) -> Result<()> {
@@ -494,17 +602,14 @@ impl RunState {
         }
     }
 
-    fn check_timeout(&mut self, deadline: Option<Instant>, grace: Duration) {
+    fn check_timeout(&mut self, deadline: Option<Instant>) {
         let now = Instant::now();
         match self.kill_stage {
             KillStage::None => {
                 if deadline.is_some_and(|d| now >= d) {
                     eprintln!("denet-agent: timeout reached, sending SIGTERM to the process tree");
                     self.summary.timed_out = true;
-                    self.signal_tree(Signal::SIGTERM);
-                    self.kill_stage = KillStage::Terminated {
-                        kill_at: now + grace,
-                    };
+                    self.terminate_tree(now);
                 }
             }
             KillStage::Terminated { kill_at } if now >= kill_at => {

@@ -120,6 +120,8 @@ pub struct Totals {
     pub signal: Option<i32>,
     pub exit: String,
     pub timed_out: Option<bool>,
+    /// Stopped on request (summary `cancelled`).
+    pub cancelled: Option<bool>,
     pub error: Option<String>,
     pub wall_ns: u64,
     pub cpu_user_ns: u64,
@@ -431,6 +433,7 @@ impl StatsBuilder {
             totals.exit_code = s.exit_code;
             totals.signal = s.signal;
             totals.timed_out = s.timed_out;
+            totals.cancelled = s.cancelled;
             totals.error = s.error.clone();
             totals.wall_ns = s.wall_ns.unwrap_or(totals.wall_ns);
             totals.cpu_user_ns = s.cpu_user_ns.unwrap_or(totals.cpu_user_ns);

@@ -194,6 +194,7 @@ pub struct Summary {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub timed_out: Option<bool>,
+    pub cancelled: Option<bool>,
     pub start_boot_ns: Option<u64>,
     pub end_boot_ns: Option<u64>,
     pub wall_ns: Option<u64>,

@@ -1,0 +1,338 @@
+//! `denet-agent jobs ...`: the command-line client of `denet-agent serve`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{encode, Client, Server};
+
+#[derive(Args)]
+pub struct JobsArgs {
+    /// The service: http://HOST:PORT or unix:/path/to/socket.
+    #[arg(long, env = "DENET_SERVER", default_value = "http://127.0.0.1:7878")]
+    server: Server,
+    /// File holding the bearer token, when the service requires one.
+    #[arg(long, env = "DENET_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Start a monitored job; prints its id.
+    Spawn {
+        /// Job name (one job per name runs at a time).
+        #[arg(long)]
+        name: String,
+        /// Working directory (default: the current one).
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// Set a variable for the job, on top of the service's environment.
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Stop the job after SECONDS (default: the service's, 60 min).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+        /// Flag the job stuck after SECONDS without CPU progress or output.
+        #[arg(long, value_name = "SECONDS")]
+        stuck_after: Option<f64>,
+        /// The command and its arguments (never passed to a shell).
+        #[arg(required = true, last = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Running and recent jobs.
+    List {
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job's status and resource summary (JSON).
+    Show { id: String },
+    /// Stop the job's whole process tree (SIGTERM, SIGKILL after the grace).
+    Stop {
+        id: String,
+        /// Seconds between SIGTERM and SIGKILL (default: the service's).
+        #[arg(long, value_name = "SECONDS")]
+        grace: Option<f64>,
+    },
+    /// Stop (SIGSTOP) the job's whole process tree.
+    Pause { id: String },
+    /// Continue a paused job.
+    Resume { id: String },
+    /// The job's stdout (to stdout) and stderr (to stderr).
+    Logs {
+        id: String,
+        /// Follow: print lines as they come until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Ended jobs from the history database, newest first.
+    History {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(args: JobsArgs) -> Result<i32> {
+    let token = match &args.token_file {
+        Some(p) => Some(read_token(p)?),
+        None => None,
+    };
+    let client = Client::new(args.server.clone(), token);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(command(&client, args.command))
+}
+
+/// The token file's first line; empty is an error.
+pub fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn check_id(id: &str) -> Result<&str> {
+    if !crate::serve::job::valid_id(id) {
+        bail!("{id:?} is not a job id");
+    }
+    Ok(id)
+}
+
+async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
+    match cmd {
+        JobsCommand::Spawn {
+            name,
+            cwd,
+            env,
+            timeout,
+            stuck_after,
+            cmd,
+        } => {
+            let cwd = match cwd {
+                Some(c) => std::path::absolute(&c).with_context(|| c.display().to_string())?,
+                None => std::env::current_dir().context("the current directory")?,
+            };
+            let mut vars = serde_json::Map::new();
+            for kv in env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--env {kv:?}: expected NAME=VALUE"))?;
+                vars.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            let mut body = json!({ "name": name, "cmd": cmd, "cwd": cwd, "env": vars });
+            if let Some(t) = timeout {
+                body["timeout_s"] = json!(t);
+            }
+            if let Some(t) = stuck_after {
+                body["stuck_after_s"] = json!(t);
+            }
+            let v = client.post("/jobs", Some(&body)).await?.ok_json()?;
+            println!("{}", v["id"].as_str().unwrap_or_default());
+        }
+        JobsCommand::List { json } => {
+            let v = client.get("/jobs").await?.ok_json()?;
+            if json {
+                print_json(&v)?;
+            } else {
+                print_table(
+                    &["ID", "NAME", "STATUS", "FLAGS", "WALL_S", "CPU%", "RSS_KB"],
+                    v.as_array().map(Vec::as_slice).unwrap_or(&[]),
+                    |j| {
+                        let mut flags = Vec::new();
+                        if j["stuck"] == true {
+                            flags.push("stuck");
+                        }
+                        if j["paused"] == true {
+                            flags.push("paused");
+                        }
+                        let (cpu, rss) = if j["live"].is_object() {
+                            (&j["live"]["cpu_percent"], &j["live"]["rss_kb"])
+                        } else {
+                            (&j["resources"]["cpu_percent"], &j["resources"]["peak_rss_kb"])
+                        };
+                        vec![
+                            s(&j["id"]),
+                            s(&j["name"]),
+                            s(&j["status"]),
+                            flags.join(","),
+                            num(&j["duration_s"], 1),
+                            num(cpu, 0),
+                            s(rss),
+                        ]
+                    },
+                );
+            }
+        }
+        JobsCommand::Show { id } => {
+            let v = client.get(&format!("/jobs/{}", check_id(&id)?)).await?.ok_json()?;
+            print_json(&v)?;
+        }
+        JobsCommand::Stop { id, grace } => {
+            let mut path = format!("/jobs/{}/stop", check_id(&id)?);
+            if let Some(g) = grace {
+                path.push_str(&format!("?grace_s={g}"));
+            }
+            let v = client.post(&path, None).await?.ok_json()?;
+            eprintln!("stopping {} ({})", s(&v["id"]), s(&v["name"]));
+        }
+        JobsCommand::Pause { id } => {
+            let v = client.post(&format!("/jobs/{}/pause", check_id(&id)?), None).await?.ok_json()?;
+            eprintln!("paused {} ({})", s(&v["id"]), s(&v["name"]));
+        }
+        JobsCommand::Resume { id } => {
+            let v = client.post(&format!("/jobs/{}/resume", check_id(&id)?), None).await?.ok_json()?;
+            eprintln!("resumed {} ({})", s(&v["id"]), s(&v["name"]));
+        }
+        JobsCommand::Logs { id, follow } => {
+            let id = check_id(&id)?;
+            if follow {
+                return follow_logs(client, id).await;
+            }
+            for (stream, to_stderr) in [("stdout", false), ("stderr", true)] {
+                let a = client.get(&format!("/jobs/{id}/logs?stream={stream}")).await?;
+                if !a.status.is_success() {
+                    a.ok_json()?;
+                }
+                write_out(&a.body, to_stderr)?;
+            }
+        }
+        JobsCommand::History {
+            name,
+            status,
+            limit,
+            json,
+        } => {
+            let mut q = format!("/history?limit={limit}");
+            if let Some(n) = name {
+                q.push_str(&format!("&name={}", encode(&n)));
+            }
+            if let Some(st) = status {
+                q.push_str(&format!("&status={}", encode(&st)));
+            }
+            let v = client.get(&q).await?.ok_json()?;
+            if json {
+                print_json(&v)?;
+            } else {
+                print_table(
+                    &["ID", "NAME", "STATUS", "EXIT", "WALL_S", "CPU_S", "PEAK_RSS_KB", "PROCS"],
+                    v["rows"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                    |r| {
+                        let cpu = r["cpu_user_s"].as_f64().unwrap_or(0.0) + r["cpu_sys_s"].as_f64().unwrap_or(0.0);
+                        vec![
+                            s(&r["id"]),
+                            s(&r["name"]),
+                            s(&r["status"]),
+                            match (&r["exit_code"], &r["signal"]) {
+                                (Value::Number(c), _) => c.to_string(),
+                                (_, Value::Number(sig)) => format!("sig{sig}"),
+                                _ => "-".into(),
+                            },
+                            num(&r["duration_s"], 2),
+                            format!("{cpu:.2}"),
+                            s(&r["peak_rss_kb"]),
+                            s(&r["process_count"]),
+                        ]
+                    },
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Prints output lines as they come (after what was already written) until the end.
+async fn follow_logs(client: &Client, id: &str) -> Result<i32> {
+    let mut ws = client.websocket(&format!("/jobs/{id}/stream?replay=1")).await?;
+    while let Some(msg) = ws.next().await {
+        let text = match msg.context("reading the job stream")? {
+            Message::Text(t) => t,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let v: Value = serde_json::from_str(&text).context("a stream message")?;
+        match v["type"].as_str() {
+            Some("stdout") => write_out(format!("{}\n", s(&v["line"])).as_bytes(), false)?,
+            Some("stderr") => write_out(format!("{}\n", s(&v["line"])).as_bytes(), true)?,
+            Some("lagged") => eprintln!("denet-agent: {} stream messages skipped (slow reader)", v["skipped"]),
+            Some("end") => {
+                eprintln!("denet-agent: job {} ended: {}", id, s(&v["job"]["status"]));
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok(0)
+}
+
+fn write_out(bytes: &[u8], to_stderr: bool) -> Result<()> {
+    use std::io::Write;
+    let r = if to_stderr {
+        std::io::stderr().lock().write_all(bytes)
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes).and_then(|()| out.flush())
+    };
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing output"),
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
+fn num(v: &Value, decimals: usize) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.decimals$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_table(headers: &[&str], rows: &[Value], cells: impl Fn(&Value) -> Vec<String>) {
+    let rows: Vec<Vec<String>> = rows.iter().map(cells).collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}

@@ -1,0 +1,550 @@
+//! The HTTP and WebSocket API of `denet-agent serve`. JSON in and out; every error
+//! is a JSON object `{"error": "..."}` with a 4xx or 5xx status.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use axum::{
+    body::{Body, Bytes},
+    extract::{
+        rejection::BytesRejection,
+        ws::{Message, WebSocket, WebSocketUpgrade},
+        DefaultBodyLimit, Path, Query, Request, State,
+    },
+    http::{header, HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde_json::{json, Value};
+
+use super::{
+    job::{self, Job, JobView, LogStream, StreamMsg},
+    spec::JobRequest,
+    Endpoint, Service, SubmitError,
+};
+use crate::history::HistoryQuery;
+
+/// Most rows one history query returns.
+pub const MAX_HISTORY_LIMIT: u32 = 10_000;
+/// Bytes of each stream in the JSON form of `GET /jobs/{id}/logs` (the tail).
+const LOG_JSON_TAIL: u64 = 1024 * 1024;
+
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    extra: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            extra: None,
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("{what} not found"))
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let (Some(Value::Object(extra)), Value::Object(map)) = (self.extra, &mut body) {
+            map.extend(extra);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(svc: Arc<Service>) -> Router {
+    let max_body = svc.config.max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/jobs", post(create_job).get(list_jobs))
+        .route("/jobs/{id}", get(show_job))
+        .route("/jobs/{id}/stop", post(stop_job))
+        .route("/jobs/{id}/pause", post(pause_job))
+        .route("/jobs/{id}/resume", post(resume_job))
+        .route("/jobs/{id}/trace", get(job_trace))
+        .route("/jobs/{id}/logs", get(job_logs))
+        .route("/jobs/{id}/stream", get(job_stream))
+        .route("/history", get(history))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(svc.clone(), require_token))
+        .with_state(svc)
+}
+
+/// With a token configured, every request carries `Authorization: Bearer <token>`.
+async fn require_token(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &svc.config.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                .into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without an early exit, so timing does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+    }
+    diff == 0
+}
+
+async fn health(State(svc): State<Arc<Service>>) -> Json<Value> {
+    Json(json!({
+        "ok": true,
+        "agent_version": env!("CARGO_PKG_VERSION"),
+        "active_jobs": svc.running_count(),
+        "db_backend": svc.history.backend(),
+        "shutting_down": svc.is_shutting_down(),
+    }))
+}
+
+async fn create_job(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        if !ct.to_str().is_ok_and(|c| c.starts_with("application/json")) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the body must be JSON (Content-Type: application/json)",
+            ));
+        }
+    }
+    let req: JobRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid job request: {e}")))?;
+    let spec = req
+        .validate(&svc.config.defaults)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    match svc.submit(spec) {
+        Ok(job) => {
+            let st = job.state().status;
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({ "id": job.id, "name": job.spec.name, "status": st.as_str() })),
+            ))
+        }
+        Err(e @ SubmitError::Duplicate { .. }) => {
+            let mut err = ApiError::new(StatusCode::CONFLICT, e.to_string());
+            if let SubmitError::Duplicate { id, .. } = &e {
+                err.extra = Some(json!({ "id": id }));
+            }
+            Err(err)
+        }
+        Err(e @ SubmitError::TooMany(_)) => Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())),
+        Err(e @ SubmitError::ShuttingDown) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        }
+    }
+}
+
+async fn list_jobs(State(svc): State<Arc<Service>>) -> Json<Vec<JobView>> {
+    Json(svc.list().iter().map(|j| j.view()).collect())
+}
+
+fn checked_id(id: &str) -> ApiResult<()> {
+    if job::valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("job"))
+    }
+}
+
+/// A job in memory, or its row in the history (a job from before a restart).
+async fn find_view(svc: &Service, id: &str) -> ApiResult<JobView> {
+    checked_id(id)?;
+    if let Some(job) = svc.get(id) {
+        return Ok(job.view());
+    }
+    match svc.history.get(id).await {
+        Ok(Some(row)) => Ok(JobView::from_row(&row)),
+        Ok(None) => Err(ApiError::not_found("job")),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+async fn show_job(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    find_view(&svc, &id).await.map(Json)
+}
+
+fn live_job(svc: &Service, id: &str) -> ApiResult<Arc<Job>> {
+    checked_id(id)?;
+    svc.get(id).ok_or_else(|| ApiError::not_found("job"))
+}
+
+fn not_running(job: &Job) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!("job {} is {}", job.id, job.state().status.as_str()),
+    )
+}
+
+async fn stop_job(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<(StatusCode, Json<JobView>)> {
+    let job = match live_job(&svc, &id) {
+        Ok(j) => j,
+        // Ended before a restart: nothing to stop.
+        Err(_) if find_view(&svc, &id).await.is_ok() => {
+            return Err(ApiError::new(StatusCode::CONFLICT, format!("job {id} has ended")))
+        }
+        Err(e) => return Err(e),
+    };
+    let grace = match q.get("grace_s") {
+        None => svc.config.kill_grace,
+        Some(s) => match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Duration::from_secs_f64(v),
+            _ => return Err(ApiError::bad_request(format!("grace_s: not seconds in [0, 3600]: {s:?}"))),
+        },
+    };
+    if !svc.stop(&job, grace, None) {
+        return Err(not_running(&job));
+    }
+    Ok((StatusCode::ACCEPTED, Json(job.view())))
+}
+
+async fn pause_job(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    set_paused(&svc, &id, true)
+}
+
+async fn resume_job(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    set_paused(&svc, &id, false)
+}
+
+fn set_paused(svc: &Service, id: &str, pause: bool) -> ApiResult<Json<JobView>> {
+    let job = live_job(svc, id)?;
+    {
+        let mut st = job.state();
+        if st.status != job::Status::Running || st.cancel_requested {
+            drop(st);
+            return Err(not_running(&job));
+        }
+        if st.paused != pause {
+            if !Job::control(&mut st, if pause { "pause" } else { "resume" }) {
+                drop(st);
+                return Err(not_running(&job));
+            }
+            st.paused = pause;
+            // A paused job is not stuck; the clock restarts when it resumes.
+            st.stuck = false;
+            st.last_progress = std::time::Instant::now();
+            Job::publish(
+                &st,
+                &StreamMsg::Status {
+                    id: &job.id,
+                    status: st.status.as_str(),
+                    stuck: st.stuck,
+                    paused: st.paused,
+                },
+            );
+        }
+    }
+    Ok(Json(job.view()))
+}
+
+/// The job's files live under the data directory whether or not it is in memory.
+async fn job_dir(svc: &Service, id: &str) -> ApiResult<std::path::PathBuf> {
+    find_view(svc, id).await?;
+    Ok(svc.config.data_dir.join("jobs").join(id))
+}
+
+async fn stream_file(path: &std::path::Path, content_type: &'static str) -> ApiResult<Response> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ApiError::not_found(&path.display().to_string()),
+            _ => ApiError::internal(format!("{}: {e}", path.display())),
+        })?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+async fn job_trace(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let dir = job_dir(&svc, &id).await?;
+    stream_file(&dir.join("trace.jsonl"), "application/x-ndjson").await
+}
+
+/// The last `max` bytes of a file, and whether it was cut.
+fn tail(path: &std::path::Path, max: u64) -> (String, bool, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (String::new(), false, 0);
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_ok() {
+        let _ = f.take(max).read_to_end(&mut buf);
+    }
+    (String::from_utf8_lossy(&buf).into_owned(), start > 0, len)
+}
+
+async fn job_logs(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let dir = job_dir(&svc, &id).await?;
+    if let Some(s) = q.get("stream") {
+        let stream = LogStream::parse(s)
+            .ok_or_else(|| ApiError::bad_request(format!("stream: stdout or stderr, not {s:?}")))?;
+        return stream_file(&dir.join(stream.file_name()), "application/octet-stream").await;
+    }
+    let mut out = serde_json::Map::new();
+    for stream in [LogStream::Stdout, LogStream::Stderr] {
+        let (text, truncated, len) = tail(&dir.join(stream.file_name()), LOG_JSON_TAIL);
+        out.insert(stream.as_str().into(), Value::String(text));
+        out.insert(format!("{}_truncated", stream.as_str()), Value::Bool(truncated));
+        out.insert(format!("{}_bytes", stream.as_str()), json!(len));
+    }
+    Ok(Json(Value::Object(out)).into_response())
+}
+
+async fn history(
+    State(svc): State<Arc<Service>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    for k in q.keys() {
+        if !matches!(k.as_str(), "name" | "status" | "limit") {
+            return Err(ApiError::bad_request(format!("unknown parameter {k:?} (name, status, limit)")));
+        }
+    }
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_HISTORY_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit: an integer in [1, {MAX_HISTORY_LIMIT}], not {s:?}"
+                )))
+            }
+        },
+    };
+    if let Some(s) = q.get("status") {
+        if !super::valid_status_filter(s) {
+            return Err(ApiError::bad_request(format!(
+                "status: one of succeeded, failed, timed_out, cancelled, startup_failed, not {s:?}"
+            )));
+        }
+    }
+    let rows = svc
+        .history
+        .query(&HistoryQuery {
+            name: q.get("name").cloned(),
+            status: q.get("status").cloned(),
+            limit,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "rows": rows })))
+}
+
+async fn job_stream(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let view = find_view(&svc, &id).await?;
+    let replay = q.get("replay").is_some_and(|v| v == "1" || v == "true");
+    let job = svc.get(&id);
+    Ok(ws.on_upgrade(move |socket| async move {
+        let _ = stream_to(socket, job, view, replay).await;
+    }))
+}
+
+async fn send(socket: &mut WebSocket, text: String) -> Result<()> {
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .context("sending a stream message")
+}
+
+/// Replays a log file's sent lines up to `upto` bytes.
+async fn replay_log(socket: &mut WebSocket, job: &Job, stream: LogStream, upto: u64) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let Ok(file) = tokio::fs::File::open(job.log_path(stream)).await else {
+        return Ok(());
+    };
+    let mut lines = tokio::io::BufReader::new(file.take(upto)).split(b'\n');
+    while let Some(line) = lines.next_segment().await? {
+        let line = String::from_utf8_lossy(&line);
+        let msg = match stream {
+            LogStream::Stdout => StreamMsg::Stdout { line: &line },
+            LogStream::Stderr => StreamMsg::Stderr { line: &line },
+        };
+        send(socket, serde_json::to_string(&msg)?).await?;
+    }
+    Ok(())
+}
+
+async fn stream_to(
+    mut socket: WebSocket,
+    job: Option<Arc<Job>>,
+    view: JobView,
+    replay: bool,
+) -> Result<()> {
+    // Subscribe and read the output marks at one instant: the replay covers exactly
+    // what the live messages do not.
+    let subscribed = job.as_ref().and_then(|job| {
+        let mark = *job.output_mark();
+        let st = job.state();
+        st.events.as_ref().map(|tx| {
+            let status = StreamMsg::Status {
+                id: &job.id,
+                status: st.status.as_str(),
+                stuck: st.stuck,
+                paused: st.paused,
+            };
+            (tx.subscribe(), mark, serde_json::to_string(&status).unwrap_or_default())
+        })
+    });
+    let (Some(job), Some((mut rx, mark, status))) = (job, subscribed) else {
+        // Ended: the final view is all there is.
+        let ended = serde_json::to_string(&StreamMsg::End { job: &view })?;
+        send(&mut socket, ended).await?;
+        let _ = socket.send(Message::Close(None)).await;
+        return Ok(());
+    };
+    send(&mut socket, status).await?;
+    if replay {
+        replay_log(&mut socket, &job, LogStream::Stdout, mark.stdout).await?;
+        replay_log(&mut socket, &job, LogStream::Stderr, mark.stderr).await?;
+    }
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Ok(text) => {
+                    let last = text.starts_with("{\"type\":\"end\"");
+                    send(&mut socket, text.to_string()).await?;
+                    if last {
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    send(&mut socket, serde_json::to_string(&StreamMsg::Lagged { skipped: n })?).await?;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            // The client closed or went away.
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+    Ok(())
+}
+
+/// Serves until SIGINT or SIGTERM, then stops every job cleanly (their rows are
+/// written) before returning.
+pub async fn serve(svc: Arc<Service>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(svc.clone());
+    let shutdown = async move {
+        let _ = done_rx.await;
+    };
+    let server = match &svc.config.endpoint {
+        Endpoint::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            eprintln!("denet-agent serve: listening on http://{}", listener.local_addr()?);
+            tokio::spawn(async move {
+                axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+            })
+        }
+        Endpoint::Unix(path) => {
+            let listener = bind_unix(path)?;
+            eprintln!("denet-agent serve: listening on unix:{}", path.display());
+            tokio::spawn(async move {
+                axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+            })
+        }
+    };
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+    }
+    eprintln!("denet-agent serve: stopping: ending every job and writing its history row");
+    svc.shutdown().await;
+    let _ = done_tx.send(());
+    // Streams and idle connections get a moment to close.
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if let Endpoint::Unix(path) = &svc.config.endpoint {
+        let _ = std::fs::remove_file(path);
+    }
+    eprintln!("denet-agent serve: stopped");
+    Ok(())
+}
+
+/// Binds the Unix socket with owner-only permissions (set through the umask, so it
+/// is never reachable by others, not even briefly). A stale socket is replaced; a
+/// live one (another service) is an error.
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!("--socket {}: exists and is not a socket", path.display());
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("--socket {}: another service is listening there", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    bound.with_context(|| format!("binding {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

@@ -1,0 +1,331 @@
+//! `denet-agent serve`: a local service that starts monitored jobs, stops, pauses and
+//! streams them, refuses duplicates, flags stuck jobs and keeps every run in a
+//! history database. Each job is a `denet-agent run` (one engine) in its own process.
+
+pub mod api;
+pub mod job;
+pub mod spec;
+mod supervisor;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::history::{History, HistoryRow};
+use job::{Job, Status};
+use spec::{JobSpec, SpecDefaults};
+
+pub use supervisor::decide_status;
+
+/// Where the service listens.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub endpoint: Endpoint,
+    /// Required bearer token (always when listening beyond loopback).
+    pub token: Option<String>,
+    /// Job directories (trace, logs) live under `<data_dir>/jobs/<id>`.
+    pub data_dir: PathBuf,
+    /// `postgres://...` or a SQLite file path.
+    pub db: String,
+    /// Jobs running at once; more wait as `queued`.
+    pub max_running: usize,
+    /// Jobs queued or running at once; more get 429.
+    pub max_jobs: usize,
+    /// Ended jobs kept in memory for `GET /jobs` (older ones are in the history).
+    pub keep_finished: usize,
+    pub defaults: SpecDefaults,
+    pub kill_grace: Duration,
+    /// A job that fails within this time of its start is `startup_failed`.
+    pub startup_window: Duration,
+    /// Extra `run` flags for every job (`--no-ebpf`, `--no-syscalls`, ...).
+    pub run_flags: Vec<String>,
+    /// The largest request body, bytes.
+    pub max_body_bytes: usize,
+}
+
+/// The jobs in memory: live ones and the most recent ended ones.
+#[derive(Default)]
+struct Jobs {
+    by_id: HashMap<String, Arc<Job>>,
+    /// Names of queued and running jobs -> their id (a name runs once at a time).
+    active: HashMap<String, String>,
+    /// Ended jobs, oldest first, trimmed to `keep_finished`.
+    ended: VecDeque<String>,
+}
+
+pub struct Service {
+    pub config: ServeConfig,
+    pub history: History,
+    pub hostname: String,
+    agent_bin: PathBuf,
+    jobs: Mutex<Jobs>,
+    slots: Arc<Semaphore>,
+    shutting_down: AtomicBool,
+    /// Signalled whenever a job ends.
+    job_ended: Notify,
+}
+
+/// Why a job could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("a job named {name:?} is already queued or running (id {id})")]
+    Duplicate { name: String, id: String },
+    #[error("too many jobs: {0} are queued or running (--max-jobs)")]
+    TooMany(usize),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+impl Service {
+    pub async fn new(config: ServeConfig) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(config.data_dir.join("jobs"))
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let history = History::open(&config.db)
+            .await
+            .with_context(|| format!("opening the history database {}", redact(&config.db)))?;
+        let agent_bin = std::env::current_exe().context("locating the denet-agent binary")?;
+        let svc = Arc::new(Service {
+            slots: Arc::new(Semaphore::new(config.max_running.max(1))),
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            config,
+            history,
+            agent_bin,
+            jobs: Mutex::new(Jobs::default()),
+            shutting_down: AtomicBool::new(false),
+            job_ended: Notify::new(),
+        });
+        svc.recover_spooled_rows().await;
+        Ok(svc)
+    }
+
+    fn jobs(&self) -> MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<Arc<Job>, SubmitError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let job = {
+            let mut jobs = self.jobs();
+            if let Some(id) = jobs.active.get(&spec.name) {
+                return Err(SubmitError::Duplicate {
+                    name: spec.name.clone(),
+                    id: id.clone(),
+                });
+            }
+            if jobs.active.len() >= self.config.max_jobs {
+                return Err(SubmitError::TooMany(jobs.active.len()));
+            }
+            let id = job::new_id();
+            let dir = self.config.data_dir.join("jobs").join(&id);
+            let job = Arc::new(Job::new(id.clone(), spec, dir));
+            jobs.active.insert(job.spec.name.clone(), id.clone());
+            jobs.by_id.insert(id, job.clone());
+            job
+        };
+        tokio::spawn(supervisor::supervise(self.clone(), job.clone()));
+        Ok(job)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
+        self.jobs().by_id.get(id).cloned()
+    }
+
+    /// Jobs in memory, oldest first.
+    pub fn list(&self) -> Vec<Arc<Job>> {
+        let mut v: Vec<Arc<Job>> = self.jobs().by_id.values().cloned().collect();
+        v.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
+        v
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.jobs().active.len()
+    }
+
+    /// Asks a job to stop (a queued one never starts). False when it already ended.
+    pub fn stop(&self, job: &Job, grace: Duration, reason: Option<&str>) -> bool {
+        let mut st = job.state();
+        if st.status.is_final() {
+            return false;
+        }
+        if !st.cancel_requested {
+            st.cancel_requested = true;
+            st.cancel_reason = reason.map(str::to_string);
+        }
+        Job::control(&mut st, &format!("stop {}", grace.as_millis()));
+        drop(st);
+        job.changed.notify_one();
+        true
+    }
+
+    /// Spools the row next to the trace, then writes it to the database (retrying:
+    /// the spool is replayed at the next start if the database stays down).
+    async fn record(&self, job: &Job, row: &HistoryRow) {
+        let spool = job.dir.join("row.json");
+        if let Err(e) = std::fs::create_dir_all(&job.dir)
+            .and_then(|()| std::fs::write(&spool, serde_json::to_vec(row).unwrap_or_default()))
+        {
+            eprintln!("denet-agent serve: job {}: cannot spool its row: {e}", job.id);
+        }
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            match self.history.insert(row).await {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&spool);
+                    return;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "denet-agent serve: job {}: writing its history row (attempt {attempt}): {e}",
+                        job.id
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+
+    /// Rows spooled by an earlier run whose database write failed.
+    async fn recover_spooled_rows(&self) {
+        let Ok(dirs) = std::fs::read_dir(self.config.data_dir.join("jobs")) else {
+            return;
+        };
+        for dir in dirs.flatten() {
+            let spool = dir.path().join("row.json");
+            let Ok(bytes) = std::fs::read(&spool) else {
+                continue;
+            };
+            match serde_json::from_slice::<HistoryRow>(&bytes) {
+                Ok(row) => match self.history.insert(&row).await {
+                    Ok(()) => {
+                        let _ = std::fs::remove_file(&spool);
+                        eprintln!("denet-agent serve: recovered the history row of job {}", row.id);
+                    }
+                    Err(e) => eprintln!(
+                        "denet-agent serve: {}: still cannot write it: {e}",
+                        spool.display()
+                    ),
+                },
+                Err(e) => eprintln!("denet-agent serve: {}: unreadable: {e}", spool.display()),
+            }
+        }
+    }
+
+    fn job_ended(&self, job: &Job) {
+        {
+            let mut jobs = self.jobs();
+            if jobs.active.get(&job.spec.name) == Some(&job.id) {
+                jobs.active.remove(&job.spec.name);
+            }
+            jobs.ended.push_back(job.id.clone());
+            while jobs.ended.len() > self.config.keep_finished {
+                if let Some(old) = jobs.ended.pop_front() {
+                    jobs.by_id.remove(&old);
+                }
+            }
+        }
+        self.job_ended.notify_waiters();
+    }
+
+    /// Stops every job (queued ones never start) and waits until all have ended and
+    /// their rows are written.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        loop {
+            let ended = self.job_ended.notified();
+            let live: Vec<Arc<Job>> = self
+                .list()
+                .into_iter()
+                .filter(|j| !j.state().status.is_final())
+                .collect();
+            if live.is_empty() {
+                return;
+            }
+            for job in &live {
+                self.stop(job, self.config.kill_grace, Some("service shutdown"));
+            }
+            // Re-check now and then: a notification between list() and here is not lost.
+            let _ = tokio::time::timeout(Duration::from_millis(500), ended).await;
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// A database spec without its password, for messages.
+pub fn redact(db: &str) -> String {
+    match (db.find("://"), db.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &db[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &db[..s + 3], &creds[..c], &db[at..]),
+                None => db.to_string(),
+            }
+        }
+        _ => db.to_string(),
+    }
+}
+
+/// Whether a status string is one a client may filter the history by.
+pub fn valid_status_filter(s: &str) -> bool {
+    Status::parse(s).is_some_and(Status::is_final)
+}
+
+/// Checks the listening rules: beyond loopback a token is required.
+pub fn check_endpoint(endpoint: &Endpoint, token: Option<&str>) -> Result<()> {
+    if let Endpoint::Tcp(addr) = endpoint {
+        if !addr.ip().is_loopback() && token.is_none() {
+            bail!(
+                "--listen {addr} is not a loopback address: a bearer token is required \
+                 (--token-file FILE)"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://denet:secret@127.0.0.1/db"),
+            "postgres://denet:***@127.0.0.1/db"
+        );
+        assert_eq!(redact("/var/lib/x.sqlite"), "/var/lib/x.sqlite");
+    }
+
+    #[test]
+    fn token_required_beyond_loopback() {
+        let lo = Endpoint::Tcp("127.0.0.1:7878".parse().unwrap());
+        let any = Endpoint::Tcp("0.0.0.0:7878".parse().unwrap());
+        assert!(check_endpoint(&lo, None).is_ok());
+        assert!(check_endpoint(&any, None).is_err());
+        assert!(check_endpoint(&any, Some("t")).is_ok());
+        assert!(check_endpoint(&Endpoint::Unix("/tmp/s".into()), None).is_ok());
+    }
+}

@@ -1,0 +1,573 @@
+//! Runs one job: waits for a free slot, starts `denet-agent run` for it (the same
+//! engine as the CLI, in its own process so each job has its own subreaper, signal
+//! handling and eBPF state), keeps its trace and output, streams them live, raises
+//! the stuck flag, and at the end writes the history row.
+
+use std::{
+    fs::File,
+    io::Write,
+    os::fd::{AsRawFd, OwnedFd},
+    path::Path,
+    process::{ExitStatus, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader},
+    net::unix::pipe,
+    process::Command,
+};
+
+use super::{
+    job::{unix_ms, Job, JobView, Live, LogStream, Status, StreamMsg},
+    Service,
+};
+use crate::{history::HistoryRow, report};
+
+/// Output lines longer than this are sent in pieces.
+const MAX_LINE: usize = 64 * 1024;
+/// How often the stuck flag is checked.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
+/// After the agent exits, how long its pipes may stay open (a descendant that
+/// escaped tracking could hold them forever).
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// What the supervisor saw of the run, beside the trace.
+#[derive(Debug, Default)]
+struct Ending {
+    agent_status: Option<ExitStatus>,
+    error: Option<String>,
+    /// The job never started (cancelled while queued, or the agent failed to start).
+    never_started: bool,
+}
+
+pub(super) async fn supervise(svc: Arc<Service>, job: Arc<Job>) {
+    let ending = match wait_for_slot(&svc, &job).await {
+        None => Ending {
+            never_started: true,
+            ..Default::default()
+        },
+        Some(permit) => {
+            let ending = match start(&svc, &job).await {
+                Ok(running) => running.finish(&job).await,
+                Err(e) => Ending {
+                    error: Some(format!("cannot start the job's agent: {e:#}")),
+                    never_started: true,
+                    ..Default::default()
+                },
+            };
+            drop(permit);
+            ending
+        }
+    };
+    finalize(&svc, &job, ending).await;
+}
+
+/// A running-slot permit, or `None` when the job was cancelled while queued.
+async fn wait_for_slot(
+    svc: &Service,
+    job: &Job,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    loop {
+        if job.state().cancel_requested {
+            return None;
+        }
+        tokio::select! {
+            permit = svc.slots.clone().acquire_owned() => return permit.ok(),
+            _ = job.changed.notified() => {}
+        }
+    }
+}
+
+fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
+}
+
+struct Running {
+    child: tokio::process::Child,
+    readers: tokio::task::JoinSet<()>,
+}
+
+/// Starts the job's agent: `denet-agent run -o - --control-fd 3 --stdout-fd 4
+/// --stderr-fd 5 ... -- CMD` in the job's directory and environment. fd 1 carries the
+/// trace, fd 2 the agent's own messages (agent.log).
+async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&job.dir)
+        .with_context(|| format!("creating {}", job.dir.display()))?;
+    let create = |p: &Path| File::create(p).with_context(|| format!("creating {}", p.display()));
+    let trace_file = create(&job.trace_path())?;
+    let stdout_file = create(&job.log_path(LogStream::Stdout))?;
+    let stderr_file = create(&job.log_path(LogStream::Stderr))?;
+    let agent_log = create(&job.dir.join("agent.log"))?;
+
+    let (ctl_r, ctl_w) = pipe_pair().context("control pipe")?;
+    let (out_r, out_w) = pipe_pair().context("stdout pipe")?;
+    let (err_r, err_w) = pipe_pair().context("stderr pipe")?;
+    let spec = &job.spec;
+    let mut cmd = Command::new(&svc.agent_bin);
+    cmd.arg("run")
+        .args(["-o", "-", "--control-fd", "3", "--stdout-fd", "4", "--stderr-fd", "5"])
+        .arg("--timeout")
+        .arg(format!("{}", spec.timeout.as_secs_f64()))
+        .arg("--kill-grace")
+        .arg(format!("{}", svc.config.kill_grace.as_secs_f64()))
+        .args(&svc.config.run_flags)
+        .arg("--")
+        .args(&spec.cmd)
+        .current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: a Ctrl-C at the service's terminal must not reach
+        // the jobs directly; the service stops them itself.
+        .process_group(0);
+    let fds = [ctl_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // First move every source above the targets, so that moving one into
+            // place cannot clobber another; the copies are close-on-exec.
+            let mut high = [0; 3];
+            for (h, fd) in high.iter_mut().zip(fds) {
+                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                if *h < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (target, h) in (3..).zip(high) {
+                // dup2 clears close-on-exec on the target: the agent inherits it.
+                if libc::dup2(h, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", svc.agent_bin.display()))?;
+    drop((ctl_r, out_w, err_w));
+
+    let trace_out = child.stdout.take().context("agent stdout")?;
+    let agent_err = child.stderr.take().context("agent stderr")?;
+    let out_rx = pipe::Receiver::from_owned_fd(out_r).context("stdout pipe")?;
+    let err_rx = pipe::Receiver::from_owned_fd(err_r).context("stderr pipe")?;
+    {
+        let mut st = job.state();
+        st.status = Status::Running;
+        st.start_unix_ms = Some(unix_ms());
+        st.agent_pid = child.id();
+        st.control = Some(File::from(ctl_w));
+        st.last_progress = Instant::now();
+        publish_status(job, &st);
+        // A stop that raced with the start: pass it on now.
+        if st.cancel_requested {
+            let line = format!("stop {}", svc.config.kill_grace.as_millis());
+            Job::control(&mut st, &line);
+        }
+    }
+    let mut readers = tokio::task::JoinSet::new();
+    readers.spawn(read_trace(job.clone(), trace_out, trace_file));
+    readers.spawn(read_output(job.clone(), LogStream::Stdout, out_rx, stdout_file));
+    readers.spawn(read_output(job.clone(), LogStream::Stderr, err_rx, stderr_file));
+    readers.spawn(copy_log(agent_err, agent_log));
+    Ok(Running { child, readers })
+}
+
+impl Running {
+    /// Waits for the agent and its pipes, checking the stuck flag meanwhile.
+    async fn finish(mut self, job: &Job) -> Ending {
+        let mut tick = tokio::time::interval(WATCHDOG_PERIOD);
+        let status = loop {
+            tokio::select! {
+                status = self.child.wait() => break status,
+                _ = tick.tick() => watchdog(job),
+            }
+        };
+        let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+            while self.readers.join_next().await.is_some() {}
+        })
+        .await;
+        let mut ending = Ending::default();
+        if drained.is_err() {
+            self.readers.abort_all();
+            ending.error = Some("output pipes still open after the agent exited".into());
+        }
+        match status {
+            Ok(s) => ending.agent_status = Some(s),
+            Err(e) => ending.error = Some(format!("waiting for the agent: {e}")),
+        }
+        ending
+    }
+}
+
+fn publish_status(job: &Job, st: &super::job::JobState) {
+    Job::publish(
+        st,
+        &StreamMsg::Status {
+            id: &job.id,
+            status: st.status.as_str(),
+            stuck: st.stuck,
+            paused: st.paused,
+        },
+    );
+}
+
+/// Raises the stuck flag after `stuck_after` without CPU progress or output.
+fn watchdog(job: &Job) {
+    let mut st = job.state();
+    if st.status != Status::Running || st.paused || st.stuck {
+        return;
+    }
+    if st.last_progress.elapsed() >= job.spec.stuck_after {
+        st.stuck = true;
+        st.stuck_seen = true;
+        publish_status(job, &st);
+    }
+}
+
+/// CPU time or output: the job is alive; clears the stuck flag.
+fn progress(job: &Job) {
+    let mut st = job.state();
+    st.last_progress = Instant::now();
+    if st.stuck {
+        st.stuck = false;
+        publish_status(job, &st);
+    }
+}
+
+/// The few trace fields the service acts on.
+#[derive(Deserialize)]
+struct TraceLine<'a> {
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default)]
+    cpu_percent: Option<f64>,
+    #[serde(default)]
+    oncpu_ns: Option<u64>,
+    #[serde(default)]
+    rss_kb: Option<u64>,
+    #[serde(default)]
+    process_count: Option<u64>,
+}
+
+/// Keeps the trace (fd 1 of the agent) in the job's directory and streams its
+/// samples and process records.
+async fn read_trace(job: Arc<Job>, from: impl AsyncRead + Unpin, mut to: File) {
+    let mut reader = BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if to.write_all(&line).is_err() {
+            // Disk full or similar: keep streaming; the summary will say the trace is short.
+            eprintln!("denet-agent serve: job {}: cannot write its trace", job.id);
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            continue;
+        };
+        let text = text.trim_end();
+        let (Ok(rec), Ok(raw)) = (
+            serde_json::from_str::<TraceLine>(text),
+            serde_json::from_str::<&RawValue>(text),
+        ) else {
+            continue;
+        };
+        match &*rec.kind {
+            "header" => job.state().pid = rec.pid,
+            "sample" => {
+                let cpu = rec.cpu_percent.unwrap_or(0.0);
+                if cpu > 0.0 || rec.oncpu_ns.unwrap_or(0) > 0 {
+                    progress(&job);
+                }
+                let mut st = job.state();
+                st.live = Some(Live {
+                    cpu_percent: cpu,
+                    rss_kb: rec.rss_kb.unwrap_or(0),
+                    process_count: rec.process_count.unwrap_or(0),
+                    sampled_unix_ms: unix_ms(),
+                });
+                Job::publish(&st, &StreamMsg::Sample { record: raw });
+            }
+            "process" => Job::publish(&job.state(), &StreamMsg::Process { record: raw }),
+            _ => {}
+        }
+    }
+    let _ = to.flush();
+}
+
+/// Keeps one output stream of the command in its log file and streams it by line.
+async fn read_output(job: Arc<Job>, stream: LogStream, mut from: pipe::Receiver, mut to: File) {
+    let mut buf = vec![0u8; 64 * 1024];
+    // Bytes of an unfinished line, already in the file but not yet sent.
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        progress(&job);
+        let mut mark = job.output_mark();
+        if to.write_all(&buf[..n]).is_err() {
+            eprintln!("denet-agent serve: job {}: cannot write its {}", job.id, stream.as_str());
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let sent = send_lines(&job, stream, &mut pending, false);
+        add_mark(&mut mark, stream, sent);
+    }
+    let mut mark = job.output_mark();
+    let sent = send_lines(&job, stream, &mut pending, true);
+    add_mark(&mut mark, stream, sent);
+}
+
+fn add_mark(mark: &mut super::job::OutputMark, stream: LogStream, n: u64) {
+    match stream {
+        LogStream::Stdout => mark.stdout += n,
+        LogStream::Stderr => mark.stderr += n,
+    }
+}
+
+/// Sends the complete lines in `pending` (all of it at the end of the stream) and
+/// returns how many bytes were sent.
+fn send_lines(job: &Job, stream: LogStream, pending: &mut Vec<u8>, at_end: bool) -> u64 {
+    let st = job.state();
+    let mut start = 0;
+    while start < pending.len() {
+        let rest = &pending[start..];
+        let (piece, used) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) if i < MAX_LINE => (&rest[..i], i + 1),
+            _ if rest.len() >= MAX_LINE => (&rest[..MAX_LINE], MAX_LINE),
+            _ if at_end => (rest, rest.len()),
+            _ => break,
+        };
+        let line = String::from_utf8_lossy(piece);
+        let msg = match stream {
+            LogStream::Stdout => StreamMsg::Stdout { line: &line },
+            LogStream::Stderr => StreamMsg::Stderr { line: &line },
+        };
+        Job::publish(&st, &msg);
+        start += used;
+    }
+    pending.drain(..start);
+    start as u64
+}
+
+/// The agent's own messages, kept as agent.log.
+async fn copy_log(mut from: impl AsyncRead + Unpin, mut to: File) {
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+/// The final status from what the run recorded.
+pub fn decide_status(
+    cancelled: bool,
+    timed_out: bool,
+    exit_code: Option<i32>,
+    start_error: bool,
+    wall_s: f64,
+    startup_window_s: f64,
+) -> Status {
+    if cancelled {
+        Status::Cancelled
+    } else if timed_out {
+        Status::TimedOut
+    } else if exit_code == Some(0) && !start_error {
+        Status::Succeeded
+    } else if start_error || wall_s < startup_window_s {
+        Status::StartupFailed
+    } else {
+        Status::Failed
+    }
+}
+
+fn opt_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|x| x.min(i64::MAX as u64) as i64)
+}
+
+/// The history row from the job's trace (the numbers of `denet-agent stats`).
+async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
+    let (cancel_requested, cancel_reason, stuck_seen, start_ms) = {
+        let st = job.state();
+        (
+            st.cancel_requested,
+            st.cancel_reason.clone(),
+            st.stuck_seen,
+            st.start_unix_ms,
+        )
+    };
+    let now = unix_ms();
+    let mut row = HistoryRow {
+        id: job.id.clone(),
+        name: job.spec.name.clone(),
+        cmd: job.spec.cmd.clone(),
+        cwd: job.spec.cwd.to_string_lossy().into_owned(),
+        hostname: svc.hostname.clone(),
+        start_unix_ms: start_ms.unwrap_or(now),
+        end_unix_ms: now,
+        duration_s: 0.0,
+        status: String::new(),
+        exit_code: None,
+        signal: None,
+        cpu_user_s: 0.0,
+        cpu_sys_s: 0.0,
+        cpu_percent: 0.0,
+        peak_rss_kb: 0,
+        read_bytes: None,
+        write_bytes: None,
+        blk_read_bytes: None,
+        blk_write_bytes: None,
+        net_rx_bytes: None,
+        net_tx_bytes: None,
+        process_count: 0,
+        lost_events: 0,
+        stuck: stuck_seen,
+        trace_path: job.trace_path().to_string_lossy().into_owned(),
+        error: ending.error.clone(),
+    };
+    if ending.never_started {
+        row.status = if cancel_requested {
+            Status::Cancelled
+        } else {
+            Status::StartupFailed
+        }
+        .as_str()
+        .into();
+        row.error = row.error.or(cancel_reason.map(|r| format!("cancelled: {r}")));
+        return row;
+    }
+    let path = job.trace_path();
+    let analysis = tokio::task::spawn_blocking(move || {
+        report::analyze(&path, Box::new(|_: &str| {})).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("trace analysis panicked: {e}")));
+    let report = match analysis {
+        Ok(r) if r.totals.from_summary => r,
+        other => {
+            let why = match other {
+                Ok(_) => "the trace has no summary".to_string(),
+                Err(e) => format!("the trace is unreadable: {e}"),
+            };
+            let agent = ending
+                .agent_status
+                .map(|s| format!(" (agent {s}; see agent.log)"))
+                .unwrap_or_default();
+            row.status = if cancel_requested {
+                Status::Cancelled
+            } else {
+                Status::Failed
+            }
+            .as_str()
+            .into();
+            row.error = Some(format!("{why}{agent}"));
+            row.duration_s = (row.end_unix_ms - row.start_unix_ms).max(0) as f64 / 1e3;
+            return row;
+        }
+    };
+    let t = &report.totals;
+    let wall_s = t.wall_ns as f64 / 1e9;
+    if let Some(start_ns) = report.run.start_unix_ns {
+        row.start_unix_ms = (start_ns / 1_000_000) as i64;
+    }
+    row.end_unix_ms = row.start_unix_ms + (t.wall_ns / 1_000_000) as i64;
+    row.duration_s = wall_s;
+    row.exit_code = t.exit_code;
+    row.signal = t.signal;
+    row.cpu_user_s = t.cpu_user_ns as f64 / 1e9;
+    row.cpu_sys_s = t.cpu_sys_ns as f64 / 1e9;
+    row.cpu_percent = t.cpu_percent.unwrap_or(if wall_s > 0.0 {
+        (row.cpu_user_s + row.cpu_sys_s) / wall_s * 100.0
+    } else {
+        0.0
+    });
+    if !row.cpu_percent.is_finite() {
+        row.cpu_percent = 0.0;
+    }
+    row.peak_rss_kb = opt_i64(t.max_process_peak_rss_kb).unwrap_or(0);
+    row.read_bytes = opt_i64(t.read_bytes);
+    row.write_bytes = opt_i64(t.write_bytes);
+    row.blk_read_bytes = opt_i64(t.blk_read_bytes);
+    row.blk_write_bytes = opt_i64(t.blk_write_bytes);
+    row.net_rx_bytes = opt_i64(t.net_rx_bytes);
+    row.net_tx_bytes = opt_i64(t.net_tx_bytes);
+    row.process_count = opt_i64(t.summary_process_count.or(Some(t.processes))).unwrap_or(0);
+    row.lost_events = opt_i64(t.lost_events).unwrap_or(0);
+    let start_error = t.error.is_some();
+    if let Some(e) = &t.error {
+        row.error = Some(e.clone());
+    }
+    let cancelled = t.cancelled.unwrap_or(false);
+    if cancelled {
+        if let Some(r) = cancel_reason {
+            row.error.get_or_insert(format!("cancelled: {r}"));
+        }
+    }
+    row.status = decide_status(
+        cancelled,
+        t.timed_out.unwrap_or(false),
+        t.exit_code,
+        start_error,
+        wall_s,
+        svc.config.startup_window.as_secs_f64(),
+    )
+    .as_str()
+    .into();
+    row
+}
+
+/// Records the row (spooled to the job directory first, so a database outage loses
+/// nothing), ends the job's stream and frees its name.
+async fn finalize(svc: &Arc<Service>, job: &Arc<Job>, ending: Ending) {
+    let row = build_row(svc, job, &ending).await;
+    svc.record(job, &row).await;
+    let mut view = JobView::from_row(&row);
+    {
+        let mut st = job.state();
+        view.created_unix_ms = Some(job.created_unix_ms);
+        view.timeout_s = Some(job.spec.timeout.as_secs_f64());
+        view.agent_pid = st.agent_pid;
+        view.pid = st.pid;
+        st.status = Status::parse(&row.status).unwrap_or(Status::Failed);
+        st.stuck = false;
+        st.paused = false;
+        st.control = None;
+        st.live = None;
+        st.result = Some(row);
+        Job::publish(&st, &StreamMsg::End { job: &view });
+        // Subscribers still get what is buffered; the buffer is freed with them.
+        st.events = None;
+    }
+    svc.job_ended(job);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_rules() {
+        let d = |c, t, code, se, wall| decide_status(c, t, code, se, wall, 5.0);
+        assert_eq!(d(false, false, Some(0), false, 0.1), Status::Succeeded);
+        assert_eq!(d(false, false, Some(1), false, 0.1), Status::StartupFailed);
+        assert_eq!(d(false, false, None, false, 0.1), Status::StartupFailed, "killed early");
+        assert_eq!(d(false, false, Some(1), false, 6.0), Status::Failed);
+        assert_eq!(d(false, false, Some(127), true, 9.0), Status::StartupFailed, "exec failed");
+        assert_eq!(d(false, true, None, false, 9.0), Status::TimedOut);
+        assert_eq!(d(true, false, None, false, 0.1), Status::Cancelled);
+        assert_eq!(d(true, true, None, false, 9.0), Status::Cancelled, "stop wins");
+    }
+}
