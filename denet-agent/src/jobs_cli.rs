@@ -110,8 +110,9 @@ pub fn read_token(path: &std::path::Path) -> Result<String> {
 }
 
 fn print_json(v: &Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    let mut text = serde_json::to_string_pretty(v)?;
+    text.push('\n');
+    write_out(text.as_bytes(), false)
 }
 
 fn check_id(id: &str) -> Result<&str> {
@@ -150,7 +151,7 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
                 body["stuck_after_s"] = json!(t);
             }
             let v = client.post("/jobs", Some(&body)).await?.ok_json()?;
-            println!("{}", v["id"].as_str().unwrap_or_default());
+            write_out(format!("{}\n", s(&v["id"])).as_bytes(), false)?;
         }
         JobsCommand::List { json } => {
             let v = client.get("/jobs").await?.ok_json()?;
@@ -183,7 +184,7 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
                             s(rss),
                         ]
                     },
-                );
+                )?;
             }
         }
         JobsCommand::Show { id } => {
@@ -256,7 +257,7 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
                             s(&r["process_count"]),
                         ]
                     },
-                );
+                )?;
             }
         }
     }
@@ -315,7 +316,7 @@ fn num(v: &Value, decimals: usize) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn print_table(headers: &[&str], rows: &[Value], cells: impl Fn(&Value) -> Vec<String>) {
+fn print_table(headers: &[&str], rows: &[Value], cells: impl Fn(&Value) -> Vec<String>) -> Result<()> {
     let rows: Vec<Vec<String>> = rows.iter().map(cells).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
@@ -323,16 +324,19 @@ fn print_table(headers: &[&str], rows: &[Value], cells: impl Fn(&Value) -> Vec<S
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut text = String::new();
+    let mut line = |cells: Vec<String>| {
         let parts: Vec<String> = cells
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        text.push_str(parts.join("  ").trim_end());
+        text.push('\n');
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
         line(r);
     }
+    write_out(text.as_bytes(), false)
 }

@@ -113,6 +113,19 @@ impl Svc {
         }
     }
 
+    /// Polls until the job runs (its agent started and the command's pid is known).
+    async fn wait_running(&self, id: &str) {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.job(id).await;
+            if v["status"] == "running" && v["pid"].is_u64() {
+                return;
+            }
+            assert!(Instant::now() < until, "job {id} not running: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGTERM, and the exit status of the service.
     fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
@@ -379,7 +392,8 @@ async fn timeout_stop_escalation_and_startup_failures() {
     // failed: non-zero after the 1 s startup window.
     let late = svc.spawn(json!({"name": "late", "cmd": ["sh", "-c", "sleep 1.3; exit 4"]})).await;
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    svc.wait_running(&s).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = svc.job(&s).await["pid"].as_u64().expect("pid of a running job") as u32;
     let tree = tree_of(pid);
     assert!(tree.len() >= 3, "sh and two sleeps: {tree:?}");
@@ -422,7 +436,8 @@ async fn pause_stops_the_whole_tree_and_resume_continues_it() {
     let id = svc
         .spawn(json!({"name": "busy", "cmd": ["sh", "-c", "sh -c 'while :; do :; done' & while :; do :; done"]}))
         .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    svc.wait_running(&id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = svc.job(&id).await["pid"].as_u64().unwrap() as u32;
     let tree = tree_of(pid);
     assert!(tree.len() >= 2, "{tree:?}");
@@ -705,7 +720,8 @@ async fn shutdown_ends_running_jobs_cleanly_and_history_survives_restart() {
     let done = svc.spawn(json!({"name": "done", "cmd": ["sh", "-c", "echo kept"]})).await;
     assert_eq!(svc.wait_end(&done, Duration::from_secs(20)).await["status"], "succeeded");
     let long = svc.spawn(json!({"name": "long", "cmd": ["sh", "-c", "sleep 60 & sleep 60; wait"]})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    svc.wait_running(&long).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = svc.job(&long).await["pid"].as_u64().unwrap() as u32;
     let tree = tree_of(pid);
     assert!(tree.len() >= 3, "{tree:?}");
@@ -763,4 +779,74 @@ async fn postgres_history_is_shared_and_survives_restart() {
     let pg = db.client().await;
     let n: i64 = pg.query_one("SELECT count(*) FROM job_history", &[]).await.unwrap().get(0);
     assert_eq!(n, 2);
+}
+
+/// `denet-agent jobs ...` against a service: its output and exit status.
+fn jobs_cli(server: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin())
+        .args(["jobs", "--server", server])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_cli_drives_the_service() {
+    if !ebpf_ready("jobs_cli_drives_the_service") {
+        return;
+    }
+    let dir = scratch_dir("serve-cli");
+    let svc = Svc::start(&dir.join("data"), &[]);
+    let server = format!("http://{}", svc.addr);
+    let cli = |args: &[&str]| jobs_cli(&server, args);
+
+    let (code, id, err) = cli(&["spawn", "--name", "cli", "--env", "X=from-cli", "--", "sh", "-c", "echo $X; sleep 0.5; echo done >&2; echo bye"]);
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    // Follow: every line once, then exit when the job ends.
+    let (code, out, err) = cli(&["logs", "-f", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "from-cli\nbye\n");
+    assert!(err.contains("done\n") && err.contains("ended: succeeded"), "{err}");
+    let (_, out, _) = cli(&["logs", &id]);
+    assert_eq!(out, "from-cli\nbye\n");
+    let (code, out, _) = cli(&["list"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with(&id) && l.contains("succeeded")), "{out}");
+    let (_, out, _) = cli(&["show", &id]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "succeeded");
+    assert_eq!(v["resources"]["process_count"], 2, "sh and sleep");
+
+    let (code, long, err) = cli(&["spawn", "--name", "long", "--", "sleep", "30"]);
+    assert_eq!(code, 0, "{err}");
+    let long = long.trim().to_string();
+    let (code, _, err) = cli(&["spawn", "--name", "long", "--", "true"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("already queued or running") && err.contains("409"), "{err}");
+    svc.wait_running(&long).await;
+    assert_eq!(cli(&["pause", &long]).0, 0);
+    assert_eq!(svc.job(&long).await["paused"], true);
+    assert_eq!(cli(&["resume", &long]).0, 0);
+    assert_eq!(svc.job(&long).await["paused"], false);
+    assert_eq!(cli(&["stop", "--grace", "1", &long]).0, 0);
+    assert_eq!(svc.wait_end(&long, Duration::from_secs(20)).await["status"], "cancelled");
+
+    let (_, out, _) = cli(&["history", "--status", "cancelled"]);
+    assert!(out.lines().any(|l| l.starts_with(&long) && l.contains("long")), "{out}");
+    let (_, out, _) = cli(&["history", "--name", "cli", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1);
+
+    let (code, _, err) = cli(&["show", "00000000deadbeef"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("job not found") && err.contains("404"), "{err}");
+    let (code, _, err) = jobs_cli("http://127.0.0.1:1", &["list"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is `denet-agent serve` running?"), "{err}");
 }
