@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 pub struct BenchOptions {
     pub runs: usize,
     pub quick: bool,
-    /// Which part: "core" (issue 2), "depth" (issue 3) or "all".
+    /// Which part: "core" (issue 2), "depth" (issue 3), "serve" (issue 5) or "all".
     pub suite: String,
 }
 
@@ -93,6 +93,9 @@ pub fn run(root: &Path, opts: &BenchOptions) -> Result<()> {
     }
     if opts.suite == "depth" || opts.suite == "all" {
         depth(&agent, &workload, opts)?;
+    }
+    if opts.suite == "serve" || opts.suite == "all" {
+        serve(&agent, opts)?;
     }
     Ok(())
 }
@@ -336,5 +339,105 @@ fn depth(agent: &Path, workload: &str, opts: &BenchOptions) -> Result<()> {
         opts.runs
     );
     let _ = std::fs::remove_file(&trace);
+    Ok(())
+}
+
+fn vm_kb(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{field} of {pid}"))
+}
+
+/// Issue 5: N short jobs submitted at once to `serve` (each a traced run), against
+/// the same N run one after another with `denet-agent run`; the service's memory.
+fn serve(agent: &Path, opts: &BenchOptions) -> Result<()> {
+    use std::io::BufRead;
+    let jobs: usize = if opts.quick { 50 } else { 200 };
+    let dir = std::env::temp_dir().join(format!("denet-bench-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(agent)
+        .args(["serve", "--listen", "127.0.0.1:0", "--require-ebpf", "--data-dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting serve")?;
+    let stderr = child.stderr.take().context("serve stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let server = loop {
+        let line = lines.next().context("serve exited before listening")??;
+        if let Some(addr) = line.split("listening on ").nth(1) {
+            break addr.to_string();
+        }
+    };
+    let pid = child.id();
+    let rss_idle = vm_kb(pid, "VmRSS:")?;
+    let started = Instant::now();
+    let submitters: Vec<_> = (0..jobs)
+        .map(|i| {
+            let (agent, server) = (agent.to_path_buf(), server.clone());
+            std::thread::spawn(move || {
+                Command::new(agent)
+                    .args(["jobs", "--server", &server, "spawn", "--name", &format!("b{i}"), "--", "true"])
+                    .stdout(Stdio::null())
+                    .status()
+            })
+        })
+        .collect();
+    for s in submitters {
+        let st = s.join().map_err(|_| anyhow::anyhow!("submitter panicked"))??;
+        if !st.success() {
+            bail!("a job submission failed: {st}");
+        }
+    }
+    let submitted = started.elapsed().as_secs_f64();
+    let rows = loop {
+        let out = Command::new(agent)
+            .args(["jobs", "--server", &server, "history", "--json", "--limit", "10000"])
+            .output()?;
+        let n = String::from_utf8_lossy(&out.stdout).matches("\"id\":").count();
+        if n >= jobs || started.elapsed().as_secs() > 600 {
+            break n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let all_done = started.elapsed().as_secs_f64();
+    let hwm = vm_kb(pid, "VmHWM:")?;
+    // SAFETY: plain kill of our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let trace = std::env::temp_dir().join("denet-bench-serve-run.jsonl");
+    let seq_runs = jobs.min(50);
+    let seq_started = Instant::now();
+    for _ in 0..seq_runs {
+        run_quiet(&[
+            agent.to_string_lossy().into_owned(),
+            "run".into(),
+            "--require-ebpf".into(),
+            "-o".into(),
+            trace.to_string_lossy().into_owned(),
+            "--".into(),
+            "true".into(),
+        ])?;
+    }
+    let per_run = seq_started.elapsed().as_secs_f64() / seq_runs as f64;
+    let _ = std::fs::remove_file(&trace);
+    println!("\n### serve: {jobs} short jobs submitted at once (issue 5)\n");
+    println!("| measure | value |\n|---|---|");
+    println!("| jobs with a history row | {rows} of {jobs} |");
+    println!("| all {jobs} submitted (parallel `jobs spawn`) | {submitted:.2} s |");
+    println!("| all {jobs} ended with their row | {all_done:.2} s ({:.1} jobs/s) |", jobs as f64 / all_done);
+    println!("| one `denet-agent run true`, sequential ({seq_runs} runs) | {:.0} ms each, {:.1} runs/s |", per_run * 1e3, 1.0 / per_run);
+    println!("| service RSS idle / peak (VmHWM) | {rss_idle} KiB / {hwm} KiB |");
+    if rows < jobs {
+        bail!("{} jobs have no history row", jobs - rows);
+    }
     Ok(())
 }

@@ -29,7 +29,8 @@ enum Task {
         /// Smaller workloads, for a smoke run.
         #[arg(long)]
         quick: bool,
-        /// core (issue 2: run overhead), depth (issue 3: with strace/perf) or all.
+        /// core (issue 2: run overhead), depth (issue 3: with strace/perf), serve (issue 5:
+        /// job throughput and service memory) or all.
         #[arg(long, default_value = "all")]
         suite: String,
     },
@@ -52,8 +53,8 @@ fn main() -> Result<()> {
             println!("{}", object.display());
         }
         Task::Bench { runs, quick, suite } => {
-            if !["core", "depth", "all"].contains(&suite.as_str()) {
-                return Err(anyhow!("--suite must be core, depth or all"));
+            if !["core", "depth", "serve", "all"].contains(&suite.as_str()) {
+                return Err(anyhow!("--suite must be core, depth, serve or all"));
             }
             bench::run(
                 &root,
