@@ -79,16 +79,19 @@ impl Client {
 
     async fn connect(&self) -> Result<Box<dyn Io>> {
         Ok(match &self.server {
-            Server::Tcp(hp) => Box::new(
-                tokio::net::TcpStream::connect(hp)
-                    .await
-                    .with_context(|| format!("connecting to {hp} (is `denet-agent serve` running?)"))?,
-            ),
-            Server::Unix(p) => Box::new(
-                tokio::net::UnixStream::connect(p)
-                    .await
-                    .with_context(|| format!("connecting to {} (is `denet-agent serve` running?)", p.display()))?,
-            ),
+            Server::Tcp(hp) => {
+                Box::new(tokio::net::TcpStream::connect(hp).await.with_context(|| {
+                    format!("connecting to {hp} (is `denet-agent serve` running?)")
+                })?)
+            }
+            Server::Unix(p) => {
+                Box::new(tokio::net::UnixStream::connect(p).await.with_context(|| {
+                    format!(
+                        "connecting to {} (is `denet-agent serve` running?)",
+                        p.display()
+                    )
+                })?)
+            }
         })
     }
 
@@ -100,7 +103,12 @@ impl Client {
     }
 
     /// One request on its own connection.
-    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Answer> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -125,7 +133,10 @@ impl Client {
             .await
             .context("HTTP handshake")?;
         tokio::spawn(conn);
-        let resp = sender.send_request(req).await.context("sending the request")?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("sending the request")?;
         let status = resp.status();
         let body = resp
             .into_body()
@@ -167,7 +178,9 @@ impl Client {
 pub fn encode(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -172,7 +172,10 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
                         let (cpu, rss) = if j["live"].is_object() {
                             (&j["live"]["cpu_percent"], &j["live"]["rss_kb"])
                         } else {
-                            (&j["resources"]["cpu_percent"], &j["resources"]["peak_rss_kb"])
+                            (
+                                &j["resources"]["cpu_percent"],
+                                &j["resources"]["peak_rss_kb"],
+                            )
                         };
                         vec![
                             s(&j["id"]),
@@ -188,7 +191,10 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
             }
         }
         JobsCommand::Show { id } => {
-            let v = client.get(&format!("/jobs/{}", check_id(&id)?)).await?.ok_json()?;
+            let v = client
+                .get(&format!("/jobs/{}", check_id(&id)?))
+                .await?
+                .ok_json()?;
             print_json(&v)?;
         }
         JobsCommand::Stop { id, grace } => {
@@ -200,11 +206,17 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
             eprintln!("stopping {} ({})", s(&v["id"]), s(&v["name"]));
         }
         JobsCommand::Pause { id } => {
-            let v = client.post(&format!("/jobs/{}/pause", check_id(&id)?), None).await?.ok_json()?;
+            let v = client
+                .post(&format!("/jobs/{}/pause", check_id(&id)?), None)
+                .await?
+                .ok_json()?;
             eprintln!("paused {} ({})", s(&v["id"]), s(&v["name"]));
         }
         JobsCommand::Resume { id } => {
-            let v = client.post(&format!("/jobs/{}/resume", check_id(&id)?), None).await?.ok_json()?;
+            let v = client
+                .post(&format!("/jobs/{}/resume", check_id(&id)?), None)
+                .await?
+                .ok_json()?;
             eprintln!("resumed {} ({})", s(&v["id"]), s(&v["name"]));
         }
         JobsCommand::Logs { id, follow } => {
@@ -213,7 +225,9 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
                 return follow_logs(client, id).await;
             }
             for (stream, to_stderr) in [("stdout", false), ("stderr", true)] {
-                let a = client.get(&format!("/jobs/{id}/logs?stream={stream}")).await?;
+                let a = client
+                    .get(&format!("/jobs/{id}/logs?stream={stream}"))
+                    .await?;
                 if !a.status.is_success() {
                     a.ok_json()?;
                 }
@@ -238,10 +252,20 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
                 print_json(&v)?;
             } else {
                 print_table(
-                    &["ID", "NAME", "STATUS", "EXIT", "WALL_S", "CPU_S", "PEAK_RSS_KB", "PROCS"],
+                    &[
+                        "ID",
+                        "NAME",
+                        "STATUS",
+                        "EXIT",
+                        "WALL_S",
+                        "CPU_S",
+                        "PEAK_RSS_KB",
+                        "PROCS",
+                    ],
                     v["rows"].as_array().map(Vec::as_slice).unwrap_or(&[]),
                     |r| {
-                        let cpu = r["cpu_user_s"].as_f64().unwrap_or(0.0) + r["cpu_sys_s"].as_f64().unwrap_or(0.0);
+                        let cpu = r["cpu_user_s"].as_f64().unwrap_or(0.0)
+                            + r["cpu_sys_s"].as_f64().unwrap_or(0.0);
                         vec![
                             s(&r["id"]),
                             s(&r["name"]),
@@ -266,7 +290,9 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
 
 /// Prints output lines as they come (after what was already written) until the end.
 async fn follow_logs(client: &Client, id: &str) -> Result<i32> {
-    let mut ws = client.websocket(&format!("/jobs/{id}/stream?replay=1")).await?;
+    let mut ws = client
+        .websocket(&format!("/jobs/{id}/stream?replay=1"))
+        .await?;
     while let Some(msg) = ws.next().await {
         let text = match msg.context("reading the job stream")? {
             Message::Text(t) => t,
@@ -277,7 +303,10 @@ async fn follow_logs(client: &Client, id: &str) -> Result<i32> {
         match v["type"].as_str() {
             Some("stdout") => write_out(format!("{}\n", s(&v["line"])).as_bytes(), false)?,
             Some("stderr") => write_out(format!("{}\n", s(&v["line"])).as_bytes(), true)?,
-            Some("lagged") => eprintln!("denet-agent: {} stream messages skipped (slow reader)", v["skipped"]),
+            Some("lagged") => eprintln!(
+                "denet-agent: {} stream messages skipped (slow reader)",
+                v["skipped"]
+            ),
             Some("end") => {
                 eprintln!("denet-agent: job {} ended: {}", id, s(&v["job"]["status"]));
                 break;
@@ -316,7 +345,11 @@ fn num(v: &Value, decimals: usize) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn print_table(headers: &[&str], rows: &[Value], cells: impl Fn(&Value) -> Vec<String>) -> Result<()> {
+fn print_table(
+    headers: &[&str],
+    rows: &[Value],
+    cells: impl Fn(&Value) -> Vec<String>,
+) -> Result<()> {
     let rows: Vec<Vec<String>> = rows.iter().map(cells).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {

@@ -365,9 +365,12 @@ fn serve(args: ServeArgs) -> Result<i32> {
             .context("no --data-dir and no HOME")?,
     };
     let data_dir = std::path::absolute(&data_dir).context("--data-dir")?;
-    let db = args
-        .db
-        .unwrap_or_else(|| data_dir.join("history.sqlite").to_string_lossy().into_owned());
+    let db = args.db.unwrap_or_else(|| {
+        data_dir
+            .join("history.sqlite")
+            .to_string_lossy()
+            .into_owned()
+    });
     let mut run_flags = Vec::new();
     for (on, flag) in [
         (args.no_ebpf, "--no-ebpf"),

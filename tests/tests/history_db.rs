@@ -14,7 +14,6 @@ use common::pg::{connect, with_dbname, TestDb};
 use denet_tests::pg_admin_url;
 use tokio_postgres::Client;
 
-
 /// A row with every optional field set (`full`) or empty.
 fn row(id: &str, name: &str, status: &str, end_unix_ms: i64, full: bool) -> HistoryRow {
     let some = |v: i64| full.then_some(v);

@@ -46,9 +46,13 @@ impl Svc {
 
     fn start_with(data: &Path, extra: &[&str], token: Option<&str>) -> Svc {
         let mut cmd = Command::new(agent_bin());
-        cmd.args(["serve", "--data-dir"])
-            .arg(data)
-            .args(["--require-ebpf", "--kill-grace", "0.5", "--startup-window", "1"]);
+        cmd.args(["serve", "--data-dir"]).arg(data).args([
+            "--require-ebpf",
+            "--kill-grace",
+            "0.5",
+            "--startup-window",
+            "1",
+        ]);
         if !extra.iter().any(|a| *a == "--listen" || *a == "--socket") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
@@ -108,7 +112,11 @@ impl Svc {
             if !matches!(v["status"].as_str(), Some("queued" | "running")) {
                 return v;
             }
-            assert!(Instant::now() < until, "job {id} still {} after {limit:?}", v["status"]);
+            assert!(
+                Instant::now() < until,
+                "job {id} still {} after {limit:?}",
+                v["status"]
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -135,7 +143,10 @@ impl Svc {
             if let Some(st) = child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < until, "service still up {limit:?} after SIGTERM");
+            assert!(
+                Instant::now() < until,
+                "service still up {limit:?} after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -168,7 +179,10 @@ fn raw_http(addr: &str, request: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -205,8 +219,13 @@ fn tree_of(root: u32) -> Vec<u32> {
         let pid = out[i];
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for t in tasks.flatten() {
-                let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                out.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+                let children =
+                    std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
             }
         }
         i += 1;
@@ -219,7 +238,9 @@ fn cpu_ticks(pids: &[u32]) -> (u64, Vec<char>) {
     let mut ticks = 0;
     let mut states = Vec::new();
     for pid in pids {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         let rest = &stat[stat.rfind(')').unwrap() + 2..];
         let f: Vec<&str> = rest.split_whitespace().collect();
         states.push(f[0].chars().next().unwrap());
@@ -237,7 +258,8 @@ fn alive(pid: u32) -> bool {
 
 /// Reads stream messages until the `end` message (or the limit).
 async fn collect_stream(
-    ws: &mut (impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+    ws: &mut (impl futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+              + Unpin),
     limit: Duration,
 ) -> Vec<Value> {
     let mut msgs = Vec::new();
@@ -283,9 +305,19 @@ async fn lifecycle_over_http_and_websocket() {
     let msgs = collect_stream(&mut ws, Duration::from_secs(30)).await;
     let of = |t: &str| msgs.iter().filter(|m| m["type"] == t).collect::<Vec<_>>();
     assert_eq!(msgs[0]["type"], "status", "first message: {}", msgs[0]);
-    let stdout: Vec<&str> = of("stdout").iter().map(|m| m["line"].as_str().unwrap()).collect();
-    assert_eq!(stdout, ["first", "hello from env"], "stdout lines, in order, exactly once");
-    let stderr: Vec<&str> = of("stderr").iter().map(|m| m["line"].as_str().unwrap()).collect();
+    let stdout: Vec<&str> = of("stdout")
+        .iter()
+        .map(|m| m["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stdout,
+        ["first", "hello from env"],
+        "stdout lines, in order, exactly once"
+    );
+    let stderr: Vec<&str> = of("stderr")
+        .iter()
+        .map(|m| m["line"].as_str().unwrap())
+        .collect();
     assert_eq!(stderr, ["to-stderr"]);
     assert!(!of("sample").is_empty(), "samples are streamed");
     let procs = of("process");
@@ -314,8 +346,14 @@ async fn lifecycle_over_http_and_websocket() {
     let trace = denet_tests::parse_jsonl(&String::from_utf8_lossy(&a.body));
     assert_eq!(trace[0]["kind"], "header");
     assert_eq!(trace[0]["cwd"], dir.to_string_lossy().as_ref());
-    let summary = trace.iter().find(|r| r["kind"] == "summary").expect("summary");
-    assert_eq!(summary["cpu_user_ns"].as_f64().unwrap() / 1e9, r["cpu_user_s"].as_f64().unwrap());
+    let summary = trace
+        .iter()
+        .find(|r| r["kind"] == "summary")
+        .expect("summary");
+    assert_eq!(
+        summary["cpu_user_ns"].as_f64().unwrap() / 1e9,
+        r["cpu_user_s"].as_f64().unwrap()
+    );
     assert_eq!(summary["process_count"], r["process_count"]);
     assert_eq!(trace.iter().filter(|r| r["kind"] == "process").count(), 4);
 
@@ -323,19 +361,33 @@ async fn lifecycle_over_http_and_websocket() {
     let logs = a.json().unwrap();
     assert_eq!(logs["stdout"], "first\nhello from env\n");
     assert_eq!(logs["stderr"], "to-stderr\n");
-    let a = svc.client.get(&format!("/jobs/{id}/logs?stream=stderr")).await.unwrap();
+    let a = svc
+        .client
+        .get(&format!("/jobs/{id}/logs?stream=stderr"))
+        .await
+        .unwrap();
     assert_eq!(&a.body[..], b"to-stderr\n");
 
     // Listed, and in the history with the same numbers.
     let list = svc.client.get("/jobs").await.unwrap().json().unwrap();
     assert!(list.as_array().unwrap().iter().any(|j| j["id"] == id));
-    let h = svc.client.get("/history?name=life").await.unwrap().json().unwrap();
+    let h = svc
+        .client
+        .get("/history?name=life")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
     let rows = h["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(&rows[0], r, "the history row is the job's resource summary");
 
     // A stream opened after the end gets the summary at once.
-    let mut ws = svc.client.websocket(&format!("/jobs/{id}/stream")).await.unwrap();
+    let mut ws = svc
+        .client
+        .websocket(&format!("/jobs/{id}/stream"))
+        .await
+        .unwrap();
     let late = collect_stream(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(late.len(), 1);
     assert_eq!(late[0]["type"], "end");
@@ -348,19 +400,32 @@ async fn duplicate_names_get_409_until_the_job_ends() {
     }
     let dir = scratch_dir("serve-dup");
     let svc = Svc::start(&dir.join("data"), &[]);
-    let first = svc.spawn(json!({"name": "dup", "cmd": ["sleep", "30"]})).await;
+    let first = svc
+        .spawn(json!({"name": "dup", "cmd": ["sleep", "30"]}))
+        .await;
     let a = svc
         .client
         .post("/jobs", Some(&json!({"name": "dup", "cmd": ["true"]})))
         .await
         .unwrap();
     assert_eq!(a.status, 409);
-    assert_eq!(a.json().unwrap()["id"], first, "the 409 names the running job");
+    assert_eq!(
+        a.json().unwrap()["id"],
+        first,
+        "the 409 names the running job"
+    );
     // Another name is fine meanwhile.
     let other = svc.spawn(json!({"name": "other", "cmd": ["true"]})).await;
-    assert_eq!(svc.wait_end(&other, Duration::from_secs(20)).await["status"], "succeeded");
+    assert_eq!(
+        svc.wait_end(&other, Duration::from_secs(20)).await["status"],
+        "succeeded"
+    );
 
-    let a = svc.client.post(&format!("/jobs/{first}/stop"), None).await.unwrap();
+    let a = svc
+        .client
+        .post(&format!("/jobs/{first}/stop"), None)
+        .await
+        .unwrap();
     assert_eq!(a.status, 202);
     let v = svc.wait_end(&first, Duration::from_secs(20)).await;
     assert_eq!(v["status"], "cancelled");
@@ -368,7 +433,11 @@ async fn duplicate_names_get_409_until_the_job_ends() {
     // Ended: the name is free again, and stopping again is a conflict.
     let again = svc.spawn(json!({"name": "dup", "cmd": ["true"]})).await;
     assert_ne!(again, first);
-    let a = svc.client.post(&format!("/jobs/{first}/stop"), None).await.unwrap();
+    let a = svc
+        .client
+        .post(&format!("/jobs/{first}/stop"), None)
+        .await
+        .unwrap();
     assert_eq!(a.status, 409);
 }
 
@@ -380,51 +449,91 @@ async fn timeout_stop_escalation_and_startup_failures() {
     let dir = scratch_dir("serve-end");
     let svc = Svc::start(&dir.join("data"), &[]);
     // Timeout: 1 s on a 30 s sleep.
-    let t = svc.spawn(json!({"name": "slow", "cmd": ["sleep", "30"], "timeout_s": 1})).await;
+    let t = svc
+        .spawn(json!({"name": "slow", "cmd": ["sleep", "30"], "timeout_s": 1}))
+        .await;
     // Stop of a tree that ignores SIGTERM: SIGKILL after the 0.5 s grace, and the
     // whole tree (shell and its sleeping child) is gone.
     let s = svc
         .spawn(json!({"name": "stubborn", "cmd": ["sh", "-c", "trap '' TERM; sleep 30 & sleep 30; wait"]}))
         .await;
     // startup_failed: non-zero within the window, and a program that does not exist.
-    let quick = svc.spawn(json!({"name": "quick", "cmd": ["sh", "-c", "exit 3"]})).await;
-    let missing = svc.spawn(json!({"name": "missing", "cmd": ["no-such-program-xyz"]})).await;
+    let quick = svc
+        .spawn(json!({"name": "quick", "cmd": ["sh", "-c", "exit 3"]}))
+        .await;
+    let missing = svc
+        .spawn(json!({"name": "missing", "cmd": ["no-such-program-xyz"]}))
+        .await;
     // failed: non-zero after the 1 s startup window.
-    let late = svc.spawn(json!({"name": "late", "cmd": ["sh", "-c", "sleep 1.3; exit 4"]})).await;
+    let late = svc
+        .spawn(json!({"name": "late", "cmd": ["sh", "-c", "sleep 1.3; exit 4"]}))
+        .await;
 
     svc.wait_running(&s).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pid = svc.job(&s).await["pid"].as_u64().expect("pid of a running job") as u32;
+    let pid = svc.job(&s).await["pid"]
+        .as_u64()
+        .expect("pid of a running job") as u32;
     let tree = tree_of(pid);
     assert!(tree.len() >= 3, "sh and two sleeps: {tree:?}");
     let stopped_at = Instant::now();
-    let a = svc.client.post(&format!("/jobs/{s}/stop"), None).await.unwrap();
+    let a = svc
+        .client
+        .post(&format!("/jobs/{s}/stop"), None)
+        .await
+        .unwrap();
     assert_eq!(a.status, 202);
     let v = svc.wait_end(&s, Duration::from_secs(20)).await;
     let took = stopped_at.elapsed();
     assert_eq!(v["status"], "cancelled");
-    assert!(took >= Duration::from_millis(500), "SIGKILL only after the grace ({took:?})");
-    assert!(tree.iter().all(|p| !alive(*p)), "the whole tree is gone: {tree:?}");
+    assert!(
+        took >= Duration::from_millis(500),
+        "SIGKILL only after the grace ({took:?})"
+    );
+    assert!(
+        tree.iter().all(|p| !alive(*p)),
+        "the whole tree is gone: {tree:?}"
+    );
 
     let v = svc.wait_end(&t, Duration::from_secs(20)).await;
     assert_eq!(v["status"], "timed_out");
     let d = v["duration_s"].as_f64().unwrap();
-    assert!((1.0..3.0).contains(&d), "timed out after {d} s (1 s timeout, 0.5 s grace)");
+    assert!(
+        (1.0..3.0).contains(&d),
+        "timed out after {d} s (1 s timeout, 0.5 s grace)"
+    );
 
     let v = svc.wait_end(&quick, Duration::from_secs(20)).await;
-    assert_eq!((v["status"].as_str(), v["exit_code"].as_i64()), (Some("startup_failed"), Some(3)));
+    assert_eq!(
+        (v["status"].as_str(), v["exit_code"].as_i64()),
+        (Some("startup_failed"), Some(3))
+    );
     let v = svc.wait_end(&missing, Duration::from_secs(20)).await;
     assert_eq!(v["status"], "startup_failed");
     assert_eq!(v["exit_code"], 127);
-    assert!(v["error"].as_str().unwrap().contains("command not found"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("command not found"),
+        "{v}"
+    );
     let v = svc.wait_end(&late, Duration::from_secs(20)).await;
-    assert_eq!((v["status"].as_str(), v["exit_code"].as_i64()), (Some("failed"), Some(4)));
+    assert_eq!(
+        (v["status"].as_str(), v["exit_code"].as_i64()),
+        (Some("failed"), Some(4))
+    );
 
-    let h = svc.client.get("/history?status=startup_failed").await.unwrap().json().unwrap();
+    let h = svc
+        .client
+        .get("/history?status=startup_failed")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(h["rows"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The serializing lock is held for the whole test on purpose.
+#[allow(clippy::await_holding_lock)]
 async fn pause_stops_the_whole_tree_and_resume_continues_it() {
     if !ebpf_ready("pause_stops_the_whole_tree_and_resume_continues_it") {
         return;
@@ -442,29 +551,57 @@ async fn pause_stops_the_whole_tree_and_resume_continues_it() {
     let tree = tree_of(pid);
     assert!(tree.len() >= 2, "{tree:?}");
 
-    let a = svc.client.post(&format!("/jobs/{id}/pause"), None).await.unwrap();
+    let a = svc
+        .client
+        .post(&format!("/jobs/{id}/pause"), None)
+        .await
+        .unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(a.json().unwrap()["paused"], true);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (t0, states) = cpu_ticks(&tree);
-    assert!(states.iter().all(|s| *s == 'T'), "every process stopped: {states:?}");
+    assert!(
+        states.iter().all(|s| *s == 'T'),
+        "every process stopped: {states:?}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (t1, _) = cpu_ticks(&tree);
     // Ground truth from /proc: no CPU at all while paused (1 tick of slack).
     assert!(t1 - t0 <= 1, "paused tree used {} ticks in 1 s", t1 - t0);
 
-    let a = svc.client.post(&format!("/jobs/{id}/resume"), None).await.unwrap();
+    let a = svc
+        .client
+        .post(&format!("/jobs/{id}/resume"), None)
+        .await
+        .unwrap();
     assert_eq!(a.status, 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (t2, states) = cpu_ticks(&tree);
-    assert!(states.iter().all(|s| *s != 'T'), "every process continued: {states:?}");
+    assert!(
+        states.iter().all(|s| *s != 'T'),
+        "every process continued: {states:?}"
+    );
     // Two spinning processes on 2 CPUs: well over half a CPU-second (100 ticks/s).
-    assert!(t2 - t1 >= 50, "resumed tree used only {} ticks in 1 s", t2 - t1);
+    assert!(
+        t2 - t1 >= 50,
+        "resumed tree used only {} ticks in 1 s",
+        t2 - t1
+    );
 
     // Pausing an ended job is a conflict.
-    svc.client.post(&format!("/jobs/{id}/stop"), None).await.unwrap();
-    assert_eq!(svc.wait_end(&id, Duration::from_secs(20)).await["status"], "cancelled");
-    let a = svc.client.post(&format!("/jobs/{id}/pause"), None).await.unwrap();
+    svc.client
+        .post(&format!("/jobs/{id}/stop"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        svc.wait_end(&id, Duration::from_secs(20)).await["status"],
+        "cancelled"
+    );
+    let a = svc
+        .client
+        .post(&format!("/jobs/{id}/pause"), None)
+        .await
+        .unwrap();
     assert_eq!(a.status, 409);
 }
 
@@ -476,11 +613,17 @@ async fn stuck_flag_is_raised_shown_and_streamed() {
     let dir = scratch_dir("serve-stuck");
     let svc = Svc::start(&dir.join("data"), &[]);
     // No CPU, no output: stuck after 1 s. A chatty job next to it never is.
-    let id = svc.spawn(json!({"name": "idle", "cmd": ["sleep", "30"], "stuck_after_s": 1})).await;
+    let id = svc
+        .spawn(json!({"name": "idle", "cmd": ["sleep", "30"], "stuck_after_s": 1}))
+        .await;
     let busy = svc
         .spawn(json!({"name": "chatty", "cmd": ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; sleep 0.25; done"], "stuck_after_s": 1}))
         .await;
-    let mut ws = svc.client.websocket(&format!("/jobs/{id}/stream")).await.unwrap();
+    let mut ws = svc
+        .client
+        .websocket(&format!("/jobs/{id}/stream"))
+        .await
+        .unwrap();
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut flagged = false;
     while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout_at(until, ws.next()).await {
@@ -493,11 +636,22 @@ async fn stuck_flag_is_raised_shown_and_streamed() {
     assert!(flagged, "a status message with stuck: true is streamed");
     assert_eq!(svc.job(&id).await["stuck"], true, "and shown in the status");
     let list = svc.client.get("/jobs").await.unwrap().json().unwrap();
-    let chatty = list.as_array().unwrap().iter().find(|j| j["id"] == busy).unwrap();
+    let chatty = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == busy)
+        .unwrap();
     assert_eq!(chatty["stuck"], false, "output is progress");
-    svc.client.post(&format!("/jobs/{id}/stop"), None).await.unwrap();
+    svc.client
+        .post(&format!("/jobs/{id}/stop"), None)
+        .await
+        .unwrap();
     let v = svc.wait_end(&id, Duration::from_secs(20)).await;
-    assert_eq!(v["resources"]["stuck"], true, "the history row remembers the flag");
+    assert_eq!(
+        v["resources"]["stuck"], true,
+        "the history row remembers the flag"
+    );
     let v = svc.wait_end(&busy, Duration::from_secs(20)).await;
     assert_eq!(v["resources"]["stuck"], false);
 }
@@ -508,7 +662,10 @@ async fn bad_input_gets_the_right_4xx() {
         return;
     }
     let dir = scratch_dir("serve-bad");
-    let svc = Svc::start(&dir.join("data"), &["--max-body-bytes", "65536", "--max-jobs", "2"]);
+    let svc = Svc::start(
+        &dir.join("data"),
+        &["--max-body-bytes", "65536", "--max-jobs", "2"],
+    );
     let addr = svc.addr.clone();
     let json_ct = "application/json";
     let cases: &[(&str, &[u8], u16)] = &[
@@ -517,12 +674,36 @@ async fn bad_input_gets_the_right_4xx() {
         ("cmd numbers", br#"{"name":"a","cmd":[1]}"#, 400),
         ("name missing", br#"{"cmd":["true"]}"#, 400),
         ("name with slash", br#"{"name":"../x","cmd":["true"]}"#, 400),
-        ("env name invalid", br#"{"name":"a","cmd":["true"],"env":{"A-B":"1"}}"#, 400),
-        ("env value not a string", br#"{"name":"a","cmd":["true"],"env":{"A":1}}"#, 400),
-        ("cwd relative", br#"{"name":"a","cmd":["true"],"cwd":"tmp"}"#, 400),
-        ("timeout negative", br#"{"name":"a","cmd":["true"],"timeout_s":-5}"#, 400),
-        ("timeout a string", br#"{"name":"a","cmd":["true"],"timeout_s":"5"}"#, 400),
-        ("unknown field", br#"{"name":"a","cmd":["true"],"shell":true}"#, 400),
+        (
+            "env name invalid",
+            br#"{"name":"a","cmd":["true"],"env":{"A-B":"1"}}"#,
+            400,
+        ),
+        (
+            "env value not a string",
+            br#"{"name":"a","cmd":["true"],"env":{"A":1}}"#,
+            400,
+        ),
+        (
+            "cwd relative",
+            br#"{"name":"a","cmd":["true"],"cwd":"tmp"}"#,
+            400,
+        ),
+        (
+            "timeout negative",
+            br#"{"name":"a","cmd":["true"],"timeout_s":-5}"#,
+            400,
+        ),
+        (
+            "timeout a string",
+            br#"{"name":"a","cmd":["true"],"timeout_s":"5"}"#,
+            400,
+        ),
+        (
+            "unknown field",
+            br#"{"name":"a","cmd":["true"],"shell":true}"#,
+            400,
+        ),
         ("not JSON", b"name=a&cmd=true", 400),
         ("truncated JSON", br#"{"name":"a","cmd":["tr"#, 400),
         ("JSON array", b"[]", 400),
@@ -535,32 +716,76 @@ async fn bad_input_gets_the_right_4xx() {
     let huge = format!(r#"{{"name":"a","cmd":["echo","{}"]}}"#, "x".repeat(200_000));
     let (st, b) = post_raw(&addr, "/jobs", json_ct, huge.as_bytes(), "");
     assert_json_error(st, &b, 413, "huge body");
-    let (st, b) = post_raw(&addr, "/jobs", "text/plain", br#"{"name":"a","cmd":["true"]}"#, "");
+    let (st, b) = post_raw(
+        &addr,
+        "/jobs",
+        "text/plain",
+        br#"{"name":"a","cmd":["true"]}"#,
+        "",
+    );
     assert_json_error(st, &b, 415, "wrong content type");
     // Unknown and malformed ids, routes, methods, parameters.
-    for path in ["/jobs/00000000deadbeef", "/jobs/not-an-id", "/jobs/00000000deadbeef/trace", "/jobs/00000000deadbeef/logs", "/nowhere"] {
+    for path in [
+        "/jobs/00000000deadbeef",
+        "/jobs/not-an-id",
+        "/jobs/00000000deadbeef/trace",
+        "/jobs/00000000deadbeef/logs",
+        "/nowhere",
+    ] {
         let (st, b) = get_raw(&addr, path, "");
         assert_json_error(st, &b, 404, path);
     }
-    for path in ["/jobs/00000000deadbeef/stop", "/jobs/00000000deadbeef/pause", "/jobs/00000000deadbeef/resume"] {
+    for path in [
+        "/jobs/00000000deadbeef/stop",
+        "/jobs/00000000deadbeef/pause",
+        "/jobs/00000000deadbeef/resume",
+    ] {
         let (st, b) = post_raw(&addr, path, json_ct, b"", "");
         assert_json_error(st, &b, 404, path);
     }
-    let (st, b) = raw_http(&addr, b"DELETE /jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (st, b) = raw_http(
+        &addr,
+        b"DELETE /jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_json_error(st, &b, 405, "DELETE /jobs");
-    for path in ["/history?limit=abc", "/history?limit=0", "/history?status=running", "/history?status=bogus", "/history?colour=red"] {
+    for path in [
+        "/history?limit=abc",
+        "/history?limit=0",
+        "/history?status=running",
+        "/history?status=bogus",
+        "/history?colour=red",
+    ] {
         let (st, b) = get_raw(&addr, path, "");
         assert_json_error(st, &b, 400, path);
     }
     // The cap on queued + running jobs.
-    let a = svc.spawn(json!({"name": "cap1", "cmd": ["sleep", "30"]})).await;
-    let b2 = svc.spawn(json!({"name": "cap2", "cmd": ["sleep", "30"]})).await;
-    let (st, b) = post_raw(&addr, "/jobs", json_ct, br#"{"name":"cap3","cmd":["true"]}"#, "");
+    let a = svc
+        .spawn(json!({"name": "cap1", "cmd": ["sleep", "30"]}))
+        .await;
+    let b2 = svc
+        .spawn(json!({"name": "cap2", "cmd": ["sleep", "30"]}))
+        .await;
+    let (st, b) = post_raw(
+        &addr,
+        "/jobs",
+        json_ct,
+        br#"{"name":"cap3","cmd":["true"]}"#,
+        "",
+    );
     assert_json_error(st, &b, 429, "over --max-jobs");
-    let (st, b) = post_raw(&addr, &format!("/jobs/{a}/stop?grace_s=-1"), json_ct, b"", "");
+    let (st, b) = post_raw(
+        &addr,
+        &format!("/jobs/{a}/stop?grace_s=-1"),
+        json_ct,
+        b"",
+        "",
+    );
     assert_json_error(st, &b, 400, "negative grace");
     for id in [&a, &b2] {
-        svc.client.post(&format!("/jobs/{id}/stop"), None).await.unwrap();
+        svc.client
+            .post(&format!("/jobs/{id}/stop"), None)
+            .await
+            .unwrap();
         svc.wait_end(id, Duration::from_secs(20)).await;
     }
     // Nothing above crashed the service.
@@ -586,7 +811,11 @@ async fn token_is_required_when_configured_and_the_socket_is_owner_only() {
     let token_file = dir.join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
     let tf = token_file.to_string_lossy().into_owned();
-    let svc = Svc::start_with(&dir.join("d1"), &["--listen", "0.0.0.0:0", "--token-file", &tf], Some("s3cret-token"));
+    let svc = Svc::start_with(
+        &dir.join("d1"),
+        &["--listen", "0.0.0.0:0", "--token-file", &tf],
+        Some("s3cret-token"),
+    );
     let port = svc.addr.rsplit(':').next().unwrap();
     let addr = format!("127.0.0.1:{port}");
     for (what, header) in [
@@ -596,13 +825,22 @@ async fn token_is_required_when_configured_and_the_socket_is_owner_only() {
     ] {
         let (st, b) = get_raw(&addr, "/jobs", header);
         assert_json_error(st, &b, 401, what);
-        let (st, b) = post_raw(&addr, "/jobs", "application/json", br#"{"name":"a","cmd":["true"]}"#, header);
+        let (st, b) = post_raw(
+            &addr,
+            "/jobs",
+            "application/json",
+            br#"{"name":"a","cmd":["true"]}"#,
+            header,
+        );
         assert_json_error(st, &b, 401, what);
     }
     let (st, _) = get_raw(&addr, "/jobs", "Authorization: Bearer s3cret-token\r\n");
     assert_eq!(st, 200);
     let id = svc.spawn(json!({"name": "authed", "cmd": ["true"]})).await;
-    assert_eq!(svc.wait_end(&id, Duration::from_secs(20)).await["status"], "succeeded");
+    assert_eq!(
+        svc.wait_end(&id, Duration::from_secs(20)).await["status"],
+        "succeeded"
+    );
     drop(svc);
 
     // Unix socket: mode 0600, and the API works over it.
@@ -624,12 +862,20 @@ async fn token_is_required_when_configured_and_the_socket_is_owner_only() {
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
     let client = Client::new(format!("unix:{s}").parse().unwrap(), None);
-    let a = client.post("/jobs", Some(&json!({"name": "sock", "cmd": ["true"]}))).await.unwrap();
+    let a = client
+        .post("/jobs", Some(&json!({"name": "sock", "cmd": ["true"]})))
+        .await
+        .unwrap();
     assert_eq!(a.status, 201);
     let id = a.json().unwrap()["id"].as_str().unwrap().to_string();
     let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let v = client.get(&format!("/jobs/{id}")).await.unwrap().json().unwrap();
+        let v = client
+            .get(&format!("/jobs/{id}"))
+            .await
+            .unwrap()
+            .json()
+            .unwrap();
         if v["status"] == "succeeded" {
             break;
         }
@@ -652,6 +898,8 @@ fn vm_kb(pid: u32, field: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The serializing lock is held for the whole test on purpose.
+#[allow(clippy::await_holding_lock)]
 async fn two_hundred_concurrent_jobs_all_end_in_the_history() {
     if !ebpf_ready("two_hundred_concurrent_jobs_all_end_in_the_history") {
         return;
@@ -676,7 +924,13 @@ async fn two_hundred_concurrent_jobs_all_end_in_the_history() {
     assert_eq!(ids.len(), 200, "200 distinct ids");
     let until = Instant::now() + Duration::from_secs(300);
     let rows = loop {
-        let h = svc.client.get("/history?limit=1000").await.unwrap().json().unwrap();
+        let h = svc
+            .client
+            .get("/history?limit=1000")
+            .await
+            .unwrap()
+            .json()
+            .unwrap();
         let rows = h["rows"].as_array().unwrap().clone();
         if rows.len() >= 200 {
             break rows;
@@ -685,7 +939,10 @@ async fn two_hundred_concurrent_jobs_all_end_in_the_history() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let elapsed = started.elapsed();
-    let got: HashSet<String> = rows.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let got: HashSet<String> = rows
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(got, ids, "every job has exactly its row");
     for r in &rows {
         assert_eq!(r["status"], "succeeded", "{r}");
@@ -696,7 +953,11 @@ async fn two_hundred_concurrent_jobs_all_end_in_the_history() {
     for r in rows.iter().take(10) {
         let id = r["id"].as_str().unwrap();
         let n = r["name"].as_str().unwrap().trim_start_matches("short-");
-        let a = svc.client.get(&format!("/jobs/{id}/logs?stream=stdout")).await.unwrap();
+        let a = svc
+            .client
+            .get(&format!("/jobs/{id}/logs?stream=stdout"))
+            .await
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&a.body), format!("{n}\n"));
     }
     let hwm = vm_kb(svc.pid(), "VmHWM:");
@@ -717,9 +978,16 @@ async fn shutdown_ends_running_jobs_cleanly_and_history_survives_restart() {
     let dir = scratch_dir("serve-restart");
     let data = dir.join("data");
     let mut svc = Svc::start(&data, &[]);
-    let done = svc.spawn(json!({"name": "done", "cmd": ["sh", "-c", "echo kept"]})).await;
-    assert_eq!(svc.wait_end(&done, Duration::from_secs(20)).await["status"], "succeeded");
-    let long = svc.spawn(json!({"name": "long", "cmd": ["sh", "-c", "sleep 60 & sleep 60; wait"]})).await;
+    let done = svc
+        .spawn(json!({"name": "done", "cmd": ["sh", "-c", "echo kept"]}))
+        .await;
+    assert_eq!(
+        svc.wait_end(&done, Duration::from_secs(20)).await["status"],
+        "succeeded"
+    );
+    let long = svc
+        .spawn(json!({"name": "long", "cmd": ["sh", "-c", "sleep 60 & sleep 60; wait"]}))
+        .await;
     svc.wait_running(&long).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = svc.job(&long).await["pid"].as_u64().unwrap() as u32;
@@ -727,24 +995,42 @@ async fn shutdown_ends_running_jobs_cleanly_and_history_survives_restart() {
     assert!(tree.len() >= 3, "{tree:?}");
     let st = svc.terminate(Duration::from_secs(20));
     assert!(st.success(), "clean exit: {st:?}");
-    assert!(tree.iter().all(|p| !alive(*p)), "the job's tree was stopped: {tree:?}");
+    assert!(
+        tree.iter().all(|p| !alive(*p)),
+        "the job's tree was stopped: {tree:?}"
+    );
     drop(svc);
 
     let svc = Svc::start(&data, &[]);
     let h = svc.client.get("/history").await.unwrap().json().unwrap();
     let rows = h["rows"].as_array().unwrap();
-    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("no row {id}: {h}"));
+    let row = |id: &str| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no row {id}: {h}"))
+    };
     assert_eq!(row(&done)["status"], "succeeded");
     assert_eq!(row(&long)["status"], "cancelled");
     assert_eq!(row(&long)["error"], "cancelled: service shutdown");
     assert_eq!(row(&long)["signal"], 15);
     // Jobs from before the restart: status, trace and logs still served.
     assert_eq!(svc.job(&long).await["status"], "cancelled");
-    let a = svc.client.get(&format!("/jobs/{done}/logs?stream=stdout")).await.unwrap();
+    let a = svc
+        .client
+        .get(&format!("/jobs/{done}/logs?stream=stdout"))
+        .await
+        .unwrap();
     assert_eq!(&a.body[..], b"kept\n");
-    let a = svc.client.get(&format!("/jobs/{long}/trace")).await.unwrap();
+    let a = svc
+        .client
+        .get(&format!("/jobs/{long}/trace"))
+        .await
+        .unwrap();
     let trace = denet_tests::parse_jsonl(&String::from_utf8_lossy(&a.body));
-    let summary = trace.iter().find(|r| r["kind"] == "summary").expect("summary kept");
+    let summary = trace
+        .iter()
+        .find(|r| r["kind"] == "summary")
+        .expect("summary kept");
     assert_eq!(summary["cancelled"], true);
 }
 
@@ -753,31 +1039,65 @@ async fn postgres_history_is_shared_and_survives_restart() {
     if !ebpf_ready("postgres_history_is_shared_and_survives_restart") {
         return;
     }
-    let Some(db) = common::pg::TestDb::create("postgres_history_is_shared_and_survives_restart").await else {
+    let Some(db) =
+        common::pg::TestDb::create("postgres_history_is_shared_and_survives_restart").await
+    else {
         return;
     };
     let dir = scratch_dir("serve-pg");
     // Two services (two "nodes") writing to one PostgreSQL database.
     let a = Svc::start(&dir.join("a"), &["--db", &db.url]);
     let b = Svc::start(&dir.join("b"), &["--db", &db.url]);
-    let ja = a.spawn(json!({"name": "pg-a", "cmd": ["sh", "-c", "exit 0"]})).await;
-    let jb = b.spawn(json!({"name": "pg-b", "cmd": ["sh", "-c", "sleep 1.2; exit 2"]})).await;
-    assert_eq!(a.wait_end(&ja, Duration::from_secs(20)).await["status"], "succeeded");
-    assert_eq!(b.wait_end(&jb, Duration::from_secs(20)).await["status"], "failed");
+    let ja = a
+        .spawn(json!({"name": "pg-a", "cmd": ["sh", "-c", "exit 0"]}))
+        .await;
+    let jb = b
+        .spawn(json!({"name": "pg-b", "cmd": ["sh", "-c", "sleep 1.2; exit 2"]}))
+        .await;
+    assert_eq!(
+        a.wait_end(&ja, Duration::from_secs(20)).await["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        b.wait_end(&jb, Duration::from_secs(20)).await["status"],
+        "failed"
+    );
     for svc in [&a, &b] {
         let h = svc.client.get("/history").await.unwrap().json().unwrap();
-        let ids: HashSet<&str> = h["rows"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
-        assert_eq!(ids, HashSet::from([ja.as_str(), jb.as_str()]), "both nodes see both rows");
+        let ids: HashSet<&str> = h["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            HashSet::from([ja.as_str(), jb.as_str()]),
+            "both nodes see both rows"
+        );
     }
     drop((a, b));
     let c = Svc::start(&dir.join("a"), &["--db", &db.url]);
     let v = c.job(&jb).await;
-    assert_eq!((v["status"].as_str(), v["exit_code"].as_i64()), (Some("failed"), Some(2)));
-    let h = c.client.get("/history?status=failed").await.unwrap().json().unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["exit_code"].as_i64()),
+        (Some("failed"), Some(2))
+    );
+    let h = c
+        .client
+        .get("/history?status=failed")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(h["rows"].as_array().unwrap().len(), 1);
     // The rows are real PostgreSQL rows.
     let pg = db.client().await;
-    let n: i64 = pg.query_one("SELECT count(*) FROM job_history", &[]).await.unwrap().get(0);
+    let n: i64 = pg
+        .query_one("SELECT count(*) FROM job_history", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2);
 }
 
@@ -805,19 +1125,36 @@ async fn jobs_cli_drives_the_service() {
     let server = format!("http://{}", svc.addr);
     let cli = |args: &[&str]| jobs_cli(&server, args);
 
-    let (code, id, err) = cli(&["spawn", "--name", "cli", "--env", "X=from-cli", "--", "sh", "-c", "echo $X; sleep 0.5; echo done >&2; echo bye"]);
+    let (code, id, err) = cli(&[
+        "spawn",
+        "--name",
+        "cli",
+        "--env",
+        "X=from-cli",
+        "--",
+        "sh",
+        "-c",
+        "echo $X; sleep 0.5; echo done >&2; echo bye",
+    ]);
     assert_eq!(code, 0, "{err}");
     let id = id.trim().to_string();
     // Follow: every line once, then exit when the job ends.
     let (code, out, err) = cli(&["logs", "-f", &id]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "from-cli\nbye\n");
-    assert!(err.contains("done\n") && err.contains("ended: succeeded"), "{err}");
+    assert!(
+        err.contains("done\n") && err.contains("ended: succeeded"),
+        "{err}"
+    );
     let (_, out, _) = cli(&["logs", &id]);
     assert_eq!(out, "from-cli\nbye\n");
     let (code, out, _) = cli(&["list"]);
     assert_eq!(code, 0);
-    assert!(out.lines().any(|l| l.starts_with(&id) && l.contains("succeeded")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&id) && l.contains("succeeded")),
+        "{out}"
+    );
     let (_, out, _) = cli(&["show", &id]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["status"], "succeeded");
@@ -828,24 +1165,37 @@ async fn jobs_cli_drives_the_service() {
     let long = long.trim().to_string();
     let (code, _, err) = cli(&["spawn", "--name", "long", "--", "true"]);
     assert_eq!(code, 2);
-    assert!(err.contains("already queued or running") && err.contains("409"), "{err}");
+    assert!(
+        err.contains("already queued or running") && err.contains("409"),
+        "{err}"
+    );
     svc.wait_running(&long).await;
     assert_eq!(cli(&["pause", &long]).0, 0);
     assert_eq!(svc.job(&long).await["paused"], true);
     assert_eq!(cli(&["resume", &long]).0, 0);
     assert_eq!(svc.job(&long).await["paused"], false);
     assert_eq!(cli(&["stop", "--grace", "1", &long]).0, 0);
-    assert_eq!(svc.wait_end(&long, Duration::from_secs(20)).await["status"], "cancelled");
+    assert_eq!(
+        svc.wait_end(&long, Duration::from_secs(20)).await["status"],
+        "cancelled"
+    );
 
     let (_, out, _) = cli(&["history", "--status", "cancelled"]);
-    assert!(out.lines().any(|l| l.starts_with(&long) && l.contains("long")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&long) && l.contains("long")),
+        "{out}"
+    );
     let (_, out, _) = cli(&["history", "--name", "cli", "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["rows"].as_array().unwrap().len(), 1);
 
     let (code, _, err) = cli(&["show", "00000000deadbeef"]);
     assert_eq!(code, 2);
-    assert!(err.contains("job not found") && err.contains("404"), "{err}");
+    assert!(
+        err.contains("job not found") && err.contains("404"),
+        "{err}"
+    );
     let (code, _, err) = jobs_cli("http://127.0.0.1:1", &["list"]);
     assert_eq!(code, 2);
     assert!(err.contains("is `denet-agent serve` running?"), "{err}");

@@ -360,7 +360,13 @@ fn serve(agent: &Path, opts: &BenchOptions) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("denet-bench-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut child = Command::new(agent)
-        .args(["serve", "--listen", "127.0.0.1:0", "--require-ebpf", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--require-ebpf",
+            "--data-dir",
+        ])
         .arg(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -383,14 +389,25 @@ fn serve(agent: &Path, opts: &BenchOptions) -> Result<()> {
             let (agent, server) = (agent.to_path_buf(), server.clone());
             std::thread::spawn(move || {
                 Command::new(agent)
-                    .args(["jobs", "--server", &server, "spawn", "--name", &format!("b{i}"), "--", "true"])
+                    .args([
+                        "jobs",
+                        "--server",
+                        &server,
+                        "spawn",
+                        "--name",
+                        &format!("b{i}"),
+                        "--",
+                        "true",
+                    ])
                     .stdout(Stdio::null())
                     .status()
             })
         })
         .collect();
     for s in submitters {
-        let st = s.join().map_err(|_| anyhow::anyhow!("submitter panicked"))??;
+        let st = s
+            .join()
+            .map_err(|_| anyhow::anyhow!("submitter panicked"))??;
         if !st.success() {
             bail!("a job submission failed: {st}");
         }
@@ -398,9 +415,13 @@ fn serve(agent: &Path, opts: &BenchOptions) -> Result<()> {
     let submitted = started.elapsed().as_secs_f64();
     let rows = loop {
         let out = Command::new(agent)
-            .args(["jobs", "--server", &server, "history", "--json", "--limit", "10000"])
+            .args([
+                "jobs", "--server", &server, "history", "--json", "--limit", "10000",
+            ])
             .output()?;
-        let n = String::from_utf8_lossy(&out.stdout).matches("\"id\":").count();
+        let n = String::from_utf8_lossy(&out.stdout)
+            .matches("\"id\":")
+            .count();
         if n >= jobs || started.elapsed().as_secs() > 600 {
             break n;
         }
@@ -433,7 +454,10 @@ fn serve(agent: &Path, opts: &BenchOptions) -> Result<()> {
     println!("| measure | value |\n|---|---|");
     println!("| jobs with a history row | {rows} of {jobs} |");
     println!("| all {jobs} submitted (parallel `jobs spawn`) | {submitted:.2} s |");
-    println!("| all {jobs} ended with their row | {all_done:.2} s ({:.1} jobs/s) |", jobs as f64 / all_done);
+    println!(
+        "| all {jobs} ended with their row | {all_done:.2} s ({:.1} jobs/s) |",
+        jobs as f64 / all_done
+    );
     println!("| one `denet-agent run true`, sequential ({seq_runs} runs) | {:.0} ms each, {:.1} runs/s |", per_run * 1e3, 1.0 / per_run);
     println!("| service RSS idle / peak (VmHWM) | {rss_idle} KiB / {hwm} KiB |");
     if rows < jobs {

@@ -101,8 +101,10 @@ async fn require_token(State(svc): State<Arc<Service>>, req: Request, next: Next
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
                 .into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             return resp;
         }
     }
@@ -162,10 +164,13 @@ async fn create_job(
             }
             Err(err)
         }
-        Err(e @ SubmitError::TooMany(_)) => Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())),
-        Err(e @ SubmitError::ShuttingDown) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        Err(e @ SubmitError::TooMany(_)) => {
+            Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
         }
+        Err(e @ SubmitError::ShuttingDown) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
     }
 }
 
@@ -194,7 +199,10 @@ async fn find_view(svc: &Service, id: &str) -> ApiResult<JobView> {
     }
 }
 
-async fn show_job(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+async fn show_job(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
     find_view(&svc, &id).await.map(Json)
 }
 
@@ -219,7 +227,10 @@ async fn stop_job(
         Ok(j) => j,
         // Ended before a restart: nothing to stop.
         Err(_) if find_view(&svc, &id).await.is_ok() => {
-            return Err(ApiError::new(StatusCode::CONFLICT, format!("job {id} has ended")))
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("job {id} has ended"),
+            ))
         }
         Err(e) => return Err(e),
     };
@@ -227,7 +238,11 @@ async fn stop_job(
         None => svc.config.kill_grace,
         Some(s) => match s.parse::<f64>() {
             Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Duration::from_secs_f64(v),
-            _ => return Err(ApiError::bad_request(format!("grace_s: not seconds in [0, 3600]: {s:?}"))),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "grace_s: not seconds in [0, 3600]: {s:?}"
+                )))
+            }
         },
     };
     if !svc.stop(&job, grace, None) {
@@ -236,11 +251,17 @@ async fn stop_job(
     Ok((StatusCode::ACCEPTED, Json(job.view())))
 }
 
-async fn pause_job(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+async fn pause_job(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
     set_paused(&svc, &id, true)
 }
 
-async fn resume_job(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+async fn resume_job(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
     set_paused(&svc, &id, false)
 }
 
@@ -327,7 +348,10 @@ async fn job_logs(
     for stream in [LogStream::Stdout, LogStream::Stderr] {
         let (text, truncated, len) = tail(&dir.join(stream.file_name()), LOG_JSON_TAIL);
         out.insert(stream.as_str().into(), Value::String(text));
-        out.insert(format!("{}_truncated", stream.as_str()), Value::Bool(truncated));
+        out.insert(
+            format!("{}_truncated", stream.as_str()),
+            Value::Bool(truncated),
+        );
         out.insert(format!("{}_bytes", stream.as_str()), json!(len));
     }
     Ok(Json(Value::Object(out)).into_response())
@@ -339,7 +363,9 @@ async fn history(
 ) -> ApiResult<Json<Value>> {
     for k in q.keys() {
         if !matches!(k.as_str(), "name" | "status" | "limit") {
-            return Err(ApiError::bad_request(format!("unknown parameter {k:?} (name, status, limit)")));
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter {k:?} (name, status, limit)"
+            )));
         }
     }
     let limit = match q.get("limit") {
@@ -429,7 +455,11 @@ async fn stream_to(
                 stuck: st.stuck,
                 paused: st.paused,
             };
-            (tx.subscribe(), mark, serde_json::to_string(&status).unwrap_or_default())
+            (
+                tx.subscribe(),
+                mark,
+                serde_json::to_string(&status).unwrap_or_default(),
+            )
         })
     });
     let (Some(job), Some((mut rx, mark, status))) = (job, subscribed) else {
@@ -486,16 +516,23 @@ pub async fn serve(svc: Arc<Service>) -> Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
-            eprintln!("denet-agent serve: listening on http://{}", listener.local_addr()?);
+            eprintln!(
+                "denet-agent serve: listening on http://{}",
+                listener.local_addr()?
+            );
             tokio::spawn(async move {
-                axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
             })
         }
         Endpoint::Unix(path) => {
             let listener = bind_unix(path)?;
             eprintln!("denet-agent serve: listening on unix:{}", path.display());
             tokio::spawn(async move {
-                axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
             })
         }
     };
@@ -525,7 +562,10 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
             anyhow::bail!("--socket {}: exists and is not a socket", path.display());
         }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("--socket {}: another service is listening there", path.display());
+            anyhow::bail!(
+                "--socket {}: another service is listening there",
+                path.display()
+            );
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }

@@ -314,15 +314,27 @@ pub enum StreamMsg<'a> {
     },
     /// A line of the command's stdout or stderr (without its newline; lines longer
     /// than 64 KiB arrive in pieces).
-    Stdout { line: &'a str },
-    Stderr { line: &'a str },
+    Stdout {
+        line: &'a str,
+    },
+    Stderr {
+        line: &'a str,
+    },
     /// A trace record as written to the job's trace (`sample` or `process`).
-    Sample { record: &'a serde_json::value::RawValue },
-    Process { record: &'a serde_json::value::RawValue },
+    Sample {
+        record: &'a serde_json::value::RawValue,
+    },
+    Process {
+        record: &'a serde_json::value::RawValue,
+    },
     /// The subscriber was too slow and missed this many messages.
-    Lagged { skipped: u64 },
+    Lagged {
+        skipped: u64,
+    },
     /// The last message: the final job view with its resource summary.
-    End { job: &'a JobView },
+    End {
+        job: &'a JobView,
+    },
 }
 
 pub fn unix_ms() -> i64 {

@@ -184,7 +184,10 @@ impl Service {
         if let Err(e) = std::fs::create_dir_all(&job.dir)
             .and_then(|()| std::fs::write(&spool, serde_json::to_vec(row).unwrap_or_default()))
         {
-            eprintln!("denet-agent serve: job {}: cannot spool its row: {e}", job.id);
+            eprintln!(
+                "denet-agent serve: job {}: cannot spool its row: {e}",
+                job.id
+            );
         }
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {
@@ -219,7 +222,10 @@ impl Service {
                 Ok(row) => match self.history.insert(&row).await {
                     Ok(()) => {
                         let _ = std::fs::remove_file(&spool);
-                        eprintln!("denet-agent serve: recovered the history row of job {}", row.id);
+                        eprintln!(
+                            "denet-agent serve: recovered the history row of job {}",
+                            row.id
+                        );
                     }
                     Err(e) => eprintln!(
                         "denet-agent serve: {}: still cannot write it: {e}",

@@ -187,26 +187,65 @@ mod tests {
             (r#"{"name":"x","cmd":"ls -l"}"#, "invalid type"),
             (r#"{"name":"x","cmd":[]}"#, "cmd: must be a non-empty"),
             (r#"{"name":"x","cmd":[1,2]}"#, "invalid type"),
-            (r#"{"name":"x","cmd":[""]}"#, "cmd: the program name is empty"),
-            (r#"{"name":"x","cmd":["a\u0000b"]}"#, "cmd: arguments may not contain NUL"),
+            (
+                r#"{"name":"x","cmd":[""]}"#,
+                "cmd: the program name is empty",
+            ),
+            (
+                r#"{"name":"x","cmd":["a\u0000b"]}"#,
+                "cmd: arguments may not contain NUL",
+            ),
             (r#"{"name":"","cmd":["true"]}"#, "name: must be 1 to"),
             (r#"{"name":"a/b","cmd":["true"]}"#, "name: may only contain"),
             (r#"{"cmd":["true"]}"#, "missing field `name`"),
-            (r#"{"name":"x","cmd":["true"],"env":{"1BAD":"v"}}"#, "env: \"1BAD\" is not a valid"),
-            (r#"{"name":"x","cmd":["true"],"env":{"A=B":"v"}}"#, "env: \"A=B\" is not a valid"),
-            (r#"{"name":"x","cmd":["true"],"env":{"A":1}}"#, "invalid type"),
-            (r#"{"name":"x","cmd":["true"],"cwd":"rel"}"#, "cwd: must be an absolute"),
-            (r#"{"name":"x","cmd":["true"],"cwd":"/nonexistent-dir"}"#, "cwd: /nonexistent-dir is not a directory"),
-            (r#"{"name":"x","cmd":["true"],"timeout_s":-1}"#, "timeout_s: must be"),
-            (r#"{"name":"x","cmd":["true"],"timeout_s":0}"#, "timeout_s: must be"),
-            (r#"{"name":"x","cmd":["true"],"timeout_s":"10"}"#, "invalid type"),
-            (r#"{"name":"x","cmd":["true"],"stuck_after_s":1e12}"#, "stuck_after_s: must be"),
-            (r#"{"name":"x","cmd":["true"],"shell":true}"#, "unknown field `shell`"),
+            (
+                r#"{"name":"x","cmd":["true"],"env":{"1BAD":"v"}}"#,
+                "env: \"1BAD\" is not a valid",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"env":{"A=B":"v"}}"#,
+                "env: \"A=B\" is not a valid",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"env":{"A":1}}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"cwd":"rel"}"#,
+                "cwd: must be an absolute",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"cwd":"/nonexistent-dir"}"#,
+                "cwd: /nonexistent-dir is not a directory",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"timeout_s":-1}"#,
+                "timeout_s: must be",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"timeout_s":0}"#,
+                "timeout_s: must be",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"timeout_s":"10"}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"stuck_after_s":1e12}"#,
+                "stuck_after_s: must be",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"shell":true}"#,
+                "unknown field `shell`",
+            ),
             (r#"[1]"#, "invalid type"),
         ];
         for (body, want) in cases {
             let err = parse(body).expect_err(body);
-            assert!(err.contains(want), "{body}: {err:?} does not contain {want:?}");
+            assert!(
+                err.contains(want),
+                "{body}: {err:?} does not contain {want:?}"
+            );
         }
     }
 }

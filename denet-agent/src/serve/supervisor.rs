@@ -67,10 +67,7 @@ pub(super) async fn supervise(svc: Arc<Service>, job: Arc<Job>) {
 }
 
 /// A running-slot permit, or `None` when the job was cancelled while queued.
-async fn wait_for_slot(
-    svc: &Service,
-    job: &Job,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
+async fn wait_for_slot(svc: &Service, job: &Job) -> Option<tokio::sync::OwnedSemaphorePermit> {
     loop {
         if job.state().cancel_requested {
             return None;
@@ -96,8 +93,7 @@ struct Running {
 /// trace, fd 2 the agent's own messages (agent.log).
 async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
     use anyhow::Context;
-    std::fs::create_dir_all(&job.dir)
-        .with_context(|| format!("creating {}", job.dir.display()))?;
+    std::fs::create_dir_all(&job.dir).with_context(|| format!("creating {}", job.dir.display()))?;
     let create = |p: &Path| File::create(p).with_context(|| format!("creating {}", p.display()));
     let trace_file = create(&job.trace_path())?;
     let stdout_file = create(&job.log_path(LogStream::Stdout))?;
@@ -110,7 +106,16 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
     let spec = &job.spec;
     let mut cmd = Command::new(&svc.agent_bin);
     cmd.arg("run")
-        .args(["-o", "-", "--control-fd", "3", "--stdout-fd", "4", "--stderr-fd", "5"])
+        .args([
+            "-o",
+            "-",
+            "--control-fd",
+            "3",
+            "--stdout-fd",
+            "4",
+            "--stderr-fd",
+            "5",
+        ])
         .arg("--timeout")
         .arg(format!("{}", spec.timeout.as_secs_f64()))
         .arg("--kill-grace")
@@ -173,8 +178,18 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
     }
     let mut readers = tokio::task::JoinSet::new();
     readers.spawn(read_trace(job.clone(), trace_out, trace_file));
-    readers.spawn(read_output(job.clone(), LogStream::Stdout, out_rx, stdout_file));
-    readers.spawn(read_output(job.clone(), LogStream::Stderr, err_rx, stderr_file));
+    readers.spawn(read_output(
+        job.clone(),
+        LogStream::Stdout,
+        out_rx,
+        stdout_file,
+    ));
+    readers.spawn(read_output(
+        job.clone(),
+        LogStream::Stderr,
+        err_rx,
+        stderr_file,
+    ));
     readers.spawn(copy_log(agent_err, agent_log));
     Ok(Running { child, readers })
 }
@@ -319,7 +334,11 @@ async fn read_output(job: Arc<Job>, stream: LogStream, mut from: pipe::Receiver,
         progress(&job);
         let mut mark = job.output_mark();
         if to.write_all(&buf[..n]).is_err() {
-            eprintln!("denet-agent serve: job {}: cannot write its {}", job.id, stream.as_str());
+            eprintln!(
+                "denet-agent serve: job {}: cannot write its {}",
+                job.id,
+                stream.as_str()
+            );
         }
         pending.extend_from_slice(&buf[..n]);
         let sent = send_lines(&job, stream, &mut pending, false);
@@ -446,7 +465,9 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
         }
         .as_str()
         .into();
-        row.error = row.error.or(cancel_reason.map(|r| format!("cancelled: {r}")));
+        row.error = row
+            .error
+            .or(cancel_reason.map(|r| format!("cancelled: {r}")));
         return row;
     }
     let path = job.trace_path();
@@ -563,11 +584,23 @@ mod tests {
         let d = |c, t, code, se, wall| decide_status(c, t, code, se, wall, 5.0);
         assert_eq!(d(false, false, Some(0), false, 0.1), Status::Succeeded);
         assert_eq!(d(false, false, Some(1), false, 0.1), Status::StartupFailed);
-        assert_eq!(d(false, false, None, false, 0.1), Status::StartupFailed, "killed early");
+        assert_eq!(
+            d(false, false, None, false, 0.1),
+            Status::StartupFailed,
+            "killed early"
+        );
         assert_eq!(d(false, false, Some(1), false, 6.0), Status::Failed);
-        assert_eq!(d(false, false, Some(127), true, 9.0), Status::StartupFailed, "exec failed");
+        assert_eq!(
+            d(false, false, Some(127), true, 9.0),
+            Status::StartupFailed,
+            "exec failed"
+        );
         assert_eq!(d(false, true, None, false, 9.0), Status::TimedOut);
         assert_eq!(d(true, false, None, false, 0.1), Status::Cancelled);
-        assert_eq!(d(true, true, None, false, 9.0), Status::Cancelled, "stop wins");
+        assert_eq!(
+            d(true, true, None, false, 9.0),
+            Status::Cancelled,
+            "stop wins"
+        );
     }
 }
