@@ -240,8 +240,16 @@ pub fn run_controlled(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let driven = control.is_some();
     let mut state = RunState::new(&config, pid, fork_ns, kernel, out)?;
-    runtime.block_on(state.main_loop(&config, control))?;
+    if let Err(e) = runtime.block_on(state.main_loop(&config, control)) {
+        // A driven run (a `serve` job) must not outlive a failure of its agent: nobody
+        // could see, stop or account for the tree any more.
+        if driven {
+            state.signal_tree(Signal::SIGKILL);
+        }
+        return Err(e);
+    }
     state.finish(start_error)
 }
 

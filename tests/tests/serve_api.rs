@@ -357,6 +357,10 @@ async fn lifecycle_over_http_and_websocket() {
     assert_eq!(summary["process_count"], r["process_count"]);
     assert_eq!(trace.iter().filter(|r| r["kind"] == "process").count(), 4);
 
+    use std::os::unix::fs::PermissionsExt;
+    let job_dir = dir.join("data/jobs").join(&id);
+    let mode = std::fs::metadata(&job_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "job directories are owner-only");
     let a = svc.client.get(&format!("/jobs/{id}/logs")).await.unwrap();
     let logs = a.json().unwrap();
     assert_eq!(logs["stdout"], "first\nhello from env\n");
@@ -748,6 +752,8 @@ async fn bad_input_gets_the_right_4xx() {
         b"DELETE /jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert_json_error(st, &b, 405, "DELETE /jobs");
+    let (st, b) = get_raw(&addr, "/jobs/00000000deadbeef/stream", "");
+    assert_json_error(st, &b, 404, "stream of an unknown job");
     for path in [
         "/history?limit=abc",
         "/history?limit=0",
@@ -781,6 +787,9 @@ async fn bad_input_gets_the_right_4xx() {
         "",
     );
     assert_json_error(st, &b, 400, "negative grace");
+    let (st, b) = get_raw(&addr, &format!("/jobs/{a}/stream"), "");
+    assert!((400..500).contains(&st), "plain GET on a stream: {st} {b}");
+    assert_json_error(st, &b, st, "plain GET on a stream");
     for id in [&a, &b2] {
         svc.client
             .post(&format!("/jobs/{id}/stop"), None)
@@ -1148,6 +1157,10 @@ async fn jobs_cli_drives_the_service() {
     );
     let (_, out, _) = cli(&["logs", &id]);
     assert_eq!(out, "from-cli\nbye\n");
+    // Following an ended job prints its whole output and returns.
+    let (code, out, err) = cli(&["logs", "-f", &id]);
+    assert_eq!((code, out.as_str()), (0, "from-cli\nbye\n"), "{err}");
+    assert!(err.contains("done\n"), "{err}");
     let (code, out, _) = cli(&["list"]);
     assert_eq!(code, 0);
     assert!(
@@ -1199,4 +1212,77 @@ async fn jobs_cli_drives_the_service() {
     let (code, _, err) = jobs_cli("http://127.0.0.1:1", &["list"]);
     assert_eq!(code, 2);
     assert!(err.contains("is `denet-agent serve` running?"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_service_stops_its_jobs_and_the_next_start_records_them() {
+    if !ebpf_ready("a_killed_service_stops_its_jobs_and_the_next_start_records_them") {
+        return;
+    }
+    let dir = scratch_dir("serve-kill");
+    let data = dir.join("data");
+    let mut svc = Svc::start(&data, &[]);
+    let long = svc
+        .spawn(json!({"name": "orphaned", "cmd": ["sh", "-c", "sleep 60 & sleep 60; wait"]}))
+        .await;
+    svc.wait_running(&long).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = svc.job(&long).await["pid"].as_u64().unwrap() as u32;
+    let tree = tree_of(pid);
+    assert!(tree.len() >= 3, "{tree:?}");
+    // SIGKILL: no shutdown code runs in the service.
+    let mut child = svc.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Each job's agent sees its control pipe close and stops the tree itself
+    // (SIGTERM; sleep dies of it): within the 0.5 s grace and a margin.
+    let until = Instant::now() + Duration::from_secs(5);
+    while tree.iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < until,
+            "the job's tree outlived its service: {tree:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(svc);
+
+    // The next start finds the unrecorded job and writes its row from its trace.
+    let svc = Svc::start(&data, &[]);
+    let until = Instant::now() + Duration::from_secs(20);
+    let row = loop {
+        let h = svc
+            .client
+            .get("/history?name=orphaned")
+            .await
+            .unwrap()
+            .json()
+            .unwrap();
+        if let Some(r) = h["rows"].as_array().unwrap().first() {
+            break r.clone();
+        }
+        assert!(Instant::now() < until, "no row for the orphaned job");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(row["id"], long);
+    assert_eq!(row["status"], "cancelled");
+    assert_eq!(row["signal"], 15);
+    assert!(
+        row["error"].as_str().unwrap().contains("service stopped"),
+        "{row}"
+    );
+    assert_eq!(
+        row["process_count"], 3,
+        "sh and two sleeps, from the complete trace"
+    );
+    let a = svc
+        .client
+        .get(&format!("/jobs/{long}/trace"))
+        .await
+        .unwrap();
+    let trace = denet_tests::parse_jsonl(&String::from_utf8_lossy(&a.body));
+    let summary = trace
+        .iter()
+        .find(|r| r["kind"] == "summary")
+        .expect("the agent finished its trace");
+    assert_eq!(summary["cancelled"], true);
 }

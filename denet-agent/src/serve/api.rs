@@ -8,6 +8,7 @@ use axum::{
     body::{Body, Bytes},
     extract::{
         rejection::BytesRejection,
+        ws::rejection::WebSocketUpgradeRejection,
         ws::{Message, WebSocket, WebSocketUpgrade},
         DefaultBodyLimit, Path, Query, Request, State,
     },
@@ -86,8 +87,42 @@ pub fn router(svc: Arc<Service>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::map_response(errors_as_json))
         .layer(middleware::from_fn_with_state(svc.clone(), require_token))
         .with_state(svc)
+}
+
+/// Errors raised by the framework itself (a malformed query string, a plain GET on a
+/// stream route) come as text: give them the same JSON shape as ours.
+async fn errors_as_json(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status().as_u16() < 400 || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_string()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(parts.status, message).into_response();
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// With a token configured, every request carries `Authorization: Bearer <token>`.
@@ -255,18 +290,27 @@ async fn pause_job(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
-    set_paused(&svc, &id, true)
+    set_paused(&svc, &id, true).await
 }
 
 async fn resume_job(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
-    set_paused(&svc, &id, false)
+    set_paused(&svc, &id, false).await
 }
 
-fn set_paused(svc: &Service, id: &str, pause: bool) -> ApiResult<Json<JobView>> {
-    let job = live_job(svc, id)?;
+async fn set_paused(svc: &Service, id: &str, pause: bool) -> ApiResult<Json<JobView>> {
+    let job = match live_job(svc, id) {
+        Ok(j) => j,
+        Err(_) if find_view(svc, id).await.is_ok() => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("job {id} has ended"),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     {
         let mut st = job.state();
         if st.status != job::Status::Running || st.cancel_requested {
@@ -306,8 +350,14 @@ async fn stream_file(path: &std::path::Path, content_type: &'static str) -> ApiR
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ApiError::not_found(&path.display().to_string()),
-            _ => ApiError::internal(format!("{}: {e}", path.display())),
+            std::io::ErrorKind::NotFound => ApiError::not_found(&format!(
+                "{}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )),
+            _ => ApiError::internal(format!(
+                "{}: {e}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )),
         })?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
@@ -402,13 +452,16 @@ async fn job_stream(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    // An unknown job is a 404 whatever the request looks like.
     let view = find_view(&svc, &id).await?;
+    let ws = ws.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let replay = q.get("replay").is_some_and(|v| v == "1" || v == "true");
     let job = svc.get(&id);
+    let dir = svc.config.data_dir.join("jobs").join(&id);
     Ok(ws.on_upgrade(move |socket| async move {
-        let _ = stream_to(socket, job, view, replay).await;
+        let _ = stream_to(socket, job, view, dir, replay).await;
     }))
 }
 
@@ -420,9 +473,14 @@ async fn send(socket: &mut WebSocket, text: String) -> Result<()> {
 }
 
 /// Replays a log file's sent lines up to `upto` bytes.
-async fn replay_log(socket: &mut WebSocket, job: &Job, stream: LogStream, upto: u64) -> Result<()> {
+async fn replay_log(
+    socket: &mut WebSocket,
+    dir: &std::path::Path,
+    stream: LogStream,
+    upto: u64,
+) -> Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-    let Ok(file) = tokio::fs::File::open(job.log_path(stream)).await else {
+    let Ok(file) = tokio::fs::File::open(dir.join(stream.file_name())).await else {
         return Ok(());
     };
     let mut lines = tokio::io::BufReader::new(file.take(upto)).split(b'\n');
@@ -441,12 +499,14 @@ async fn stream_to(
     mut socket: WebSocket,
     job: Option<Arc<Job>>,
     view: JobView,
+    dir: std::path::PathBuf,
     replay: bool,
 ) -> Result<()> {
-    // Subscribe and read the output marks at one instant: the replay covers exactly
-    // what the live messages do not.
+    // Subscribe and read the output marks under the output lock: no line is sent
+    // between the two, so the replay covers exactly what the live messages do not.
     let subscribed = job.as_ref().and_then(|job| {
-        let mark = *job.output_mark();
+        let mark_guard = job.output_mark();
+        let mark = *mark_guard;
         let st = job.state();
         st.events.as_ref().map(|tx| {
             let status = StreamMsg::Status {
@@ -462,8 +522,13 @@ async fn stream_to(
             )
         })
     });
-    let (Some(job), Some((mut rx, mark, status))) = (job, subscribed) else {
-        // Ended: the final view is all there is.
+    let (Some(_), Some((mut rx, mark, status))) = (job.as_ref(), subscribed) else {
+        // Ended: the whole output (on request), then the final view.
+        if replay {
+            replay_log(&mut socket, &dir, LogStream::Stdout, u64::MAX).await?;
+            replay_log(&mut socket, &dir, LogStream::Stderr, u64::MAX).await?;
+        }
+        let view = job.map(|j| j.view()).unwrap_or(view);
         let ended = serde_json::to_string(&StreamMsg::End { job: &view })?;
         send(&mut socket, ended).await?;
         let _ = socket.send(Message::Close(None)).await;
@@ -471,8 +536,8 @@ async fn stream_to(
     };
     send(&mut socket, status).await?;
     if replay {
-        replay_log(&mut socket, &job, LogStream::Stdout, mark.stdout).await?;
-        replay_log(&mut socket, &job, LogStream::Stderr, mark.stderr).await?;
+        replay_log(&mut socket, &dir, LogStream::Stdout, mark.stdout).await?;
+        replay_log(&mut socket, &dir, LogStream::Stderr, mark.stderr).await?;
     }
     loop {
         tokio::select! {

@@ -80,6 +80,8 @@ pub struct JobState {
     pub cancel_requested: bool,
     /// Why the job was cancelled, when not by a client (`service shutdown`).
     pub cancel_reason: Option<String>,
+    /// The grace the stop asked for (used if the stop came before the agent ran).
+    pub cancel_grace: Option<std::time::Duration>,
     pub start_unix_ms: Option<i64>,
     pub agent_pid: Option<u32>,
     /// The command's pid, from the trace header.
@@ -134,6 +136,7 @@ impl Job {
                 paused: false,
                 cancel_requested: false,
                 cancel_reason: None,
+                cancel_grace: None,
                 start_unix_ms: None,
                 agent_pid: None,
                 pid: None,

@@ -94,8 +94,15 @@ pub enum SubmitError {
 
 impl Service {
     pub async fn new(config: ServeConfig) -> Result<Arc<Self>> {
-        std::fs::create_dir_all(config.data_dir.join("jobs"))
-            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let jobs_dir = config.data_dir.join("jobs");
+        std::fs::create_dir_all(&jobs_dir)
+            .with_context(|| format!("creating {}", jobs_dir.display()))?;
+        // Owner-only: job traces and logs carry command lines, paths and output.
+        std::fs::set_permissions(
+            &jobs_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .with_context(|| format!("making {} owner-only", jobs_dir.display()))?;
         let history = History::open(&config.db)
             .await
             .with_context(|| format!("opening the history database {}", redact(&config.db)))?;
@@ -112,7 +119,12 @@ impl Service {
             shutting_down: AtomicBool::new(false),
             job_ended: Notify::new(),
         });
-        svc.recover_spooled_rows().await;
+        // Only directories from before this start: jobs submitted from now on are ours.
+        let earlier: Vec<PathBuf> = std::fs::read_dir(svc.config.data_dir.join("jobs"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let recovering = svc.clone();
+        tokio::spawn(async move { recovering.recover_spooled_rows(earlier).await });
         Ok(svc)
     }
 
@@ -170,6 +182,7 @@ impl Service {
         if !st.cancel_requested {
             st.cancel_requested = true;
             st.cancel_reason = reason.map(str::to_string);
+            st.cancel_grace = Some(grace);
         }
         Job::control(&mut st, &format!("stop {}", grace.as_millis()));
         drop(st);
@@ -201,21 +214,22 @@ impl Service {
                         "denet-agent serve: job {}: writing its history row (attempt {attempt}): {e}",
                         job.id
                     );
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    if attempt < 5 {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
                 }
             }
         }
     }
 
-    /// Rows spooled by an earlier run whose database write failed.
-    async fn recover_spooled_rows(&self) {
-        let Ok(dirs) = std::fs::read_dir(self.config.data_dir.join("jobs")) else {
-            return;
-        };
-        for dir in dirs.flatten() {
-            let spool = dir.path().join("row.json");
+    /// Rows an earlier service did not get into the database: spooled ones (the
+    /// database write failed) and jobs it never recorded (it was killed).
+    async fn recover_spooled_rows(&self, dirs: Vec<PathBuf>) {
+        for dir in dirs {
+            let spool = dir.join("row.json");
             let Ok(bytes) = std::fs::read(&spool) else {
+                self.recover_unrecorded(&dir).await;
                 continue;
             };
             match serde_json::from_slice::<HistoryRow>(&bytes) {
@@ -233,6 +247,29 @@ impl Service {
                     ),
                 },
                 Err(e) => eprintln!("denet-agent serve: {}: unreadable: {e}", spool.display()),
+            }
+        }
+    }
+
+    async fn recover_unrecorded(&self, dir: &std::path::Path) {
+        let Some(id) = dir.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        if !job::valid_id(id) || !dir.join("job.json").exists() {
+            return;
+        }
+        match self.history.get(id).await {
+            Ok(None) => {}
+            // Recorded, or the database cannot tell: leave it.
+            _ => return,
+        }
+        if let Some(row) = supervisor::recover_row(self, dir).await {
+            match self.history.insert(&row).await {
+                Ok(()) => eprintln!(
+                    "denet-agent serve: recorded job {} ({}), which ran when the service stopped: {}",
+                    row.id, row.name, row.status
+                ),
+                Err(e) => eprintln!("denet-agent serve: job {}: cannot record it: {e}", row.id),
             }
         }
     }

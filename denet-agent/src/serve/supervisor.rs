@@ -7,7 +7,8 @@ use std::{
     fs::File,
     io::Write,
     os::fd::{AsRawFd, OwnedFd},
-    path::Path,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -16,7 +17,7 @@ use std::{
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader},
+    io::{AsyncRead, AsyncReadExt},
     net::unix::pipe,
     process::Command,
 };
@@ -73,7 +74,13 @@ async fn wait_for_slot(svc: &Service, job: &Job) -> Option<tokio::sync::OwnedSem
             return None;
         }
         tokio::select! {
-            permit = svc.slots.clone().acquire_owned() => return permit.ok(),
+            permit = svc.slots.clone().acquire_owned() => {
+                // A stop that came in together with the slot still wins.
+                if job.state().cancel_requested {
+                    return None;
+                }
+                return permit.ok();
+            }
             _ = job.changed.notified() => {}
         }
     }
@@ -86,16 +93,24 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
 struct Running {
     child: tokio::process::Child,
     readers: tokio::task::JoinSet<()>,
+    /// Set once the agent has exited: the trace file is complete.
+    agent_done: tokio::sync::watch::Sender<bool>,
 }
 
-/// Starts the job's agent: `denet-agent run -o - --control-fd 3 --stdout-fd 4
-/// --stderr-fd 5 ... -- CMD` in the job's directory and environment. fd 1 carries the
-/// trace, fd 2 the agent's own messages (agent.log).
+/// Starts the job's agent: `denet-agent run -o DIR/trace.jsonl --control-fd 3
+/// --stdout-fd 4 --stderr-fd 5 ... -- CMD` in the job's working directory and
+/// environment; its own messages (fd 2) go to agent.log. The agent writes the trace
+/// file itself, so the trace is complete even if the service dies first.
 async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
     use anyhow::Context;
-    std::fs::create_dir_all(&job.dir).with_context(|| format!("creating {}", job.dir.display()))?;
+    // Owner-only: traces and logs carry command lines and output.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&job.dir)
+        .with_context(|| format!("creating {}", job.dir.display()))?;
     let create = |p: &Path| File::create(p).with_context(|| format!("creating {}", p.display()));
-    let trace_file = create(&job.trace_path())?;
+    write_job_file(job).context("writing job.json")?;
     let stdout_file = create(&job.log_path(LogStream::Stdout))?;
     let stderr_file = create(&job.log_path(LogStream::Stderr))?;
     let agent_log = create(&job.dir.join("agent.log"))?;
@@ -106,16 +121,9 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
     let spec = &job.spec;
     let mut cmd = Command::new(&svc.agent_bin);
     cmd.arg("run")
-        .args([
-            "-o",
-            "-",
-            "--control-fd",
-            "3",
-            "--stdout-fd",
-            "4",
-            "--stderr-fd",
-            "5",
-        ])
+        .arg("-o")
+        .arg(job.trace_path())
+        .args(["--control-fd", "3", "--stdout-fd", "4", "--stderr-fd", "5"])
         .arg("--timeout")
         .arg(format!("{}", spec.timeout.as_secs_f64()))
         .arg("--kill-grace")
@@ -126,7 +134,7 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         // Its own process group: a Ctrl-C at the service's terminal must not reach
         // the jobs directly; the service stops them itself.
@@ -158,7 +166,6 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
         .with_context(|| format!("starting {}", svc.agent_bin.display()))?;
     drop((ctl_r, out_w, err_w));
 
-    let trace_out = child.stdout.take().context("agent stdout")?;
     let agent_err = child.stderr.take().context("agent stderr")?;
     let out_rx = pipe::Receiver::from_owned_fd(out_r).context("stdout pipe")?;
     let err_rx = pipe::Receiver::from_owned_fd(err_r).context("stderr pipe")?;
@@ -172,12 +179,13 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
         publish_status(job, &st);
         // A stop that raced with the start: pass it on now.
         if st.cancel_requested {
-            let line = format!("stop {}", svc.config.kill_grace.as_millis());
-            Job::control(&mut st, &line);
+            let grace = st.cancel_grace.unwrap_or(svc.config.kill_grace);
+            Job::control(&mut st, &format!("stop {}", grace.as_millis()));
         }
     }
     let mut readers = tokio::task::JoinSet::new();
-    readers.spawn(read_trace(job.clone(), trace_out, trace_file));
+    let (agent_done, done_rx) = tokio::sync::watch::channel(false);
+    readers.spawn(tail_trace(job.clone(), done_rx));
     readers.spawn(read_output(
         job.clone(),
         LogStream::Stdout,
@@ -191,7 +199,37 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
         stderr_file,
     ));
     readers.spawn(copy_log(agent_err, agent_log));
-    Ok(Running { child, readers })
+    Ok(Running {
+        child,
+        readers,
+        agent_done,
+    })
+}
+
+/// What a job was asked to do, next to its trace: lets a restarted service write the
+/// history row of a job whose service died before recording it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct JobFile {
+    pub id: String,
+    pub name: String,
+    pub cmd: Vec<String>,
+    pub cwd: PathBuf,
+    pub timeout_s: f64,
+    pub stuck_after_s: f64,
+    pub created_unix_ms: i64,
+}
+
+fn write_job_file(job: &Job) -> std::io::Result<()> {
+    let file = JobFile {
+        id: job.id.clone(),
+        name: job.spec.name.clone(),
+        cmd: job.spec.cmd.clone(),
+        cwd: job.spec.cwd.clone(),
+        timeout_s: job.spec.timeout.as_secs_f64(),
+        stuck_after_s: job.spec.stuck_after.as_secs_f64(),
+        created_unix_ms: job.created_unix_ms,
+    };
+    std::fs::write(job.dir.join("job.json"), serde_json::to_vec_pretty(&file)?)
 }
 
 impl Running {
@@ -204,6 +242,7 @@ impl Running {
                 _ = tick.tick() => watchdog(job),
             }
         };
+        let _ = self.agent_done.send(true);
         let drained = tokio::time::timeout(DRAIN_LIMIT, async {
             while self.readers.join_next().await.is_some() {}
         })
@@ -273,52 +312,80 @@ struct TraceLine<'a> {
     process_count: Option<u64>,
 }
 
-/// Keeps the trace (fd 1 of the agent) in the job's directory and streams its
-/// samples and process records.
-async fn read_trace(job: Arc<Job>, from: impl AsyncRead + Unpin, mut to: File) {
-    let mut reader = BufReader::new(from);
-    let mut line = Vec::new();
+/// How often the trace file is read for new records while the job runs.
+const TAIL_PERIOD: Duration = Duration::from_millis(100);
+
+/// Follows the trace file the agent writes and streams its samples and process
+/// records; ends after the last record once the agent has exited.
+async fn tail_trace(job: Arc<Job>, mut agent_done: tokio::sync::watch::Receiver<bool>) {
+    use std::io::Read;
+    let path = job.trace_path();
+    let mut file: Option<File> = None;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        // Read after checking: everything the agent wrote before exiting is then seen.
+        let done = *agent_done.borrow_and_update();
+        if file.is_none() {
+            file = File::open(&path).ok();
         }
-        if to.write_all(&line).is_err() {
-            // Disk full or similar: keep streaming; the summary will say the trace is short.
-            eprintln!("denet-agent serve: job {}: cannot write its trace", job.id);
-        }
-        let Ok(text) = std::str::from_utf8(&line) else {
-            continue;
-        };
-        let text = text.trim_end();
-        let (Ok(rec), Ok(raw)) = (
-            serde_json::from_str::<TraceLine>(text),
-            serde_json::from_str::<&RawValue>(text),
-        ) else {
-            continue;
-        };
-        match &*rec.kind {
-            "header" => job.state().pid = rec.pid,
-            "sample" => {
-                let cpu = rec.cpu_percent.unwrap_or(0.0);
-                if cpu > 0.0 || rec.oncpu_ns.unwrap_or(0) > 0 {
-                    progress(&job);
+        let mut got = false;
+        if let Some(f) = &mut file {
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
                 }
-                let mut st = job.state();
-                st.live = Some(Live {
-                    cpu_percent: cpu,
-                    rss_kb: rec.rss_kb.unwrap_or(0),
-                    process_count: rec.process_count.unwrap_or(0),
-                    sampled_unix_ms: unix_ms(),
-                });
-                Job::publish(&st, &StreamMsg::Sample { record: raw });
+                got = true;
+                pending.extend_from_slice(&buf[..n]);
+                let mut start = 0;
+                while let Some(i) = pending[start..].iter().position(|&b| b == b'\n') {
+                    on_trace_line(&job, &pending[start..start + i]);
+                    start += i + 1;
+                }
+                pending.drain(..start);
             }
-            "process" => Job::publish(&job.state(), &StreamMsg::Process { record: raw }),
-            _ => {}
+        }
+        if done {
+            return;
+        }
+        if !got {
+            tokio::select! {
+                _ = tokio::time::sleep(TAIL_PERIOD) => {}
+                _ = agent_done.changed() => {}
+            }
         }
     }
-    let _ = to.flush();
+}
+
+fn on_trace_line(job: &Job, line: &[u8]) {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return;
+    };
+    let (Ok(rec), Ok(raw)) = (
+        serde_json::from_str::<TraceLine>(text),
+        serde_json::from_str::<&RawValue>(text),
+    ) else {
+        return;
+    };
+    match &*rec.kind {
+        "header" => job.state().pid = rec.pid,
+        "sample" => {
+            let cpu = rec.cpu_percent.unwrap_or(0.0);
+            if cpu > 0.0 || rec.oncpu_ns.unwrap_or(0) > 0 {
+                progress(job);
+            }
+            let mut st = job.state();
+            st.live = Some(Live {
+                cpu_percent: cpu,
+                rss_kb: rec.rss_kb.unwrap_or(0),
+                process_count: rec.process_count.unwrap_or(0),
+                sampled_unix_ms: unix_ms(),
+            });
+            Job::publish(&st, &StreamMsg::Sample { record: raw });
+        }
+        "process" => Job::publish(&job.state(), &StreamMsg::Process { record: raw }),
+        _ => {}
+    }
 }
 
 /// Keeps one output stream of the command in its log file and streams it by line.
@@ -548,6 +615,41 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
     .as_str()
     .into();
     row
+}
+
+/// The row of a job whose service died before recording it (found at the next
+/// start: a job directory with a job.json, no spooled row and no database row). Its
+/// agent saw the control pipe close and stopped the job; its trace is waited for
+/// (up to the kill grace and a little more) and read like any other.
+pub(super) async fn recover_row(svc: &Service, dir: &Path) -> Option<HistoryRow> {
+    let file: JobFile = serde_json::from_slice(&std::fs::read(dir.join("job.json")).ok()?).ok()?;
+    let spec = super::spec::JobSpec {
+        name: file.name,
+        cmd: file.cmd,
+        env: Vec::new(),
+        cwd: file.cwd,
+        timeout: Duration::from_secs_f64(file.timeout_s.max(0.0)),
+        stuck_after: Duration::from_secs_f64(file.stuck_after_s.max(0.0)),
+    };
+    let job = Job::new(file.id, spec, dir.to_path_buf());
+    let until = Instant::now() + svc.config.kill_grace + Duration::from_secs(3);
+    while Instant::now() < until && !trace_has_summary(&job.trace_path()) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ending = Ending {
+        error: Some("the service stopped while the job ran; recorded at its next start".into()),
+        ..Default::default()
+    };
+    Some(build_row(svc, &job, &ending).await)
+}
+
+fn trace_has_summary(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| {
+        b.trim_ascii_end()
+            .rsplit(|&c| c == b'\n')
+            .next()
+            .is_some_and(|last| last.windows(18).any(|w| w == b"\"kind\":\"summary\""))
+    })
 }
 
 /// Records the row (spooled to the job directory first, so a database outage loses
