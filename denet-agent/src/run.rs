@@ -455,6 +455,8 @@ impl RunState {
                 self.grace = grace;
                 self.terminate_tree(Instant::now());
             }
+            // The tree is being stopped: stopping it as well would waste the grace.
+            Control::Pause | Control::Resume if self.kill_stage != KillStage::None => {}
             Control::Pause => {
                 self.paused = true;
                 self.signal_tree(Signal::SIGSTOP);

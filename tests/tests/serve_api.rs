@@ -1286,3 +1286,35 @@ async fn a_killed_service_stops_its_jobs_and_the_next_start_records_them() {
         .expect("the agent finished its trace");
     assert_eq!(summary["cancelled"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agent_is_killed_after_its_timeout() {
+    if !ebpf_ready("a_frozen_agent_is_killed_after_its_timeout") {
+        return;
+    }
+    let dir = scratch_dir("serve-frozen");
+    let svc = Svc::start(&dir.join("data"), &[]);
+    // The command stops its own agent (its parent), which then cannot enforce the
+    // 1 s timeout: the service kills the agent's process group 10 s after timeout +
+    // grace (0.5 s).
+    let id = svc
+        .spawn(json!({"name": "freezer", "cmd": ["sh", "-c", "sleep 0.5; kill -STOP $PPID; sleep 60"], "timeout_s": 1}))
+        .await;
+    svc.wait_running(&id).await;
+    let pid = svc.job(&id).await["pid"].as_u64().unwrap() as u32;
+    let tree = tree_of(pid);
+    let v = svc.wait_end(&id, Duration::from_secs(30)).await;
+    assert_eq!(v["status"], "timed_out", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("did not end the job"),
+        "{v}"
+    );
+    let d = v["duration_s"].as_f64().unwrap();
+    assert!((11.0..20.0).contains(&d), "killed after {d} s");
+    assert!(
+        tree.iter().all(|p| !alive(*p)),
+        "the job's tree is gone: {tree:?}"
+    );
+    // The service kept answering meanwhile.
+    assert_eq!(svc.client.get("/health").await.unwrap().status, 200);
+}

@@ -479,20 +479,34 @@ async fn replay_log(
     stream: LogStream,
     upto: u64,
 ) -> Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    use tokio::io::AsyncReadExt;
     let Ok(file) = tokio::fs::File::open(dir.join(stream.file_name())).await else {
         return Ok(());
     };
-    let mut lines = tokio::io::BufReader::new(file.take(upto)).split(b'\n');
-    while let Some(line) = lines.next_segment().await? {
-        let line = String::from_utf8_lossy(&line);
-        let msg = match stream {
-            LogStream::Stdout => StreamMsg::Stdout { line: &line },
-            LogStream::Stderr => StreamMsg::Stderr { line: &line },
-        };
-        send(socket, serde_json::to_string(&msg)?).await?;
+    // Cut into the same pieces as the live messages, holding at most one piece and
+    // one read buffer in memory whatever the output looks like.
+    let mut file = file.take(upto);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).await?;
+        pending.extend_from_slice(&buf[..n]);
+        let at_end = n == 0;
+        let mut start = 0;
+        while let Some((len, used)) = job::next_piece(&pending[start..], at_end) {
+            let line = String::from_utf8_lossy(&pending[start..start + len]);
+            let msg = match stream {
+                LogStream::Stdout => StreamMsg::Stdout { line: &line },
+                LogStream::Stderr => StreamMsg::Stderr { line: &line },
+            };
+            send(socket, serde_json::to_string(&msg)?).await?;
+            start += used;
+        }
+        pending.drain(..start);
+        if at_end {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 async fn stream_to(
@@ -606,7 +620,13 @@ pub async fn serve(svc: Arc<Service>) -> Result<()> {
         _ = sigterm.recv() => {}
     }
     eprintln!("denet-agent serve: stopping: ending every job and writing its history row");
-    svc.shutdown().await;
+    tokio::select! {
+        () = svc.shutdown() => {}
+        // A second signal: leave now. Each job's agent sees its control pipe close and
+        // stops its job; the next start records them.
+        _ = sigint.recv() => anyhow::bail!("interrupted again: stopped without waiting for the jobs"),
+        _ = sigterm.recv() => anyhow::bail!("terminated again: stopped without waiting for the jobs"),
+    }
     let _ = done_tx.send(());
     // Streams and idle connections get a moment to close.
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;

@@ -82,6 +82,10 @@ pub struct JobState {
     pub cancel_reason: Option<String>,
     /// The grace the stop asked for (used if the stop came before the agent ran).
     pub cancel_grace: Option<std::time::Duration>,
+    /// When the stop was asked for.
+    pub cancel_at: Option<Instant>,
+    /// When the job's agent was started.
+    pub started_at: Option<Instant>,
     pub start_unix_ms: Option<i64>,
     pub agent_pid: Option<u32>,
     /// The command's pid, from the trace header.
@@ -118,8 +122,26 @@ pub struct Job {
 }
 
 /// Capacity of a job's live message channel: a slower subscriber is told how many
-/// messages it missed (`lagged`) instead of slowing the job down.
-const STREAM_CAPACITY: usize = 1024;
+/// messages it missed (`lagged`) instead of slowing the job down. With pieces of at
+/// most [`MAX_LINE`] bytes this bounds what a stalled subscriber pins.
+const STREAM_CAPACITY: usize = 256;
+
+/// Output lines longer than this are sent in pieces (live and replayed alike).
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// The next piece of output to send from `rest`: (bytes of the piece, bytes used,
+/// which includes its newline). `None` when `rest` holds only an unfinished line
+/// and more may come.
+pub fn next_piece(rest: &[u8], at_end: bool) -> Option<(usize, usize)> {
+    match rest.iter().take(MAX_LINE + 1).position(|&b| b == b'\n') {
+        Some(i) => Some((i, i + 1)),
+        // Decided on the first MAX_LINE + 1 bytes only, so live and replayed output
+        // are cut at the same places.
+        None if rest.len() > MAX_LINE => Some((MAX_LINE, MAX_LINE)),
+        None if at_end && !rest.is_empty() => Some((rest.len(), rest.len())),
+        None => None,
+    }
+}
 
 impl Job {
     pub fn new(id: String, spec: JobSpec, dir: PathBuf) -> Self {
@@ -137,6 +159,8 @@ impl Job {
                 cancel_requested: false,
                 cancel_reason: None,
                 cancel_grace: None,
+                cancel_at: None,
+                started_at: None,
                 start_unix_ms: None,
                 agent_pid: None,
                 pid: None,
@@ -385,6 +409,25 @@ mod tests {
         assert!(valid_id(&a), "{a}");
         assert!(!valid_id("../etc"));
         assert!(!valid_id(""));
+    }
+
+    #[test]
+    fn output_pieces() {
+        assert_eq!(next_piece(b"ab\ncd", false), Some((2, 3)));
+        assert_eq!(next_piece(b"cd", false), None);
+        assert_eq!(next_piece(b"cd", true), Some((2, 2)));
+        assert_eq!(next_piece(b"", true), None);
+        assert_eq!(next_piece(b"\n", false), Some((0, 1)));
+        let long = vec![b'x'; MAX_LINE + 5];
+        assert_eq!(next_piece(&long, false), Some((MAX_LINE, MAX_LINE)));
+        let mut exact = vec![b'x'; MAX_LINE];
+        exact.push(b'\n');
+        assert_eq!(next_piece(&exact, false), Some((MAX_LINE, MAX_LINE + 1)));
+        assert_eq!(
+            next_piece(&exact[..MAX_LINE], false),
+            None,
+            "waits for one more byte"
+        );
     }
 
     #[test]

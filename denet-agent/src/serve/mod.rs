@@ -133,11 +133,13 @@ impl Service {
     }
 
     pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<Arc<Job>, SubmitError> {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(SubmitError::ShuttingDown);
-        }
         let job = {
             let mut jobs = self.jobs();
+            // Checked under the jobs lock, which shutdown() sets it under: a job is
+            // either refused or seen by the shutdown.
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return Err(SubmitError::ShuttingDown);
+            }
             if let Some(id) = jobs.active.get(&spec.name) {
                 return Err(SubmitError::Duplicate {
                     name: spec.name.clone(),
@@ -183,8 +185,10 @@ impl Service {
             st.cancel_requested = true;
             st.cancel_reason = reason.map(str::to_string);
             st.cancel_grace = Some(grace);
+            st.cancel_at = Some(std::time::Instant::now());
+            // Once: the agent escalates by itself (a queued job gets it at its start).
+            Job::control(&mut st, &format!("stop {}", grace.as_millis()));
         }
-        Job::control(&mut st, &format!("stop {}", grace.as_millis()));
         drop(st);
         job.changed.notify_one();
         true
@@ -204,7 +208,15 @@ impl Service {
         }
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {
-            match self.history.insert(row).await {
+            // Bounded: a stalled database must not keep the job (and its name) open;
+            // the spooled row is replayed at the next start.
+            let result =
+                match tokio::time::timeout(Duration::from_secs(10), self.history.insert(row)).await
+                {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err("the database did not answer within 10 s".to_string()),
+                };
+            match result {
                 Ok(()) => {
                     let _ = std::fs::remove_file(&spool);
                     return;
@@ -293,7 +305,10 @@ impl Service {
     /// Stops every job (queued ones never start) and waits until all have ended and
     /// their rows are written.
     pub async fn shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
+        {
+            let _jobs = self.jobs();
+            self.shutting_down.store(true, Ordering::SeqCst);
+        }
         loop {
             let ended = self.job_ended.notified();
             let live: Vec<Arc<Job>> = self

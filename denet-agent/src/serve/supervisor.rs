@@ -28,8 +28,6 @@ use super::{
 };
 use crate::{history::HistoryRow, report};
 
-/// Output lines longer than this are sent in pieces.
-const MAX_LINE: usize = 64 * 1024;
 /// How often the stuck flag is checked.
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
 /// After the agent exits, how long its pipes may stay open (a descendant that
@@ -43,6 +41,8 @@ struct Ending {
     error: Option<String>,
     /// The job never started (cancelled while queued, or the agent failed to start).
     never_started: bool,
+    /// The service killed an agent that overran the job's timeout.
+    killed_at_timeout: bool,
 }
 
 pub(super) async fn supervise(svc: Arc<Service>, job: Arc<Job>) {
@@ -95,6 +95,28 @@ struct Running {
     readers: tokio::task::JoinSet<()>,
     /// Set once the agent has exited: the trace file is complete.
     agent_done: tokio::sync::watch::Sender<bool>,
+    kill_grace: Duration,
+}
+
+/// How long past its timeout or stop (plus grace) an agent may take to end its job
+/// before the service kills it and its process group: the agent enforces both, so
+/// this only catches an agent that stopped working (e.g. the job SIGSTOPped it).
+const AGENT_MARGIN: Duration = Duration::from_secs(10);
+
+/// True when the job's agent should long have ended it.
+fn overdue(job: &Job, kill_grace: Duration) -> bool {
+    let st = job.state();
+    let now = Instant::now();
+    let timeout_due = st
+        .started_at
+        .map(|t| t + job.spec.timeout + kill_grace + AGENT_MARGIN);
+    let stop_due = st
+        .cancel_at
+        .map(|t| t + st.cancel_grace.unwrap_or(kill_grace) + AGENT_MARGIN);
+    [timeout_due, stop_due]
+        .into_iter()
+        .flatten()
+        .any(|due| now >= due)
 }
 
 /// Starts the job's agent: `denet-agent run -o DIR/trace.jsonl --control-fd 3
@@ -174,6 +196,13 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
         st.status = Status::Running;
         st.start_unix_ms = Some(unix_ms());
         st.agent_pid = child.id();
+        st.started_at = Some(Instant::now());
+        // Never block on it: an agent that stopped reading must not stall the service.
+        nix::fcntl::fcntl(
+            &ctl_w,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .context("control pipe")?;
         st.control = Some(File::from(ctl_w));
         st.last_progress = Instant::now();
         publish_status(job, &st);
@@ -203,6 +232,7 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
         child,
         readers,
         agent_done,
+        kill_grace: svc.config.kill_grace,
     })
 }
 
@@ -236,10 +266,26 @@ impl Running {
     /// Waits for the agent and its pipes, checking the stuck flag meanwhile.
     async fn finish(mut self, job: &Job) -> Ending {
         let mut tick = tokio::time::interval(WATCHDOG_PERIOD);
+        let mut killed = false;
+        let mut timed_out = false;
         let status = loop {
             tokio::select! {
                 status = self.child.wait() => break status,
-                _ = tick.tick() => watchdog(job),
+                _ = tick.tick() => {
+                    watchdog(job);
+                    if !killed && overdue(job, self.kill_grace) {
+                        killed = true;
+                        timed_out = job.state().cancel_at.is_none();
+                        if let Some(pid) = self.child.id() {
+                            // Its group holds the command too, unless it left it.
+                            let _ = nix::sys::signal::killpg(
+                                nix::unistd::Pid::from_raw(pid as i32),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                        let _ = self.child.start_kill();
+                    }
+                }
             }
         };
         let _ = self.agent_done.send(true);
@@ -247,8 +293,17 @@ impl Running {
             while self.readers.join_next().await.is_some() {}
         })
         .await;
-        let mut ending = Ending::default();
-        if drained.is_err() {
+        let mut ending = Ending {
+            killed_at_timeout: timed_out,
+            ..Default::default()
+        };
+        if killed {
+            ending.error = Some(
+                "the job's agent did not end the job after its timeout or stop: the service \
+                 killed it and its process group"
+                    .into(),
+            );
+        } else if drained.is_err() {
             self.readers.abort_all();
             ending.error = Some("output pipes still open after the agent exited".into());
         }
@@ -428,15 +483,8 @@ fn add_mark(mark: &mut super::job::OutputMark, stream: LogStream, n: u64) {
 fn send_lines(job: &Job, stream: LogStream, pending: &mut Vec<u8>, at_end: bool) -> u64 {
     let st = job.state();
     let mut start = 0;
-    while start < pending.len() {
-        let rest = &pending[start..];
-        let (piece, used) = match rest.iter().position(|&b| b == b'\n') {
-            Some(i) if i < MAX_LINE => (&rest[..i], i + 1),
-            _ if rest.len() >= MAX_LINE => (&rest[..MAX_LINE], MAX_LINE),
-            _ if at_end => (rest, rest.len()),
-            _ => break,
-        };
-        let line = String::from_utf8_lossy(piece);
+    while let Some((len, used)) = super::job::next_piece(&pending[start..], at_end) {
+        let line = String::from_utf8_lossy(&pending[start..start + len]);
         let msg = match stream {
             LogStream::Stdout => StreamMsg::Stdout { line: &line },
             LogStream::Stderr => StreamMsg::Stderr { line: &line },
@@ -546,6 +594,8 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
     let report = match analysis {
         Ok(r) if r.totals.from_summary => r,
         other => {
+            // No command pid in the trace: the agent failed before the command ran.
+            let command_ran = matches!(&other, Ok(r) if r.run.pid.is_some());
             let why = match other {
                 Ok(_) => "the trace has no summary".to_string(),
                 Err(e) => format!("the trace is unreadable: {e}"),
@@ -556,12 +606,21 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
                 .unwrap_or_default();
             row.status = if cancel_requested {
                 Status::Cancelled
-            } else {
+            } else if ending.killed_at_timeout {
+                Status::TimedOut
+            } else if command_ran {
                 Status::Failed
+            } else {
+                Status::StartupFailed
             }
             .as_str()
             .into();
-            row.error = Some(format!("{why}{agent}"));
+            let earlier = ending
+                .error
+                .as_deref()
+                .map(|e| format!("{e}; "))
+                .unwrap_or_default();
+            row.error = Some(format!("{earlier}{why}{agent}"));
             row.duration_s = (row.end_unix_ms - row.start_unix_ms).max(0) as f64 / 1e3;
             return row;
         }
