@@ -323,7 +323,17 @@ async fn lifecycle_over_http_and_websocket() {
     let procs = of("process");
     assert_eq!(procs.len(), 4, "one process message per process: {procs:?}");
     let end = msgs.last().unwrap();
-    assert_eq!(end["type"], "end", "the stream ends with the summary");
+    assert_eq!(
+        end["type"], "end",
+        "the stream ends with the job's final view"
+    );
+    let summary = &msgs[msgs.len() - 2];
+    assert_eq!(
+        summary["type"], "summary",
+        "preceded by the trace's summary"
+    );
+    assert_eq!(summary["record"]["exit_code"], 0);
+    assert_eq!(summary["record"]["process_count"], 4);
     assert_eq!(end["job"]["status"], "succeeded");
 
     let v = svc.job(&id).await;

@@ -354,6 +354,10 @@ pub enum StreamMsg<'a> {
     Process {
         record: &'a serde_json::value::RawValue,
     },
+    /// The trace's `summary` record, as the agent wrote it (just before `end`).
+    Summary {
+        record: &'a serde_json::value::RawValue,
+    },
     /// The subscriber was too slow and missed this many messages.
     Lagged {
         skipped: u64,

@@ -439,6 +439,7 @@ fn on_trace_line(job: &Job, line: &[u8]) {
             Job::publish(&st, &StreamMsg::Sample { record: raw });
         }
         "process" => Job::publish(&job.state(), &StreamMsg::Process { record: raw }),
+        "summary" => Job::publish(&job.state(), &StreamMsg::Summary { record: raw }),
         _ => {}
     }
 }
