@@ -11,7 +11,7 @@ mod common;
 use std::{
     collections::HashSet,
     io::{BufRead, Read, Write},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -98,6 +98,11 @@ impl Svc {
         a.json().unwrap()["id"].as_str().unwrap().to_string()
     }
 
+    /// POST without a body.
+    async fn post(&self, path: &str) -> denet_agent::client::Answer {
+        self.client.post(path, None).await.unwrap()
+    }
+
     async fn job(&self, id: &str) -> Value {
         let a = self.client.get(&format!("/jobs/{id}")).await.unwrap();
         assert_eq!(a.status, 200, "GET /jobs/{id}");
@@ -162,6 +167,17 @@ impl Drop for Svc {
             eprintln!("service log:\n{}", self.log.lock().unwrap());
         }
     }
+}
+
+/// A service for one test (data under a fresh scratch directory), or `None` when the
+/// test must skip (see `ebpf_ready`).
+fn service_for(test: &str, extra: &[&str]) -> Option<(PathBuf, Svc)> {
+    if !ebpf_ready(test) {
+        return None;
+    }
+    let dir = scratch_dir(test);
+    let svc = Svc::start(&dir.join("data"), extra);
+    Some((dir, svc))
 }
 
 /// One request on a fresh connection, written by hand (no client library to hide
@@ -283,11 +299,9 @@ async fn collect_stream(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_over_http_and_websocket() {
-    if !ebpf_ready("lifecycle_over_http_and_websocket") {
+    let Some((dir, svc)) = service_for("lifecycle_over_http_and_websocket", &[]) else {
         return;
-    }
-    let dir = scratch_dir("serve-life");
-    let svc = Svc::start(&dir.join("data"), &[]);
+    };
     let w = workload();
     // Ground truth: 300 ms of CPU in one known child, 4 processes (sh, sleep, burn, write),
     // 3 output lines, exit 0, 200000 bytes written to a new file.
@@ -409,11 +423,9 @@ async fn lifecycle_over_http_and_websocket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_names_get_409_until_the_job_ends() {
-    if !ebpf_ready("duplicate_names_get_409_until_the_job_ends") {
+    let Some((_dir, svc)) = service_for("duplicate_names_get_409_until_the_job_ends", &[]) else {
         return;
-    }
-    let dir = scratch_dir("serve-dup");
-    let svc = Svc::start(&dir.join("data"), &[]);
+    };
     let first = svc
         .spawn(json!({"name": "dup", "cmd": ["sleep", "30"]}))
         .await;
@@ -435,11 +447,7 @@ async fn duplicate_names_get_409_until_the_job_ends() {
         "succeeded"
     );
 
-    let a = svc
-        .client
-        .post(&format!("/jobs/{first}/stop"), None)
-        .await
-        .unwrap();
+    let a = svc.post(&format!("/jobs/{first}/stop")).await;
     assert_eq!(a.status, 202);
     let v = svc.wait_end(&first, Duration::from_secs(20)).await;
     assert_eq!(v["status"], "cancelled");
@@ -447,21 +455,15 @@ async fn duplicate_names_get_409_until_the_job_ends() {
     // Ended: the name is free again, and stopping again is a conflict.
     let again = svc.spawn(json!({"name": "dup", "cmd": ["true"]})).await;
     assert_ne!(again, first);
-    let a = svc
-        .client
-        .post(&format!("/jobs/{first}/stop"), None)
-        .await
-        .unwrap();
+    let a = svc.post(&format!("/jobs/{first}/stop")).await;
     assert_eq!(a.status, 409);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_stop_escalation_and_startup_failures() {
-    if !ebpf_ready("timeout_stop_escalation_and_startup_failures") {
+    let Some((_dir, svc)) = service_for("timeout_stop_escalation_and_startup_failures", &[]) else {
         return;
-    }
-    let dir = scratch_dir("serve-end");
-    let svc = Svc::start(&dir.join("data"), &[]);
+    };
     // Timeout: 1 s on a 30 s sleep.
     let t = svc
         .spawn(json!({"name": "slow", "cmd": ["sleep", "30"], "timeout_s": 1}))
@@ -491,11 +493,7 @@ async fn timeout_stop_escalation_and_startup_failures() {
     let tree = tree_of(pid);
     assert!(tree.len() >= 3, "sh and two sleeps: {tree:?}");
     let stopped_at = Instant::now();
-    let a = svc
-        .client
-        .post(&format!("/jobs/{s}/stop"), None)
-        .await
-        .unwrap();
+    let a = svc.post(&format!("/jobs/{s}/stop")).await;
     assert_eq!(a.status, 202);
     let v = svc.wait_end(&s, Duration::from_secs(20)).await;
     let took = stopped_at.elapsed();
@@ -565,11 +563,7 @@ async fn pause_stops_the_whole_tree_and_resume_continues_it() {
     let tree = tree_of(pid);
     assert!(tree.len() >= 2, "{tree:?}");
 
-    let a = svc
-        .client
-        .post(&format!("/jobs/{id}/pause"), None)
-        .await
-        .unwrap();
+    let a = svc.post(&format!("/jobs/{id}/pause")).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json().unwrap()["paused"], true);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -583,11 +577,7 @@ async fn pause_stops_the_whole_tree_and_resume_continues_it() {
     // Ground truth from /proc: no CPU at all while paused (1 tick of slack).
     assert!(t1 - t0 <= 1, "paused tree used {} ticks in 1 s", t1 - t0);
 
-    let a = svc
-        .client
-        .post(&format!("/jobs/{id}/resume"), None)
-        .await
-        .unwrap();
+    let a = svc.post(&format!("/jobs/{id}/resume")).await;
     assert_eq!(a.status, 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (t2, states) = cpu_ticks(&tree);
@@ -603,29 +593,20 @@ async fn pause_stops_the_whole_tree_and_resume_continues_it() {
     );
 
     // Pausing an ended job is a conflict.
-    svc.client
-        .post(&format!("/jobs/{id}/stop"), None)
-        .await
-        .unwrap();
+    svc.post(&format!("/jobs/{id}/stop")).await;
     assert_eq!(
         svc.wait_end(&id, Duration::from_secs(20)).await["status"],
         "cancelled"
     );
-    let a = svc
-        .client
-        .post(&format!("/jobs/{id}/pause"), None)
-        .await
-        .unwrap();
+    let a = svc.post(&format!("/jobs/{id}/pause")).await;
     assert_eq!(a.status, 409);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_flag_is_raised_shown_and_streamed() {
-    if !ebpf_ready("stuck_flag_is_raised_shown_and_streamed") {
+    let Some((_dir, svc)) = service_for("stuck_flag_is_raised_shown_and_streamed", &[]) else {
         return;
-    }
-    let dir = scratch_dir("serve-stuck");
-    let svc = Svc::start(&dir.join("data"), &[]);
+    };
     // No CPU, no output: stuck after 1 s. A chatty job next to it never is.
     let id = svc
         .spawn(json!({"name": "idle", "cmd": ["sleep", "30"], "stuck_after_s": 1}))
@@ -657,10 +638,7 @@ async fn stuck_flag_is_raised_shown_and_streamed() {
         .find(|j| j["id"] == busy)
         .unwrap();
     assert_eq!(chatty["stuck"], false, "output is progress");
-    svc.client
-        .post(&format!("/jobs/{id}/stop"), None)
-        .await
-        .unwrap();
+    svc.post(&format!("/jobs/{id}/stop")).await;
     let v = svc.wait_end(&id, Duration::from_secs(20)).await;
     assert_eq!(
         v["resources"]["stuck"], true,
@@ -801,10 +779,7 @@ async fn bad_input_gets_the_right_4xx() {
     assert!((400..500).contains(&st), "plain GET on a stream: {st} {b}");
     assert_json_error(st, &b, st, "plain GET on a stream");
     for id in [&a, &b2] {
-        svc.client
-            .post(&format!("/jobs/{id}/stop"), None)
-            .await
-            .unwrap();
+        svc.post(&format!("/jobs/{id}/stop")).await;
         svc.wait_end(id, Duration::from_secs(20)).await;
     }
     // Nothing above crashed the service.
@@ -1136,11 +1111,9 @@ fn jobs_cli(server: &str, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_cli_drives_the_service() {
-    if !ebpf_ready("jobs_cli_drives_the_service") {
+    let Some((_dir, svc)) = service_for("jobs_cli_drives_the_service", &[]) else {
         return;
-    }
-    let dir = scratch_dir("serve-cli");
-    let svc = Svc::start(&dir.join("data"), &[]);
+    };
     let server = format!("http://{}", svc.addr);
     let cli = |args: &[&str]| jobs_cli(&server, args);
 
@@ -1299,11 +1272,9 @@ async fn a_killed_service_stops_its_jobs_and_the_next_start_records_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_agent_is_killed_after_its_timeout() {
-    if !ebpf_ready("a_frozen_agent_is_killed_after_its_timeout") {
+    let Some((_dir, svc)) = service_for("a_frozen_agent_is_killed_after_its_timeout", &[]) else {
         return;
-    }
-    let dir = scratch_dir("serve-frozen");
-    let svc = Svc::start(&dir.join("data"), &[]);
+    };
     // The command stops its own agent (its parent), which then cannot enforce the
     // 1 s timeout: the service kills the agent's process group 10 s after timeout +
     // grace (0.5 s).
