@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# The job-history tests (tests/tests/history_db.rs) create and drop their own
+# The job-history and serve tests (tests/history_db.rs, serve_api.rs) create and drop their own
 # databases through this admin URL; setup.sh (as root) starts the server and
 # creates the role. Not root and no local server: left unset, so those tests skip
 # (and fail in CI).
