@@ -41,6 +41,10 @@ enum JobsCommand {
         /// Flag the job stuck after SECONDS without CPU progress or output.
         #[arg(long, value_name = "SECONDS")]
         stuck_after: Option<f64>,
+        /// Print the job's output as it comes, and exit with its exit status (128+N
+        /// when killed by signal N) once it ends, like `denet-agent run`.
+        #[arg(short, long)]
+        follow: bool,
         /// The command and its arguments (never passed to a shell).
         #[arg(required = true, last = true, value_name = "CMD")]
         cmd: Vec<String>,
@@ -130,6 +134,7 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
             env,
             timeout,
             stuck_after,
+            follow,
             cmd,
         } => {
             let cwd = match cwd {
@@ -151,7 +156,12 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
                 body["stuck_after_s"] = json!(t);
             }
             let v = client.post("/jobs", Some(&body)).await?.ok_json()?;
-            write_out(format!("{}\n", s(&v["id"])).as_bytes(), false)?;
+            let id = s(&v["id"]);
+            if follow {
+                eprintln!("denet-agent: job {id}");
+                return follow_logs(client, &id).await.map(|end| exit_status(&end));
+            }
+            write_out(format!("{id}\n").as_bytes(), false)?;
         }
         JobsCommand::List { json } => {
             let v = client.get("/jobs").await?.ok_json()?;
@@ -222,7 +232,8 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
         JobsCommand::Logs { id, follow } => {
             let id = check_id(&id)?;
             if follow {
-                return follow_logs(client, id).await;
+                follow_logs(client, id).await?;
+                return Ok(0);
             }
             for (stream, to_stderr) in [("stdout", false), ("stderr", true)] {
                 let a = client
@@ -288,8 +299,19 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
     Ok(0)
 }
 
-/// Prints output lines as they come (after what was already written) until the end.
-async fn follow_logs(client: &Client, id: &str) -> Result<i32> {
+/// The status a shell would give the job: its exit code, 128+N when killed by signal
+/// N, 1 when it ended without either (e.g. stopped before it started).
+fn exit_status(job: &Value) -> i32 {
+    match (job["exit_code"].as_i64(), job["signal"].as_i64()) {
+        (Some(code), _) => code as i32,
+        (None, Some(sig)) => 128 + sig as i32,
+        _ => 1,
+    }
+}
+
+/// Prints output lines as they come (after what was already written) until the end;
+/// returns the final job view.
+async fn follow_logs(client: &Client, id: &str) -> Result<Value> {
     let mut ws = client
         .websocket(&format!("/jobs/{id}/stream?replay=1"))
         .await?;
@@ -309,12 +331,12 @@ async fn follow_logs(client: &Client, id: &str) -> Result<i32> {
             ),
             Some("end") => {
                 eprintln!("denet-agent: job {} ended: {}", id, s(&v["job"]["status"]));
-                break;
+                return Ok(v["job"].clone());
             }
             _ => {}
         }
     }
-    Ok(0)
+    bail!("the job stream of {id} closed before the job ended")
 }
 
 fn write_out(bytes: &[u8], to_stderr: bool) -> Result<()> {

@@ -1186,6 +1186,30 @@ async fn jobs_cli_drives_the_service() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["rows"].as_array().unwrap().len(), 1);
 
+    // spawn --follow: the output, then the job's own exit status, like `run`.
+    let (code, out, err) = cli(&[
+        "spawn",
+        "--name",
+        "follow",
+        "-f",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; exit 7",
+    ]);
+    assert_eq!((code, out.as_str()), (7, "hi\n"), "{err}");
+    let (code, _, _) = cli(&[
+        "spawn",
+        "--name",
+        "follow",
+        "-f",
+        "--",
+        "sh",
+        "-c",
+        "kill -TERM $$",
+    ]);
+    assert_eq!(code, 128 + 15);
+
     let (code, _, err) = cli(&["show", "00000000deadbeef"]);
     assert_eq!(code, 2);
     assert!(
