@@ -129,7 +129,7 @@ pub struct FileRecord {
 }
 
 /// Bumped when a field changes meaning or is removed; adding fields does not bump it.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ClockAnchor {
@@ -317,7 +317,8 @@ pub struct Sample {
     pub kind: &'static str,
     pub ts_boot_ns: u64,
     /// Time since the previous sample (the window of the CPU percentages), ms.
-    pub interval_ms: f64,
+    /// Named `interval_ms` in schema 1 (it clashed with the header's integer field).
+    pub window_ms: f64,
     pub process_count: u32,
     pub thread_count: u32,
     /// Sum over live tracked processes; 100 = one CPU busy.
@@ -468,7 +469,7 @@ mod tests {
         let sample = Sample {
             kind: "sample",
             ts_boot_ns: 5_002_000_000,
-            interval_ms: 100.25,
+            window_ms: 100.25,
             process_count: 1,
             thread_count: 2,
             cpu_percent: 99.5,

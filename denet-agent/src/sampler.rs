@@ -158,7 +158,7 @@ impl Sampler {
         let sample = Sample {
             kind: "sample",
             ts_boot_ns: now_ns,
-            interval_ms: round2(window_ns as f64 / 1e6),
+            window_ms: round2(window_ns as f64 / 1e6),
             process_count: procs.len() as u32,
             thread_count: threads_total,
             cpu_percent: round2(cpu_total),

@@ -80,7 +80,7 @@ fn samples_ramp_and_carry_tree_aggregates() {
     }
     let intervals: Vec<f64> = samples
         .iter()
-        .map(|s| s["interval_ms"].as_f64().unwrap())
+        .map(|s| s["window_ms"].as_f64().unwrap())
         .collect();
     assert!(
         intervals.last().unwrap() > &50.0,

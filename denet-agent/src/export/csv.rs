@@ -353,7 +353,7 @@ pub fn export<R: io::BufRead>(
         &[
             "sample",
             "t_s",
-            "interval_ms",
+            "window_ms",
             "process_count",
             "thread_count",
             "cpu_percent",
@@ -386,7 +386,7 @@ pub fn export<R: io::BufRead>(
                 let mut cells = vec![
                     n_samples.to_string(),
                     t.clone(),
-                    f3(s.interval_ms),
+                    f3(s.window_ms),
                     u(s.process_count),
                     u(s.thread_count),
                     f3(s.cpu_percent),

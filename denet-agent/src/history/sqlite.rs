@@ -133,10 +133,21 @@ fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
     let what = path.display().to_string();
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(err(format!("setting the busy timeout on {what}")))?;
-    // In-memory databases answer "memory": only a file can use WAL.
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        .map_err(err(format!("enabling WAL on {what}")))?;
+    // In-memory databases answer "memory": only a file can use WAL. Switching the
+    // journal mode can answer SQLITE_BUSY at once, without the busy handler, while
+    // another connection is opening the same new file: retry within the timeout.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mode: String = loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => break r.map_err(err(format!("enabling WAL on {what}")))?,
+        }
+    };
     if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
         return Err(HistoryError::Corrupt {
             backend: BACKEND,

@@ -354,7 +354,7 @@ impl StatsBuilder {
             .unwrap_or_else(|| s.procs.iter().filter_map(|p| p.cpu_percent).sum());
         self.series.push(Point {
             ts_boot_ns: ts,
-            window_ms: s.interval_ms.unwrap_or(0.0),
+            window_ms: s.window_ms.unwrap_or(0.0),
             cpu_percent: cpu,
             cpu_max_percent: cpu,
             rss_kb: rss,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 /// The newest `schema_version` this reader understands.
-pub const SUPPORTED_SCHEMA_VERSION: u64 = 1;
+pub const SUPPORTED_SCHEMA_VERSION: u64 = 2;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -169,7 +169,9 @@ pub struct ProcSample {
 #[serde(default)]
 pub struct Sample {
     pub ts_boot_ns: Option<u64>,
-    pub interval_ms: Option<f64>,
+    /// `interval_ms` in schema 1 traces.
+    #[serde(alias = "interval_ms")]
+    pub window_ms: Option<f64>,
     pub process_count: Option<u32>,
     pub thread_count: Option<u32>,
     pub cpu_percent: Option<f64>,
