@@ -1323,3 +1323,68 @@ async fn a_frozen_agent_is_killed_after_its_timeout() {
     // The service kept answering meanwhile.
     assert_eq!(svc.client.get("/health").await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_beyond_max_running_queue_and_a_queued_stop_never_starts() {
+    let Some((dir, svc)) = service_for(
+        "jobs_beyond_max_running_queue_and_a_queued_stop_never_starts",
+        &["--max-running", "1"],
+    ) else {
+        return;
+    };
+    let a = svc
+        .spawn(json!({"name": "a", "cmd": ["sleep", "30"]}))
+        .await;
+    svc.wait_running(&a).await;
+    let b = svc
+        .spawn(json!({"name": "b", "cmd": ["sh", "-c", "echo b ran"]}))
+        .await;
+    let c = svc
+        .spawn(json!({"name": "c", "cmd": ["sh", "-c", "echo c ran"]}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(svc.job(&b).await["status"], "queued");
+    assert_eq!(svc.job(&c).await["status"], "queued");
+    // A queued name is taken too.
+    let dup = svc
+        .client
+        .post("/jobs", Some(&json!({"name": "c", "cmd": ["true"]})))
+        .await
+        .unwrap();
+    assert_eq!(dup.status, 409);
+
+    assert_eq!(svc.post(&format!("/jobs/{c}/stop")).await.status, 202);
+    let v = svc.wait_end(&c, Duration::from_secs(10)).await;
+    assert_eq!(v["status"], "cancelled");
+    assert!(
+        !dir.join("data/jobs").join(&c).join("job.json").exists()
+            && !dir.join("data/jobs").join(&c).join("trace.jsonl").exists(),
+        "a job stopped while queued never started"
+    );
+    assert_eq!(svc.job(&b).await["status"], "queued", "still waiting for a");
+
+    svc.post(&format!("/jobs/{a}/stop")).await;
+    assert_eq!(
+        svc.wait_end(&a, Duration::from_secs(20)).await["status"],
+        "cancelled"
+    );
+    let v = svc.wait_end(&b, Duration::from_secs(20)).await;
+    assert_eq!(v["status"], "succeeded", "b ran once a's slot was free");
+    let a = svc
+        .client
+        .get(&format!("/jobs/{b}/logs?stream=stdout"))
+        .await
+        .unwrap();
+    assert_eq!(&a.body[..], b"b ran\n");
+    let h = svc
+        .client
+        .get("/history?name=c")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        h["rows"][0]["status"], "cancelled",
+        "the queued stop has its row"
+    );
+}
