@@ -209,8 +209,36 @@ async fn create_job(
     }
 }
 
-async fn list_jobs(State(svc): State<Arc<Service>>) -> Json<Vec<JobView>> {
-    Json(svc.list().iter().map(|j| j.view()).collect())
+/// Ended jobs from the history that `GET /jobs` adds when fewer are in memory (after
+/// a restart, memory starts empty).
+const LIST_RECENT: u32 = 100;
+
+/// Queued, running and recent jobs, oldest first: those in memory, topped up with
+/// the latest history rows of this node up to [`LIST_RECENT`] ended jobs.
+async fn list_jobs(State(svc): State<Arc<Service>>) -> ApiResult<Json<Vec<JobView>>> {
+    let mut views: Vec<JobView> = svc.list().iter().map(|j| j.view()).collect();
+    let ended_in_memory = views.iter().filter(|v| v.end_unix_ms.is_some()).count() as u32;
+    if ended_in_memory < LIST_RECENT {
+        let rows = svc
+            .history
+            .query(&HistoryQuery {
+                limit: LIST_RECENT,
+                ..Default::default()
+            })
+            .await
+            .map_err(ApiError::internal)?;
+        let known: std::collections::HashSet<String> = views.iter().map(|v| v.id.clone()).collect();
+        let mut older: Vec<JobView> = rows
+            .iter()
+            .filter(|r| r.hostname == svc.hostname && !known.contains(&r.id))
+            .take((LIST_RECENT - ended_in_memory) as usize)
+            .map(JobView::from_row)
+            .collect();
+        older.reverse(); // the history answers newest first
+        older.extend(views);
+        views = older;
+    }
+    Ok(Json(views))
 }
 
 fn checked_id(id: &str) -> ApiResult<()> {
