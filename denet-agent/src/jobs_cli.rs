@@ -208,27 +208,11 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
             print_json(&v)?;
         }
         JobsCommand::Stop { id, grace } => {
-            let mut path = format!("/jobs/{}/stop", check_id(&id)?);
-            if let Some(g) = grace {
-                path.push_str(&format!("?grace_s={g}"));
-            }
-            let v = client.post(&path, None).await?.ok_json()?;
-            eprintln!("stopping {} ({})", s(&v["id"]), s(&v["name"]));
+            let query = grace.map(|g| format!("?grace_s={g}")).unwrap_or_default();
+            act(client, &id, "stop", &query, "stopping").await?;
         }
-        JobsCommand::Pause { id } => {
-            let v = client
-                .post(&format!("/jobs/{}/pause", check_id(&id)?), None)
-                .await?
-                .ok_json()?;
-            eprintln!("paused {} ({})", s(&v["id"]), s(&v["name"]));
-        }
-        JobsCommand::Resume { id } => {
-            let v = client
-                .post(&format!("/jobs/{}/resume", check_id(&id)?), None)
-                .await?
-                .ok_json()?;
-            eprintln!("resumed {} ({})", s(&v["id"]), s(&v["name"]));
-        }
+        JobsCommand::Pause { id } => act(client, &id, "pause", "", "paused").await?,
+        JobsCommand::Resume { id } => act(client, &id, "resume", "", "resumed").await?,
         JobsCommand::Logs { id, follow } => {
             let id = check_id(&id)?;
             if follow {
@@ -297,6 +281,14 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `POST /jobs/{id}/{action}{query}`, then `{done} ID (NAME)` on stderr.
+async fn act(client: &Client, id: &str, action: &str, query: &str, done: &str) -> Result<()> {
+    let path = format!("/jobs/{}/{action}{query}", check_id(id)?);
+    let v = client.post(&path, None).await?.ok_json()?;
+    eprintln!("{done} {} ({})", s(&v["id"]), s(&v["name"]));
+    Ok(())
 }
 
 /// The status a shell would give the job: its exit code, 128+N when killed by signal

@@ -269,9 +269,18 @@ async fn show_job(
     find_view(&svc, &id).await.map(Json)
 }
 
-fn live_job(svc: &Service, id: &str) -> ApiResult<Arc<Job>> {
+/// A job in memory, for requests that act on it. One only in the history has ended
+/// (409); an unknown id is 404.
+async fn live_job(svc: &Service, id: &str) -> ApiResult<Arc<Job>> {
     checked_id(id)?;
-    svc.get(id).ok_or_else(|| ApiError::not_found("job"))
+    if let Some(job) = svc.get(id) {
+        return Ok(job);
+    }
+    find_view(svc, id).await?;
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!("job {id} has ended"),
+    ))
 }
 
 fn not_running(job: &Job) -> ApiError {
@@ -286,17 +295,7 @@ async fn stop_job(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
-    let job = match live_job(&svc, &id) {
-        Ok(j) => j,
-        // Ended before a restart: nothing to stop.
-        Err(_) if find_view(&svc, &id).await.is_ok() => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("job {id} has ended"),
-            ))
-        }
-        Err(e) => return Err(e),
-    };
+    let job = live_job(&svc, &id).await?;
     let grace = match q.get("grace_s") {
         None => svc.config.kill_grace,
         Some(s) => match s.parse::<f64>() {
@@ -329,16 +328,7 @@ async fn resume_job(
 }
 
 async fn set_paused(svc: &Service, id: &str, pause: bool) -> ApiResult<Json<JobView>> {
-    let job = match live_job(svc, id) {
-        Ok(j) => j,
-        Err(_) if find_view(svc, id).await.is_ok() => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("job {id} has ended"),
-            ))
-        }
-        Err(e) => return Err(e),
-    };
+    let job = live_job(svc, id).await?;
     {
         let mut st = job.state();
         if st.status != job::Status::Running || st.cancel_requested {
@@ -354,15 +344,7 @@ async fn set_paused(svc: &Service, id: &str, pause: bool) -> ApiResult<Json<JobV
             // A paused job is not stuck; the clock restarts when it resumes.
             st.stuck = false;
             st.last_progress = std::time::Instant::now();
-            Job::publish(
-                &st,
-                &StreamMsg::Status {
-                    id: &job.id,
-                    status: st.status.as_str(),
-                    stuck: st.stuck,
-                    paused: st.paused,
-                },
-            );
+            job.publish_status(&st);
         }
     }
     Ok(Json(job.view()))
@@ -523,10 +505,7 @@ async fn replay_log(
         let mut start = 0;
         while let Some((len, used)) = job::next_piece(&pending[start..], at_end) {
             let line = String::from_utf8_lossy(&pending[start..start + len]);
-            let msg = match stream {
-                LogStream::Stdout => StreamMsg::Stdout { line: &line },
-                LogStream::Stderr => StreamMsg::Stderr { line: &line },
-            };
+            let msg = StreamMsg::output(stream, &line);
             send(socket, serde_json::to_string(&msg)?).await?;
             start += used;
         }
@@ -551,16 +530,10 @@ async fn stream_to(
         let mark = *mark_guard;
         let st = job.state();
         st.events.as_ref().map(|tx| {
-            let status = StreamMsg::Status {
-                id: &job.id,
-                status: st.status.as_str(),
-                stuck: st.stuck,
-                paused: st.paused,
-            };
             (
                 tx.subscribe(),
                 mark,
-                serde_json::to_string(&status).unwrap_or_default(),
+                serde_json::to_string(&job.status_msg(&st)).unwrap_or_default(),
             )
         })
     });

@@ -207,15 +207,35 @@ impl Job {
         }
     }
 
+    /// The `status` stream message for the state as it is now.
+    pub fn status_msg<'a>(&'a self, st: &'a JobState) -> StreamMsg<'a> {
+        StreamMsg::Status {
+            id: &self.id,
+            status: st.status.as_str(),
+            stuck: st.stuck,
+            paused: st.paused,
+        }
+    }
+
+    /// Sends the job's current status to its subscribers.
+    pub fn publish_status(&self, st: &JobState) {
+        Job::publish(st, &self.status_msg(st));
+    }
+
+    /// The view of an ended job: its history row plus what only memory knows.
+    pub fn ended_view(&self, st: &JobState, row: &HistoryRow) -> JobView {
+        let mut v = JobView::from_row(row);
+        v.created_unix_ms = Some(self.created_unix_ms);
+        v.timeout_s = Some(self.spec.timeout.as_secs_f64());
+        v.agent_pid = st.agent_pid;
+        v.pid = st.pid;
+        v
+    }
+
     pub fn view(&self) -> JobView {
         let st = self.state();
         if let Some(row) = &st.result {
-            let mut v = JobView::from_row(row);
-            v.created_unix_ms = Some(self.created_unix_ms);
-            v.timeout_s = Some(self.spec.timeout.as_secs_f64());
-            v.agent_pid = st.agent_pid;
-            v.pid = st.pid;
-            return v;
+            return self.ended_view(&st, row);
         }
         let now = unix_ms();
         JobView {
@@ -366,6 +386,16 @@ pub enum StreamMsg<'a> {
     End {
         job: &'a JobView,
     },
+}
+
+impl<'a> StreamMsg<'a> {
+    /// A line (or piece) of the command's output.
+    pub fn output(stream: LogStream, line: &'a str) -> Self {
+        match stream {
+            LogStream::Stdout => StreamMsg::Stdout { line },
+            LogStream::Stderr => StreamMsg::Stderr { line },
+        }
+    }
 }
 
 pub fn unix_ms() -> i64 {

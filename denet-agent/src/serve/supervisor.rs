@@ -23,7 +23,7 @@ use tokio::{
 };
 
 use super::{
-    job::{unix_ms, Job, JobView, Live, LogStream, Status, StreamMsg},
+    job::{unix_ms, Job, Live, LogStream, Status, StreamMsg},
     Service,
 };
 use crate::{history::HistoryRow, report};
@@ -205,7 +205,7 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
         .context("control pipe")?;
         st.control = Some(File::from(ctl_w));
         st.last_progress = Instant::now();
-        publish_status(job, &st);
+        job.publish_status(&st);
         // A stop that raced with the start: pass it on now.
         if st.cancel_requested {
             let grace = st.cancel_grace.unwrap_or(svc.config.kill_grace);
@@ -315,18 +315,6 @@ impl Running {
     }
 }
 
-fn publish_status(job: &Job, st: &super::job::JobState) {
-    Job::publish(
-        st,
-        &StreamMsg::Status {
-            id: &job.id,
-            status: st.status.as_str(),
-            stuck: st.stuck,
-            paused: st.paused,
-        },
-    );
-}
-
 /// Raises the stuck flag after `stuck_after` without CPU progress or output.
 fn watchdog(job: &Job) {
     let mut st = job.state();
@@ -336,7 +324,7 @@ fn watchdog(job: &Job) {
     if st.last_progress.elapsed() >= job.spec.stuck_after {
         st.stuck = true;
         st.stuck_seen = true;
-        publish_status(job, &st);
+        job.publish_status(&st);
     }
 }
 
@@ -346,7 +334,7 @@ fn progress(job: &Job) {
     st.last_progress = Instant::now();
     if st.stuck {
         st.stuck = false;
-        publish_status(job, &st);
+        job.publish_status(&st);
     }
 }
 
@@ -486,10 +474,7 @@ fn send_lines(job: &Job, stream: LogStream, pending: &mut Vec<u8>, at_end: bool)
     let mut start = 0;
     while let Some((len, used)) = super::job::next_piece(&pending[start..], at_end) {
         let line = String::from_utf8_lossy(&pending[start..start + len]);
-        let msg = match stream {
-            LogStream::Stdout => StreamMsg::Stdout { line: &line },
-            LogStream::Stderr => StreamMsg::Stderr { line: &line },
-        };
+        let msg = StreamMsg::output(stream, &line);
         Job::publish(&st, &msg);
         start += used;
     }
@@ -703,13 +688,25 @@ pub(super) async fn recover_row(svc: &Service, dir: &Path) -> Option<HistoryRow>
     Some(build_row(svc, &job, &ending).await)
 }
 
+/// Whether the trace's last line is its summary. Reads only the file's end (the
+/// summary line is far shorter than this): traces can be gigabytes and this is polled.
 fn trace_has_summary(path: &Path) -> bool {
-    std::fs::read(path).is_ok_and(|b| {
-        b.trim_ascii_end()
-            .rsplit(|&c| c == b'\n')
-            .next()
-            .is_some_and(|last| last.windows(18).any(|w| w == b"\"kind\":\"summary\""))
-    })
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut tail = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).is_err()
+        || f.read_to_end(&mut tail).is_err()
+    {
+        return false;
+    }
+    tail.trim_ascii_end()
+        .rsplit(|&c| c == b'\n')
+        .next()
+        .is_some_and(|last| last.windows(18).any(|w| w == b"\"kind\":\"summary\""))
 }
 
 /// Records the row (spooled to the job directory first, so a database outage loses
@@ -717,13 +714,9 @@ fn trace_has_summary(path: &Path) -> bool {
 async fn finalize(svc: &Arc<Service>, job: &Arc<Job>, ending: Ending) {
     let row = build_row(svc, job, &ending).await;
     svc.record(job, &row).await;
-    let mut view = JobView::from_row(&row);
     {
         let mut st = job.state();
-        view.created_unix_ms = Some(job.created_unix_ms);
-        view.timeout_s = Some(job.spec.timeout.as_secs_f64());
-        view.agent_pid = st.agent_pid;
-        view.pid = st.pid;
+        let view = job.ended_view(&st, &row);
         st.status = Status::parse(&row.status).unwrap_or(Status::Failed);
         st.stuck = false;
         st.paused = false;
