@@ -14,38 +14,10 @@ use common::pg::{connect, with_dbname, TestDb};
 use denet_tests::pg_admin_url;
 use tokio_postgres::Client;
 
-/// A row with every optional field set (`full`) or empty.
-fn row(id: &str, name: &str, status: &str, end_unix_ms: i64, full: bool) -> HistoryRow {
-    let some = |v: i64| full.then_some(v);
-    HistoryRow {
-        id: id.to_owned(),
-        name: name.to_owned(),
-        cmd: vec!["sh".into(), "-c".into(), "echo 'a \"b\"' ünï".into()],
-        cwd: "/tmp/work dir".into(),
-        hostname: "node-1".into(),
-        start_unix_ms: end_unix_ms - 1500,
-        end_unix_ms,
-        duration_s: 1.5,
-        status: status.to_owned(),
-        exit_code: full.then_some(-3),
-        signal: full.then_some(9),
-        cpu_user_s: 0.25,
-        cpu_sys_s: 0.125,
-        cpu_percent: 25.0,
-        peak_rss_kb: 123_456,
-        read_bytes: some(1 << 40),
-        write_bytes: some(0),
-        blk_read_bytes: some(4096),
-        blk_write_bytes: some(i64::MAX),
-        net_rx_bytes: some(17),
-        net_tx_bytes: some(18),
-        process_count: 3,
-        lost_events: 0,
-        stuck: full,
-        trace_path: format!("/var/lib/denet/{id}.jsonl"),
-        error: full.then(|| "boom: ünïcode".to_owned()),
-    }
-}
+/// The checks every backend must pass (shared with the SQLite unit tests).
+#[path = "../../denet-agent/src/history/conformance.rs"]
+mod conformance;
+use conformance::row;
 
 async fn version_rows(c: &Client) -> Vec<i64> {
     c.query(
@@ -140,22 +112,8 @@ async fn roundtrip_of_all_fields_some_and_none() {
     let Some(db) = TestDb::create("roundtrip_of_all_fields_some_and_none").await else {
         return;
     };
-    let h = History::open(&db.url).await.unwrap();
-    let full = row("full", "n", "failed", 2000, true);
-    let empty = row("empty", "n", "succeeded", 3000, false);
-    h.insert(&full).await.unwrap();
-    h.insert(&empty).await.unwrap();
-    assert_eq!(h.get("full").await.unwrap().as_ref(), Some(&full));
-    assert_eq!(h.get("empty").await.unwrap().as_ref(), Some(&empty));
-    assert_eq!(h.get("nope").await.unwrap(), None);
-    // Extremes survive.
-    let mut r = row("big", "n", "succeeded", i64::MAX, true);
-    r.start_unix_ms = i64::MIN;
-    r.exit_code = Some(i32::MIN);
-    r.cmd = vec![];
-    r.duration_s = 1e-300;
-    h.insert(&r).await.unwrap();
-    assert_eq!(h.get("big").await.unwrap(), Some(r));
+    conformance::roundtrip_of_all_fields_some_and_none(&History::open(&db.url).await.unwrap())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,16 +121,8 @@ async fn upsert_by_id_does_not_duplicate() {
     let Some(db) = TestDb::create("upsert_by_id_does_not_duplicate").await else {
         return;
     };
-    let h = History::open(&db.url).await.unwrap();
-    let first = row("j", "n", "failed", 1000, false);
-    h.insert(&first).await.unwrap();
-    h.insert(&first).await.unwrap();
-    let second = row("j", "other", "succeeded", 5000, true);
-    h.insert(&second).await.unwrap();
-    assert_eq!(
-        h.query(&HistoryQuery::default()).await.unwrap(),
-        vec![second]
-    );
+    conformance::upsert_by_id_does_not_duplicate(&History::open(&db.url).await.unwrap()).await;
+    // One row, also as the server counts it.
     let n: i64 = db
         .client()
         .await
@@ -188,49 +138,7 @@ async fn query_filters_limit_and_order() {
     let Some(db) = TestDb::create("query_filters_limit_and_order").await else {
         return;
     };
-    let h = History::open(&db.url).await.unwrap();
-    for (id, name, status, end) in [
-        ("a", "build", "succeeded", 100),
-        ("b", "build", "failed", 300),
-        ("c", "test", "succeeded", 200),
-        ("d", "build", "succeeded", 300),
-        ("e", "test", "failed", 50),
-    ] {
-        h.insert(&row(id, name, status, end, false)).await.unwrap();
-    }
-    let ids = |rows: Vec<HistoryRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    let q = |name: Option<&str>, status: Option<&str>, limit| HistoryQuery {
-        name: name.map(str::to_owned),
-        status: status.map(str::to_owned),
-        limit,
-    };
-    assert_eq!(
-        ids(h.query(&q(None, None, 0)).await.unwrap()),
-        ["b", "d", "c", "a", "e"]
-    );
-    assert_eq!(ids(h.query(&q(None, None, 2)).await.unwrap()), ["b", "d"]);
-    assert_eq!(
-        ids(h.query(&q(Some("build"), None, 0)).await.unwrap()),
-        ["b", "d", "a"]
-    );
-    assert_eq!(
-        ids(h.query(&q(None, Some("failed"), 0)).await.unwrap()),
-        ["b", "e"]
-    );
-    assert_eq!(
-        ids(h
-            .query(&q(Some("build"), Some("succeeded"), 1))
-            .await
-            .unwrap()),
-        ["d"]
-    );
-    assert!(h.query(&q(Some("bui"), None, 0)).await.unwrap().is_empty());
-    // Values that would break a query built by string pasting are just values.
-    assert!(h
-        .query(&q(Some("x' OR '1'='1"), None, 0))
-        .await
-        .unwrap()
-        .is_empty());
+    conformance::query_filters_limit_and_order(&History::open(&db.url).await.unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,20 +146,7 @@ async fn default_limit_is_100() {
     let Some(db) = TestDb::create("default_limit_is_100").await else {
         return;
     };
-    let h = History::open(&db.url).await.unwrap();
-    for i in 0..120 {
-        h.insert(&row(&format!("j{i:03}"), "n", "succeeded", i, false))
-            .await
-            .unwrap();
-    }
-    let rows = h.query(&HistoryQuery::default()).await.unwrap();
-    assert_eq!(rows.len(), 100);
-    assert_eq!(rows[0].id, "j119");
-    let q = HistoryQuery {
-        limit: 1000,
-        ..Default::default()
-    };
-    assert_eq!(h.query(&q).await.unwrap().len(), 120);
+    conformance::default_limit_is_100(&History::open(&db.url).await.unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

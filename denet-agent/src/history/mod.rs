@@ -315,39 +315,4 @@ fn cmd_from_json(backend: &'static str, id: &str, text: &str) -> Result<Vec<Stri
 }
 
 #[cfg(test)]
-pub(crate) mod test_rows {
-    use super::HistoryRow;
-
-    /// A row with every optional field set (`full`) or empty.
-    pub fn row(id: &str, name: &str, status: &str, end_unix_ms: i64, full: bool) -> HistoryRow {
-        let some = |v: i64| full.then_some(v);
-        HistoryRow {
-            id: id.to_owned(),
-            name: name.to_owned(),
-            cmd: vec!["sh".into(), "-c".into(), "echo 'a \"b\"' ünï".into()],
-            cwd: "/tmp/work dir".into(),
-            hostname: "node-1".into(),
-            start_unix_ms: end_unix_ms - 1500,
-            end_unix_ms,
-            duration_s: 1.5,
-            status: status.to_owned(),
-            exit_code: full.then_some(-3),
-            signal: full.then_some(9),
-            cpu_user_s: 0.25,
-            cpu_sys_s: 0.125,
-            cpu_percent: 25.0,
-            peak_rss_kb: 123_456,
-            read_bytes: some(1 << 40),
-            write_bytes: some(0),
-            blk_read_bytes: some(4096),
-            blk_write_bytes: some(i64::MAX),
-            net_rx_bytes: some(17),
-            net_tx_bytes: some(18),
-            process_count: 3,
-            lost_events: 0,
-            stuck: full,
-            trace_path: format!("/var/lib/denet/{id}.jsonl"),
-            error: full.then(|| "boom: ünïcode".to_owned()),
-        }
-    }
-}
+pub(crate) mod conformance;

@@ -321,7 +321,7 @@ impl RawRow {
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use super::super::{test_rows::row, History, HistoryQuery};
+    use super::super::{conformance, conformance::row, History, HistoryQuery};
     use super::*;
 
     /// A fresh directory under the temp dir, removed on drop.
@@ -400,87 +400,29 @@ mod tests {
     #[tokio::test]
     async fn roundtrip_of_all_fields_some_and_none() {
         let dir = TempDir::new();
-        let h = History::open(&dir.db()).await.unwrap();
-        let full = row("full", "n", "failed", 2000, true);
-        let empty = row("empty", "n", "succeeded", 3000, false);
-        h.insert(&full).await.unwrap();
-        h.insert(&empty).await.unwrap();
-        assert_eq!(h.get("full").await.unwrap().as_ref(), Some(&full));
-        assert_eq!(h.get("empty").await.unwrap().as_ref(), Some(&empty));
-        assert_eq!(h.get("nope").await.unwrap(), None);
+        conformance::roundtrip_of_all_fields_some_and_none(
+            &History::open(&dir.db()).await.unwrap(),
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn upsert_by_id_does_not_duplicate() {
         let dir = TempDir::new();
-        let h = History::open(&dir.db()).await.unwrap();
-        let first = row("j", "n", "failed", 1000, false);
-        h.insert(&first).await.unwrap();
-        h.insert(&first).await.unwrap();
-        let mut second = row("j", "other", "succeeded", 5000, true);
-        second.cmd = vec![];
-        h.insert(&second).await.unwrap();
-        let all = h.query(&HistoryQuery::default()).await.unwrap();
-        assert_eq!(all, vec![second]);
+        conformance::upsert_by_id_does_not_duplicate(&History::open(&dir.db()).await.unwrap())
+            .await;
     }
 
     #[tokio::test]
     async fn query_filters_limit_and_order() {
         let dir = TempDir::new();
-        let h = History::open(&dir.db()).await.unwrap();
-        for (id, name, status, end) in [
-            ("a", "build", "succeeded", 100),
-            ("b", "build", "failed", 300),
-            ("c", "test", "succeeded", 200),
-            ("d", "build", "succeeded", 300),
-            ("e", "test", "failed", 50),
-        ] {
-            h.insert(&row(id, name, status, end, false)).await.unwrap();
-        }
-        let ids = |rows: Vec<HistoryRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
-        let q = |name: Option<&str>, status: Option<&str>, limit| HistoryQuery {
-            name: name.map(str::to_owned),
-            status: status.map(str::to_owned),
-            limit,
-        };
-        assert_eq!(
-            ids(h.query(&q(None, None, 0)).await.unwrap()),
-            ["b", "d", "c", "a", "e"]
-        );
-        assert_eq!(ids(h.query(&q(None, None, 2)).await.unwrap()), ["b", "d"]);
-        assert_eq!(
-            ids(h.query(&q(Some("build"), None, 0)).await.unwrap()),
-            ["b", "d", "a"]
-        );
-        assert_eq!(
-            ids(h.query(&q(None, Some("failed"), 0)).await.unwrap()),
-            ["b", "e"]
-        );
-        assert_eq!(
-            ids(h
-                .query(&q(Some("build"), Some("succeeded"), 1))
-                .await
-                .unwrap()),
-            ["d"]
-        );
-        assert!(h.query(&q(Some("bui"), None, 0)).await.unwrap().is_empty());
+        conformance::query_filters_limit_and_order(&History::open(&dir.db()).await.unwrap()).await;
     }
 
     #[tokio::test]
     async fn default_limit_is_100() {
         let dir = TempDir::new();
-        let h = History::open(&dir.db()).await.unwrap();
-        for i in 0..120 {
-            h.insert(&row(&format!("j{i:03}"), "n", "succeeded", i, false))
-                .await
-                .unwrap();
-        }
-        assert_eq!(h.query(&HistoryQuery::default()).await.unwrap().len(), 100);
-        let q = HistoryQuery {
-            limit: 1000,
-            ..Default::default()
-        };
-        assert_eq!(h.query(&q).await.unwrap().len(), 120);
+        conformance::default_limit_is_100(&History::open(&dir.db()).await.unwrap()).await;
     }
 
     #[tokio::test]
