@@ -361,7 +361,10 @@ async fn lifecycle_over_http_and_websocket() {
     // The kernel accounts dirtied page-cache memory, not bytes: 200000 rounded up to
     // whole pages, or folios (seen: 49 and 50 pages); tolerance one 64 KiB folio.
     let wb = r["write_bytes"].as_i64().unwrap();
-    assert!((200_000..=200_000 + 65_536).contains(&wb), "write_bytes {wb}");
+    assert!(
+        (200_000..=200_000 + 65_536).contains(&wb),
+        "write_bytes {wb}"
+    );
     assert!(r["duration_s"].as_f64().unwrap() >= 0.3);
     assert_eq!(r["lost_events"], 0);
 
