@@ -44,6 +44,21 @@ fn stats(mut v: Vec<f64>) -> Stats {
     }
 }
 
+/// `denet-agent run --require-ebpf -o TRACE -- CMD...`
+fn traced_argv(agent: &Path, trace: &Path, cmd: &[String]) -> Vec<String> {
+    [
+        agent.to_string_lossy().into_owned(),
+        "run".into(),
+        "--require-ebpf".into(),
+        "-o".into(),
+        trace.to_string_lossy().into_owned(),
+        "--".into(),
+    ]
+    .into_iter()
+    .chain(cmd.iter().cloned())
+    .collect()
+}
+
 fn run_quiet(cmd: &[String]) -> Result<f64> {
     let start = Instant::now();
     let status = Command::new(&cmd[0])
@@ -166,17 +181,7 @@ fn core(agent: &Path, workload: &str, opts: &BenchOptions) -> Result<()> {
         let mut traced = Vec::new();
         let mut inner = Vec::new();
         let (mut holds, mut cpus, mut rss, mut lost) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
-        let traced_cmd: Vec<String> = [
-            agent.to_string_lossy().into_owned(),
-            "run".into(),
-            "--require-ebpf".into(),
-            "-o".into(),
-            trace.to_string_lossy().into_owned(),
-            "--".into(),
-        ]
-        .into_iter()
-        .chain(w.cmd.iter().cloned())
-        .collect();
+        let traced_cmd = traced_argv(agent, &trace, &w.cmd);
         // Warm-up: page cache, binaries.
         run_quiet(&w.cmd)?;
         run_quiet(&traced_cmd)?;
@@ -438,15 +443,7 @@ fn serve(agent: &Path, opts: &BenchOptions) -> Result<()> {
     let seq_runs = jobs.min(50);
     let seq_started = Instant::now();
     for _ in 0..seq_runs {
-        run_quiet(&[
-            agent.to_string_lossy().into_owned(),
-            "run".into(),
-            "--require-ebpf".into(),
-            "-o".into(),
-            trace.to_string_lossy().into_owned(),
-            "--".into(),
-            "true".into(),
-        ])?;
+        run_quiet(&traced_argv(agent, &trace, &["true".to_string()]))?;
     }
     let per_run = seq_started.elapsed().as_secs_f64() / seq_runs as f64;
     let _ = std::fs::remove_file(&trace);
