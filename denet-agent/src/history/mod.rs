@@ -153,28 +153,25 @@ pub(crate) fn get_sql(placeholder: &str) -> String {
 }
 
 /// Errors of the history store; each says which backend and what it was doing.
+///
+/// The message already ends with the cause's text, so the cause is kept as a plain
+/// field, not as `source()`: error chains (`{:#}`) would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    #[error("job history (sqlite): {op}: {source}")]
-    Sqlite {
-        op: String,
-        #[source]
-        source: rusqlite::Error,
-    },
+    #[error("job history (sqlite): {op}: {cause}")]
+    Sqlite { op: String, cause: rusqlite::Error },
     /// `detail` is the full message (the server's error text included).
     #[error("job history (postgres): {op}: {detail}")]
     Postgres {
         op: String,
         detail: String,
-        #[source]
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
     },
-    #[error("job history ({backend}): {op}: {source}")]
+    #[error("job history ({backend}): {op}: {cause}")]
     Io {
         backend: &'static str,
         op: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "job history ({backend}): the database is at schema version {found}, newer than this \

@@ -41,10 +41,10 @@ fn render(e: &tokio_postgres::Error) -> String {
 
 fn err(op: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> HistoryError {
     let op = op.into();
-    move |source| HistoryError::Postgres {
+    move |cause| HistoryError::Postgres {
         op,
-        detail: render(&source),
-        source,
+        detail: render(&cause),
+        cause,
     }
 }
 

@@ -27,7 +27,7 @@ pub(super) struct SqliteHistory {
 
 fn err(op: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> HistoryError {
     let op = op.into();
-    move |source| HistoryError::Sqlite { op, source }
+    move |cause| HistoryError::Sqlite { op, cause }
 }
 
 impl SqliteHistory {
@@ -166,10 +166,10 @@ fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
 fn create_owner_only(path: &Path) -> Result<(), HistoryError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io_err = |op: String| {
-        move |source| HistoryError::Io {
+        move |cause| HistoryError::Io {
             backend: BACKEND,
             op,
-            source,
+            cause,
         }
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -103,10 +103,9 @@ impl Service {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .with_context(|| format!("making {} owner-only", jobs_dir.display()))?;
-        // The error's own message already includes its cause: not chained again.
-        let history = History::open(&config.db).await.map_err(|e| {
-            anyhow::anyhow!("opening the history database {}: {e}", redact(&config.db))
-        })?;
+        let history = History::open(&config.db)
+            .await
+            .with_context(|| format!("opening the history database {}", redact(&config.db)))?;
         let agent_bin = std::env::current_exe().context("locating the denet-agent binary")?;
         let svc = Arc::new(Service {
             slots: Arc::new(Semaphore::new(config.max_running.max(1))),
