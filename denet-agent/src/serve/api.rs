@@ -159,7 +159,7 @@ async fn health(State(svc): State<Arc<Service>>) -> Json<Value> {
     Json(json!({
         "ok": true,
         "agent_version": env!("CARGO_PKG_VERSION"),
-        "active_jobs": svc.running_count(),
+        "active_jobs": svc.active_count(),
         "db_backend": svc.history.backend(),
         "shutting_down": svc.is_shutting_down(),
     }))

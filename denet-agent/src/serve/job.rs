@@ -117,8 +117,8 @@ pub struct Job {
     state: Mutex<JobState>,
     /// Held while output is appended and announced, and while a stream subscribes.
     pub output: Mutex<OutputMark>,
-    /// Signalled on cancel requests (wakes a queued job) and when the job ends.
-    pub changed: Notify,
+    /// Signalled on a stop request: wakes the job if it is waiting for a slot.
+    pub cancelled: Notify,
 }
 
 /// Capacity of a job's live message channel: a slower subscriber is told how many
@@ -171,7 +171,7 @@ impl Job {
                 result: None,
             }),
             output: Mutex::new(OutputMark::default()),
-            changed: Notify::new(),
+            cancelled: Notify::new(),
         }
     }
 

@@ -171,7 +171,8 @@ impl Service {
         v
     }
 
-    pub fn running_count(&self) -> usize {
+    /// Jobs queued or running.
+    pub fn active_count(&self) -> usize {
         self.jobs().active.len()
     }
 
@@ -190,7 +191,7 @@ impl Service {
             Job::control(&mut st, &format!("stop {}", grace.as_millis()));
         }
         drop(st);
-        job.changed.notify_one();
+        job.cancelled.notify_one();
         true
     }
 

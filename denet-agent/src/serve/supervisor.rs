@@ -81,7 +81,7 @@ async fn wait_for_slot(svc: &Service, job: &Job) -> Option<tokio::sync::OwnedSem
                 }
                 return permit.ok();
             }
-            _ = job.changed.notified() => {}
+            _ = job.cancelled.notified() => {}
         }
     }
 }
