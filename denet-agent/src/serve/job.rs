@@ -194,7 +194,11 @@ impl Job {
 
     /// Sends a live message to the job's subscribers (none listening is fine).
     pub fn publish(state: &JobState, msg: &impl Serialize) {
-        if let (Some(tx), Ok(text)) = (&state.events, serde_json::to_string(msg)) {
+        // Nobody subscribed (the usual case): nothing to encode.
+        let Some(tx) = state.events.as_ref().filter(|tx| tx.receiver_count() > 0) else {
+            return;
+        };
+        if let Ok(text) = serde_json::to_string(msg) {
             let _ = tx.send(Arc::from(text));
         }
     }

@@ -404,12 +404,12 @@ fn on_trace_line(job: &Job, line: &[u8]) {
     let Ok(text) = std::str::from_utf8(line) else {
         return;
     };
-    let (Ok(rec), Ok(raw)) = (
-        serde_json::from_str::<TraceLine>(text),
-        serde_json::from_str::<&RawValue>(text),
-    ) else {
+    let Ok(rec) = serde_json::from_str::<TraceLine>(text) else {
         return;
     };
+    // Only streamed kinds need the record as a whole (file and event records can be
+    // a firehose).
+    let raw = || serde_json::from_str::<&RawValue>(text).ok();
     match &*rec.kind {
         "header" => job.state().pid = rec.pid,
         "sample" => {
@@ -424,10 +424,20 @@ fn on_trace_line(job: &Job, line: &[u8]) {
                 process_count: rec.process_count.unwrap_or(0),
                 sampled_unix_ms: unix_ms(),
             });
-            Job::publish(&st, &StreamMsg::Sample { record: raw });
+            if let Some(record) = raw() {
+                Job::publish(&st, &StreamMsg::Sample { record });
+            }
         }
-        "process" => Job::publish(&job.state(), &StreamMsg::Process { record: raw }),
-        "summary" => Job::publish(&job.state(), &StreamMsg::Summary { record: raw }),
+        "process" => {
+            if let Some(record) = raw() {
+                Job::publish(&job.state(), &StreamMsg::Process { record });
+            }
+        }
+        "summary" => {
+            if let Some(record) = raw() {
+                Job::publish(&job.state(), &StreamMsg::Summary { record });
+            }
+        }
         _ => {}
     }
 }
