@@ -63,8 +63,9 @@ pub struct RunConfig {
 /// Requests from whoever drives the run (the `serve` supervisor), while it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Stop the whole tree: SIGTERM, SIGKILL after `grace`. The summary says `cancelled`.
-    Stop { grace: Duration },
+    /// Stop the whole tree: SIGTERM, SIGKILL after `grace` (default: the run's
+    /// `kill_grace`). The summary says `cancelled`.
+    Stop { grace: Option<Duration> },
     /// SIGSTOP the whole tree (and whatever it forks meanwhile) until `Resume`.
     Pause,
     /// SIGCONT the whole tree.
@@ -78,15 +79,14 @@ impl std::str::FromStr for Control {
         let mut words = line.split_whitespace();
         let control = match words.next() {
             Some("stop") => {
-                let grace_ms = match words.next() {
-                    Some(ms) => ms
-                        .parse::<u64>()
-                        .map_err(|e| format!("stop: bad grace {ms:?}: {e}"))?,
-                    None => 5000,
+                let grace = match words.next() {
+                    Some(ms) => Some(Duration::from_millis(
+                        ms.parse::<u64>()
+                            .map_err(|e| format!("stop: bad grace {ms:?}: {e}"))?,
+                    )),
+                    None => None,
                 };
-                Control::Stop {
-                    grace: Duration::from_millis(grace_ms),
-                }
+                Control::Stop { grace }
             }
             Some("pause") => Control::Pause,
             Some("resume") => Control::Resume,
@@ -427,7 +427,7 @@ impl RunState {
                     // The driver is gone: nobody will collect this run, so end it.
                     None => {
                         control = None;
-                        self.on_control(Control::Stop { grace: config.kill_grace });
+                        self.on_control(Control::Stop { grace: None });
                     }
                 },
                 _ = tokio::time::sleep_until(next_sample) => {
@@ -452,7 +452,9 @@ impl RunState {
                     return; // already stopping
                 }
                 self.summary.cancelled = true;
-                self.grace = grace;
+                if let Some(grace) = grace {
+                    self.grace = grace;
+                }
                 self.terminate_tree(Instant::now());
             }
             // The tree is being stopped: stopping it as well would waste the grace.
@@ -692,5 +694,27 @@ impl RunState {
             exit_status,
             summary,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_lines() {
+        let parse = |l: &str| l.parse::<Control>();
+        assert_eq!(parse("stop"), Ok(Control::Stop { grace: None }));
+        assert_eq!(
+            parse("stop 250"),
+            Ok(Control::Stop {
+                grace: Some(Duration::from_millis(250))
+            })
+        );
+        assert_eq!(parse(" pause "), Ok(Control::Pause));
+        assert_eq!(parse("resume"), Ok(Control::Resume));
+        for bad in ["", "stop soon", "stop -1", "jump", "pause now", "stop 1 2"] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
