@@ -3,7 +3,7 @@
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::RawTracePoint,
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use denet_common::{counter, IoAccounting, KernelOffsets, Settings};
 
@@ -37,12 +37,20 @@ const SYSCALL_PROGRAMS: &[&str] = &["sys_enter", "sys_exit"];
 #[derive(Debug, Clone, Copy)]
 pub struct TracerOptions {
     pub ringbuf_bytes: u32,
-    /// Per-file accounting (open/read/write/close per fd); needs `syscalls`.
+    /// Per-file accounting (open/read/write/close per fd).
     pub files: bool,
-    /// Syscall counts (and the hooks file accounting needs).
+    /// Per-process syscall counts.
     pub syscalls: bool,
     /// Raw scheduler and block I/O events through the ring buffer.
     pub events: bool,
+}
+
+impl TracerOptions {
+    /// Files and syscall counts share one program pair on `raw_syscalls`; it runs
+    /// for every syscall of every task on the machine while attached.
+    pub fn syscall_hooks(&self) -> bool {
+        self.files || self.syscalls
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +107,8 @@ fn pid_max() -> u32 {
 pub struct KernelTracer {
     // Owns the attached programs: dropping it detaches them.
     _ebpf: Ebpf,
+    /// Tracepoints with a program attached, in attach order.
+    attached: Vec<&'static str>,
     tracked: HashMap<MapData, u32, u32>,
     tracked_fast: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
@@ -207,30 +217,35 @@ fn check_tracepoints(btf: &Btf) -> Result<(), TracerError> {
 impl KernelTracer {
     /// Loads the programs with offsets from this kernel's BTF and attaches them.
     pub fn load(options: TracerOptions) -> Result<Self, TracerError> {
-        let btf = Btf::from_sys_fs().map_err(|e| TracerError::Btf(e.to_string()))?;
-        check_tracepoints(&btf)?;
-        let offsets = resolve_offsets(&btf)?;
-        // No BTF for aya: the programs carry no CO-RE relocations and raw tracepoints
-        // attach by name, so the loader need not parse the kernel's BTF a second time.
+        // The parsed BTF is freed before aya's loader runs, so the two never sit in
+        // memory together (the agent's peak RSS).
+        let offsets = {
+            let btf = Btf::from_sys_fs().map_err(|e| TracerError::Btf(e.to_string()))?;
+            check_tracepoints(&btf)?;
+            resolve_offsets(&btf)?
+        };
         let nr_cpus =
             aya::util::nr_cpus().map_err(|(what, e)| TracerError::Btf(format!("{what}: {e}")))?;
+        let syscall_hooks = options.syscall_hooks();
         let settings = Settings {
-            files: u32::from(options.files && options.syscalls),
+            files: u32::from(options.files),
             nr_cpus: nr_cpus as u32,
             events: u32::from(options.events),
-            _pad: 0,
+            syscalls: u32::from(options.syscalls),
         };
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
+        // No BTF for aya: the programs carry no CO-RE relocations and raw tracepoints
+        // attach by name.
+        let mut ebpf = crate::aya_loader::without_kernel_btf()
             .override_global("OFFSETS", &offsets, true)
             .override_global("SETTINGS", &settings, true)
             .map_max_entries("EVENTS", options.ringbuf_bytes)
             .map_max_entries("TRACKED_FAST", pid_max())
             .load(OBJECT)?;
+        let mut attached = Vec::with_capacity(PROGRAMS.len());
         for &(name, tracepoint) in PROGRAMS {
             // The syscall hooks put every syscall on the machine on the kernel's slow
-            // path, so they are only attached when asked for.
-            if !options.syscalls && SYSCALL_PROGRAMS.contains(&name) {
+            // path, so they are neither loaded nor attached unless asked for.
+            if !syscall_hooks && SYSCALL_PROGRAMS.contains(&name) {
                 continue;
             }
             let program: &mut RawTracePoint = ebpf
@@ -244,6 +259,7 @@ impl KernelTracer {
             program
                 .attach(tracepoint)
                 .map_err(|source| TracerError::Program { name, source })?;
+            attached.push(tracepoint);
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(TracerError::Missing(name))
@@ -265,6 +281,7 @@ impl KernelTracer {
         stats.1.count_syscalls = options.syscalls;
         Ok(Self {
             _ebpf: ebpf,
+            attached,
             tracked,
             tracked_fast,
             counters,
@@ -296,6 +313,11 @@ impl KernelTracer {
     /// The counter maps: (for the collector, for the sampler); handed out once.
     pub fn take_stats(&mut self) -> Option<(StatsMaps, StatsMaps)> {
         self.stats.take()
+    }
+
+    /// The tracepoints this tracer has programs on, in attach order.
+    pub fn attached(&self) -> &[&'static str] {
+        &self.attached
     }
 
     /// Processes currently in the kernel's tracked set.

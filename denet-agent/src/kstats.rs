@@ -14,7 +14,7 @@ use crate::ebpf::{map_err, TracerError};
 pub struct ProcDepth {
     pub stats: ProcStats,
     /// (syscall number, count), non-zero counts only, by number; None when
-    /// syscalls are not counted (`--no-syscalls`).
+    /// syscalls are not counted (without `--syscalls`).
     pub syscalls: Option<Vec<(u16, u64)>>,
 }
 
@@ -26,7 +26,7 @@ pub struct StatsMaps {
     /// its current state is not in `procs` until it leaves that state.
     task_state: Option<HashMap<MapData, u32, TaskState>>,
     nr_cpus: usize,
-    /// The syscall hooks are attached (else SYSCALLS stays empty).
+    /// Syscalls are counted (else SYSCALLS stays empty).
     pub count_syscalls: bool,
 }
 
@@ -149,6 +149,9 @@ impl StatsMaps {
         self.procs
             .insert(tgid, stats, 0)
             .map_err(map_err("PROC_STATS"))?;
+        if !self.count_syscalls {
+            return Ok(());
+        }
         let counts = PerCpuValues::try_from(vec![SyscallCounts::default(); self.nr_cpus])
             .map_err(|e| TracerError::Btf(format!("per-CPU values: {e}")))?;
         self.syscalls
@@ -163,6 +166,14 @@ impl StatsMaps {
         for v in per_cpu.iter() {
             add_stats(&mut stats, v);
         }
+        Some(ProcDepth {
+            stats,
+            syscalls: self.count_syscalls.then(|| self.syscall_counts(tgid)),
+        })
+    }
+
+    /// (syscall number, count) of a live process, non-zero counts only.
+    fn syscall_counts(&self, tgid: u32) -> Vec<(u16, u64)> {
         let mut counts = [0u64; denet_common::SYSCALL_SLOTS];
         if let Ok(per_cpu) = self.syscalls.get(&tgid, 0) {
             for v in per_cpu.iter() {
@@ -171,16 +182,12 @@ impl StatsMaps {
                 }
             }
         }
-        let syscalls = counts
+        counts
             .iter()
             .enumerate()
             .filter(|(_, c)| **c > 0)
             .map(|(nr, c)| (nr as u16, *c))
-            .collect();
-        Some(ProcDepth {
-            stats,
-            syscalls: self.count_syscalls.then_some(syscalls),
-        })
+            .collect()
     }
 
     /// Final counters of an exited process; its entries are deleted.

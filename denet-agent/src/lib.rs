@@ -1,6 +1,7 @@
 //! denet-agent as a library: the run engine (`run::run`) and the pieces it is made
 //! of, so other front ends (the CLI, a service) drive one engine.
 
+mod aya_loader;
 pub mod btf;
 pub mod client;
 pub mod clock;

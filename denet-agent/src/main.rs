@@ -83,12 +83,20 @@ struct ServeArgs {
     /// Jobs fail instead of falling back to /proc sampling.
     #[arg(long)]
     require_ebpf: bool,
-    /// Jobs run without syscall counts and file records (see `run --no-syscalls`).
+    /// Jobs write per-file records (see `run --files`: slows every syscall on the
+    /// machine while a job runs).
     #[arg(long)]
-    no_syscalls: bool,
-    /// Jobs run without file records.
+    files: bool,
+    /// Jobs count syscalls per process (see `run --syscalls`: slows every syscall on
+    /// the machine while a job runs).
     #[arg(long)]
+    syscalls: bool,
+    /// Accepted for old scripts: jobs have no file records unless --files.
+    #[arg(long, hide = true, conflicts_with = "files")]
     no_files: bool,
+    /// Accepted for old scripts: jobs have no syscall hooks unless --syscalls/--files.
+    #[arg(long, hide = true, conflicts_with_all = ["files", "syscalls"])]
+    no_syscalls: bool,
 }
 
 #[derive(Args)]
@@ -146,12 +154,20 @@ struct RunArgs {
     /// (twice), so it counts in the agent's RSS; lost events are counted either way.
     #[arg(long, default_value_t = 2, value_name = "MIB")]
     ringbuf_mib: u32,
-    /// No per-file accounting (no `file` records).
+    /// Per-file records (paths, bytes read and written per fd). Attaches the syscall
+    /// hooks: while attached, every syscall of every process on the machine pays
+    /// about 0.2 us more (see docs/benchmarks.md).
     #[arg(long)]
+    files: bool,
+    /// Per-process syscall counts. Attaches the syscall hooks (shared with --files):
+    /// every syscall on the machine pays about 0.2 us more while attached.
+    #[arg(long)]
+    syscalls: bool,
+    /// Accepted for old scripts: file records are off unless --files.
+    #[arg(long, hide = true, conflicts_with = "files")]
     no_files: bool,
-    /// No syscall counts and no file records: the syscall hooks cost every process
-    /// on the machine some time per syscall while attached (see docs/benchmarks.md).
-    #[arg(long)]
+    /// Accepted for old scripts: syscall hooks are off unless --syscalls/--files.
+    #[arg(long, hide = true, conflicts_with_all = ["files", "syscalls"])]
     no_syscalls: bool,
     /// Also write raw `event` records: every scheduler state span of every thread
     /// and every block request (a firehose: consider a larger --ringbuf-mib).
@@ -182,7 +198,20 @@ fn seconds(name: &str, v: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// `--no-files`/`--no-syscalls` asked for what is now the default.
+fn note_old_flags(no_files: bool, no_syscalls: bool) {
+    for (on, flag) in [(no_files, "--no-files"), (no_syscalls, "--no-syscalls")] {
+        if on {
+            eprintln!(
+                "denet-agent: note: {flag} is the default now (no syscall hooks unless \
+                 --files or --syscalls); the flag is ignored"
+            );
+        }
+    }
+}
+
 fn run_config(args: RunArgs) -> Result<RunConfig> {
+    note_old_flags(args.no_files, args.no_syscalls);
     if !args.ringbuf_mib.is_power_of_two() || args.ringbuf_mib > 1024 {
         bail!(
             "--ringbuf-mib must be a power of two up to 1024, got {}",
@@ -217,8 +246,8 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
             EbpfMode::Auto
         },
         ringbuf_bytes: args.ringbuf_mib * 1024 * 1024,
-        files: !args.no_files && !args.no_syscalls,
-        syscalls: !args.no_syscalls,
+        files: args.files,
+        syscalls: args.syscalls,
         events: args.events,
     })
 }
@@ -347,6 +376,7 @@ fn control_channel(fd: i32) -> Result<tokio::sync::mpsc::UnboundedReceiver<run::
 
 fn serve(args: ServeArgs) -> Result<i32> {
     use denet_agent::serve::{self, spec::SpecDefaults, Endpoint, ServeConfig};
+    note_old_flags(args.no_files, args.no_syscalls);
     let endpoint = match args.socket {
         Some(p) => Endpoint::Unix(p),
         None => Endpoint::Tcp(args.listen),
@@ -375,8 +405,8 @@ fn serve(args: ServeArgs) -> Result<i32> {
     for (on, flag) in [
         (args.no_ebpf, "--no-ebpf"),
         (args.require_ebpf, "--require-ebpf"),
-        (args.no_syscalls, "--no-syscalls"),
-        (args.no_files, "--no-files"),
+        (args.files, "--files"),
+        (args.syscalls, "--syscalls"),
     ] {
         if on {
             run_flags.push(flag.to_string());

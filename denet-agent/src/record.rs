@@ -29,7 +29,7 @@ pub struct DepthFields {
     pub blk_latency_hist_log2_us: Vec<u32>,
     pub net_tx_bytes: u64,
     pub net_rx_bytes: u64,
-    /// Syscall name -> count; absent with `--no-syscalls`.
+    /// Syscall name -> count; only with `--syscalls`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscalls: Option<BTreeMap<String, u64>>,
 }
@@ -162,9 +162,9 @@ pub struct Header {
     pub ebpf: bool,
     /// Why eBPF is off, when it is.
     pub ebpf_unavailable_reason: Option<String>,
-    /// Per-process syscall counts are collected (eBPF mode, not `--no-syscalls`).
+    /// Per-process syscall counts are collected (eBPF mode with `--syscalls`).
     pub syscalls: bool,
-    /// `file` records are written (eBPF mode, not `--no-files`/`--no-syscalls`).
+    /// `file` records are written (eBPF mode with `--files`).
     pub files: bool,
     /// Raw `event` records are written (`--events`).
     pub events: bool,

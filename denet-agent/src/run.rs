@@ -52,9 +52,9 @@ pub struct RunConfig {
     pub kill_grace: Duration,
     pub ebpf: EbpfMode,
     pub ringbuf_bytes: u32,
-    /// Per-file accounting (`file` records).
+    /// Per-file accounting (`file` records): attaches the syscall hooks.
     pub files: bool,
-    /// Per-process syscall counts (and the syscall hooks files need).
+    /// Per-process syscall counts: attaches the syscall hooks.
     pub syscalls: bool,
     /// Raw scheduler and block I/O `event` records.
     pub events: bool,
@@ -179,7 +179,7 @@ fn header(config: &RunConfig, kernel: &Kernel, pid: Option<u32>, hold_ns: Option
         ebpf: kernel.tracer.is_some(),
         ebpf_unavailable_reason: kernel.unavailable.clone(),
         syscalls: kernel.tracer.is_some() && config.syscalls,
-        files: kernel.tracer.is_some() && config.syscalls && config.files,
+        files: kernel.tracer.is_some() && config.files,
         events: kernel.tracer.is_some() && config.events,
         interval_ms: config.interval_ms,
         max_interval_ms: config.max_interval_ms,

@@ -366,7 +366,8 @@ pub struct Settings {
     pub nr_cpus: u32,
     /// Non-zero: raw scheduler and block I/O events go to the ring buffer too.
     pub events: u32,
-    pub _pad: u32,
+    /// Non-zero: count syscalls per process (the syscall hooks are attached).
+    pub syscalls: u32,
 }
 
 /// `enum mm_counter_type` slots that make up RSS: MM_FILEPAGES, MM_ANONPAGES,

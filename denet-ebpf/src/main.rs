@@ -121,7 +121,7 @@ pub(crate) static SETTINGS: Settings = Settings {
     files: 0,
     nr_cpus: 1,
     events: 0,
-    _pad: 0,
+    syscalls: 0,
 };
 
 macro_rules! setting {

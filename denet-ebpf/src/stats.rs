@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use denet_common::{counter, ProcStats, SyscallCounts, HIST_BUCKETS, TRACKED_MAX_ENTRIES};
 
-use crate::bump;
+use crate::{bump, setting};
 
 #[map]
 pub(crate) static PROC_STATS: PerCpuHashMap<u32, ProcStats> =
@@ -33,6 +33,9 @@ pub(crate) fn create(tgid: u32) {
         if PROC_STATS.insert(&tgid, unsafe { &*zero }, 0).is_err() {
             bump(counter::STATS_INSERT_ERRORS);
         }
+    }
+    if setting!(syscalls) == 0 {
+        return;
     }
     if let Some(zero) = ZERO_SYSCALLS.get_ptr(0) {
         // SAFETY: as above.

@@ -99,7 +99,7 @@ fn direct_read_counts_block_io_and_the_file() {
     let path = dir.canonicalize().unwrap().join("input.bin");
     let n: u64 = 8 << 20;
     std::fs::write(&path, vec![3u8; n as usize]).unwrap();
-    let t = run_agent(&[], &[WORKLOAD, "read-direct", path.to_str().unwrap()]);
+    let t = run_agent(&["--files"], &[WORKLOAD, "read-direct", path.to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&dir);
     clean(&t);
     let p = t.root();
@@ -136,7 +136,7 @@ fn written_file_has_its_path_and_bytes() {
     let n = 3_000_001u64;
     // Relative path from a known working directory: resolved to the absolute one.
     let t = run_agent(
-        &[],
+        &["--files"],
         &[
             "sh",
             "-c",
@@ -159,7 +159,7 @@ fn written_file_has_its_path_and_bytes() {
     // And a shell redirection: the child writes through an inherited fd.
     let out = dir.join("redir.txt");
     let t = run_agent(
-        &[],
+        &["--files"],
         &[
             "sh",
             "-c",
@@ -210,7 +210,7 @@ fn exact_syscall_count_while_others_do_the_same() {
         .spawn()
         .unwrap();
     let k = 123_457u64;
-    let t = run_agent(&[], &[WORKLOAD, "getppid", &k.to_string()]);
+    let t = run_agent(&["--syscalls"], &[WORKLOAD, "getppid", &k.to_string()]);
     let _ = bg.kill();
     let _ = bg.wait();
     clean(&t);
@@ -249,35 +249,70 @@ fn samples_carry_window_deltas() {
 }
 
 #[test]
-fn no_files_turns_file_records_off() {
-    if !ebpf_ready("no_files_turns_file_records_off") {
+fn files_and_syscalls_are_opt_in() {
+    if !ebpf_ready("files_and_syscalls_are_opt_in") {
         return;
     }
     let _serial = exclusive();
-    let t = run_agent(
-        &["--no-files"],
-        &["sh", "-c", "cat /etc/hostname >/dev/null"],
-    );
+    // Default: no syscall hooks, so no counts and no file records; everything else
+    // (scheduler split, exit accounting) stays.
+    let t = run_agent(&[], &[WORKLOAD, "getppid", "1000"]);
     clean(&t);
+    assert_eq!(t.header()["files"], false);
+    assert_eq!(t.header()["syscalls"], false);
     assert!(t.of_kind("file").is_empty());
     assert_eq!(t.summary()["file_count"], 0);
-    assert_eq!(t.header()["files"], false);
-    assert_eq!(t.header()["syscalls"], true);
-    // --no-syscalls: no syscall hooks, so no counts and no files either; the
-    // scheduler accounting stays.
-    let t = run_agent(&["--no-syscalls"], &[WORKLOAD, "getppid", "1000"]);
-    clean(&t);
-    assert!(t.of_kind("file").is_empty());
-    assert_eq!(t.header()["syscalls"], false);
     assert!(t.root().get("syscalls").is_none(), "{}", t.root());
     assert!(u(&t.root()["oncpu_ns"]) > 0);
-    let t = run_agent(&[], &["sh", "-c", "cat /etc/hostname >/dev/null"]);
+    // syscr counts read-type syscalls from the task's own I/O accounting, hooks or not.
+    assert!(t.root()["syscr"].is_u64(), "{}", t.root());
+    // --syscalls alone: counts, no file records.
+    let t = run_agent(&["--syscalls"], &[WORKLOAD, "getppid", "1000"]);
+    clean(&t);
+    assert_eq!(t.header()["syscalls"], true);
+    assert_eq!(t.header()["files"], false);
+    assert_eq!(u(&t.root()["syscalls"]["getppid"]), 1000);
+    assert!(t.of_kind("file").is_empty());
+    // --files alone: file records, no syscall counts.
+    let t = run_agent(&["--files"], &["sh", "-c", "cat /etc/hostname >/dev/null"]);
+    clean(&t);
     assert_eq!(t.header()["files"], true);
-    assert!(!t.of_kind("file").is_empty());
+    assert_eq!(t.header()["syscalls"], false);
+    assert!(t.processes().iter().all(|p| p.get("syscalls").is_none()));
+    let cat = named(&t, "cat");
+    assert!(
+        files_of(&t, u(&cat[0]["pid"]))
+            .iter()
+            .any(|f| f["path"] == "/etc/hostname"),
+        "no record of /etc/hostname"
+    );
     assert_eq!(
         u(&t.summary()["file_count"]),
         t.of_kind("file").len() as u64
     );
+}
+
+#[test]
+fn old_opt_out_flags_are_accepted_with_a_note() {
+    if !ebpf_ready("old_opt_out_flags_are_accepted_with_a_note") {
+        return;
+    }
+    let _serial = exclusive();
+    for flag in ["--no-files", "--no-syscalls"] {
+        let t = run_agent(&[flag], &["sh", "-c", "cat /etc/hostname >/dev/null"]);
+        clean(&t);
+        assert!(t.stderr.contains(&format!("{flag} is the default now")), "{}", t.stderr);
+        assert_eq!(t.header()["files"], false);
+        assert_eq!(t.header()["syscalls"], false);
+        assert!(t.of_kind("file").is_empty());
+    }
+    // Contradictions are refused before anything runs.
+    let out = std::process::Command::new(denet_tests::agent_bin())
+        .args(["run", "--files", "--no-files", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
 
 #[test]

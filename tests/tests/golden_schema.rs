@@ -83,14 +83,19 @@ fn normalize(v: &Value) -> Value {
     Value::Object(out)
 }
 
-#[test]
-fn golden_shape_of_a_real_trace() {
-    if !ebpf_ready("golden_shape_of_a_real_trace") {
+/// Runs the golden command with `flags` and compares the trace's shape with
+/// tests/golden/`name`.
+fn check_shape(test: &str, flags: &[&str], name: &str) {
+    if !ebpf_ready(test) {
         return;
     }
     // No samples (interval longer than the run): their count depends on timing.
+    let args: Vec<&str> = ["--interval-ms", "3600000", "--timeout", "600"]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect();
     let t = run_agent(
-        &["--interval-ms", "3600000", "--timeout", "600"],
+        &args,
         &["sh", "-c", "/bin/echo golden > /dev/null; exit 2"],
     );
     assert_eq!(t.exit_code(), 2, "{}", t.stderr);
@@ -106,14 +111,36 @@ fn golden_shape_of_a_real_trace() {
     let n = lines.len();
     lines[1..n - 1].sort();
     let got = lines.join("\n") + "\n";
-    let golden =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/real-trace.shape.jsonl");
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &got).unwrap();
     }
     let want = std::fs::read_to_string(&golden).expect("golden file (UPDATE_GOLDEN=1 creates it)");
     assert_eq!(
         got, want,
-        "trace shape changed; see the comment at the top of this file"
+        "trace shape changed ({name}); see the comment at the top of this file"
+    );
+}
+
+/// Everything on: the full shape, with `file` records and `syscalls` maps.
+#[test]
+fn golden_shape_of_a_real_trace() {
+    check_shape(
+        "golden_shape_of_a_real_trace",
+        &["--files", "--syscalls"],
+        "real-trace.shape.jsonl",
+    );
+}
+
+/// Default flags: no `file` records and no `syscalls` maps (the fields that exist
+/// only with `--files` / `--syscalls`).
+#[test]
+fn golden_shape_of_a_default_trace() {
+    check_shape(
+        "golden_shape_of_a_default_trace",
+        &[],
+        "real-trace-default.shape.jsonl",
     );
 }

@@ -53,7 +53,7 @@ pub struct ServeConfig {
     pub kill_grace: Duration,
     /// A job that fails within this time of its start is `startup_failed`.
     pub startup_window: Duration,
-    /// Extra `run` flags for every job (`--no-ebpf`, `--no-syscalls`, ...).
+    /// Extra `run` flags for every job (`--no-ebpf`, `--files`, ...).
     pub run_flags: Vec<String>,
     /// The largest request body, bytes.
     pub max_body_bytes: usize,

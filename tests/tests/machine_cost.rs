@@ -1,0 +1,213 @@
+//! What a run costs the rest of the machine: a default run puts no program on the
+//! syscall path (checked against the kernel's own view of the agent's links), the
+//! syscall hooks come only with `--files`/`--syscalls` and then as one pair, and
+//! concurrent runs each see only their own processes and files. Needs root (eBPF).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use denet_tests::{agent_bin, ebpf_ready, parse_jsonl, scratch_dir, u};
+use serde_json::Value;
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_workload");
+
+/// A run in the background, writing its trace to `out`.
+struct Running {
+    child: Child,
+    out: PathBuf,
+}
+
+fn start(flags: &[&str], out: &Path, cmd: &[&str]) -> Running {
+    let child = Command::new(agent_bin())
+        .arg("run")
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg("--")
+        .args(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn denet-agent");
+    Running {
+        child,
+        out: out.to_path_buf(),
+    }
+}
+
+impl Running {
+    /// Waits until the command was released (the header is written after the
+    /// programs are attached and the command is tracked).
+    fn wait_released(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&self.out).is_ok_and(|t| t.contains("\"kind\":\"header\"")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{} never got its header", self.out.display());
+    }
+
+    /// Tracepoint name -> number of raw tracepoint links the agent holds, read from
+    /// /proc/PID/fdinfo (the kernel's record of each BPF link).
+    fn links(&self) -> BTreeMap<String, usize> {
+        let mut links = BTreeMap::new();
+        let dir = format!("/proc/{}/fdinfo", self.child.id());
+        for entry in std::fs::read_dir(&dir).expect("fdinfo of the agent") {
+            let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else {
+                continue;
+            };
+            if !info.contains("link_type:\traw_tracepoint") {
+                continue;
+            }
+            let tp = info
+                .lines()
+                .find_map(|l| l.strip_prefix("tp_name:\t"))
+                .expect("raw tracepoint link without tp_name");
+            *links.entry(tp.to_string()).or_default() += 1;
+        }
+        links
+    }
+
+    /// Stops the command (SIGTERM is forwarded) unless it ended, and reads the trace.
+    fn finish(mut self, stop: bool) -> Vec<Value> {
+        if stop {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        }
+        let out = self.child.wait_with_output().expect("wait for the agent");
+        let text = std::fs::read_to_string(&self.out).expect("trace");
+        assert!(
+            text.contains("\"kind\":\"summary\""),
+            "no summary; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_jsonl(&text)
+    }
+}
+
+fn of_kind<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["kind"] == kind).collect()
+}
+
+#[test]
+fn syscall_hooks_only_when_asked_for_and_as_one_pair() {
+    if !ebpf_ready("syscall_hooks_only_when_asked_for_and_as_one_pair") {
+        return;
+    }
+    let dir = scratch_dir("links");
+    let lifecycle = [
+        "sched_process_fork",
+        "sched_process_exec",
+        "sched_process_exit",
+        "sched_switch",
+        "block_rq_complete",
+        "sock_send_length",
+    ];
+    for (i, (flags, hooks)) in [
+        (&[][..], 0),
+        (&["--files"][..], 1),
+        (&["--syscalls"][..], 1),
+        (&["--files", "--syscalls"][..], 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let run = start(flags, &dir.join(format!("{i}.jsonl")), &["sleep", "30"]);
+        run.wait_released();
+        let links = run.links();
+        for tp in lifecycle {
+            assert_eq!(links.get(tp), Some(&1), "{flags:?}: {tp} in {links:?}");
+        }
+        for tp in ["sys_enter", "sys_exit"] {
+            assert_eq!(
+                links.get(tp).copied().unwrap_or(0),
+                hooks,
+                "{flags:?}: {tp} links in {links:?}"
+            );
+        }
+        let records = run.finish(true);
+        assert_eq!(records[0]["files"], flags.contains(&"--files"));
+        assert_eq!(records[0]["syscalls"], flags.contains(&"--syscalls"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn concurrent_runs_see_only_their_own() {
+    if !ebpf_ready("concurrent_runs_see_only_their_own") {
+        return;
+    }
+    let dir = scratch_dir("concurrent");
+    // A default run in the background for the whole test.
+    let background = start(&[], &dir.join("bg.jsonl"), &["sleep", "60"]);
+    background.wait_released();
+    // An untraced process making the same syscall meanwhile.
+    let mut untraced = Command::new(WORKLOAD)
+        .args(["getppid", "50000000"])
+        .spawn()
+        .unwrap();
+    // Two runs with everything on, each writing its own file, at the same time.
+    let k = 100_003u64;
+    let (a_file, b_file) = (dir.join("a.bin"), dir.join("b.bin"));
+    let a = start(
+        &["--files", "--syscalls"],
+        &dir.join("a.jsonl"),
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "{WORKLOAD} getppid {k}; {WORKLOAD} write 1000001 {}",
+                a_file.display()
+            ),
+        ],
+    );
+    let b = start(
+        &["--files", "--syscalls"],
+        &dir.join("b.jsonl"),
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "{WORKLOAD} getppid {k}; {WORKLOAD} write 2000003 {}",
+                b_file.display()
+            ),
+        ],
+    );
+    let (a, b) = (a.finish(false), b.finish(false));
+    let _ = untraced.kill();
+    let _ = untraced.wait();
+    let bg = background.finish(true);
+    for (trace, own, other, bytes) in [(&a, &a_file, &b_file, 1_000_001), (&b, &b_file, &a_file, 2_000_003)] {
+        let s = trace.last().unwrap();
+        assert_eq!(s["lost_events"], 0, "{s}");
+        let files = of_kind(trace, "file");
+        let paths: Vec<&str> = files.iter().filter_map(|f| f["path"].as_str()).collect();
+        assert!(!paths.contains(&other.to_str().unwrap()), "{paths:?}");
+        let f = files
+            .iter()
+            .find(|f| f["path"] == own.to_str().unwrap())
+            .unwrap_or_else(|| panic!("no record of {}: {paths:?}", own.display()));
+        assert_eq!(u(&f["write_bytes"]), bytes);
+        // Exactly the command's own getppid calls, not the untraced process's.
+        let counted: u64 = of_kind(trace, "process")
+            .iter()
+            .filter_map(|p| p["syscalls"]["getppid"].as_u64())
+            .sum();
+        assert_eq!(counted, k);
+        // Only sh and its two children.
+        assert_eq!(of_kind(trace, "process").len(), 3);
+    }
+    // The default run saw only its sleep: no files, no syscalls, no other process.
+    assert!(of_kind(&bg, "file").is_empty());
+    let procs = of_kind(&bg, "process");
+    assert_eq!(procs.len(), 1, "{procs:?}");
+    assert!(procs[0].get("syscalls").is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
