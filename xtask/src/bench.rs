@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 pub struct BenchOptions {
     pub runs: usize,
     pub quick: bool,
-    /// Which part: "core" (issue 2), "depth" (issue 3), "serve" (issue 5) or "all".
+    /// Which part: "core", "depth", "serve", "cost" or "all".
     pub suite: String,
 }
 
@@ -23,13 +23,13 @@ struct Workload {
     target_ratio: f64,
 }
 
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
+pub(crate) struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
-fn stats(mut v: Vec<f64>) -> Stats {
+pub(crate) fn stats(mut v: Vec<f64>) -> Stats {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     let median = if n % 2 == 1 {
@@ -46,20 +46,29 @@ fn stats(mut v: Vec<f64>) -> Stats {
 
 /// `denet-agent run --require-ebpf -o TRACE -- CMD...`
 fn traced_argv(agent: &Path, trace: &Path, cmd: &[String]) -> Vec<String> {
-    [
-        agent.to_string_lossy().into_owned(),
-        "run".into(),
-        "--require-ebpf".into(),
-        "-o".into(),
-        trace.to_string_lossy().into_owned(),
-        "--".into(),
-    ]
-    .into_iter()
-    .chain(cmd.iter().cloned())
-    .collect()
+    traced_argv_with(agent, trace, &[], cmd)
 }
 
-fn run_quiet(cmd: &[String]) -> Result<f64> {
+/// `denet-agent run --require-ebpf FLAGS -o TRACE -- CMD...`
+pub(crate) fn traced_argv_with(
+    agent: &Path,
+    trace: &Path,
+    flags: &[&str],
+    cmd: &[String],
+) -> Vec<String> {
+    [agent.to_string_lossy().into_owned(), "run".into(), "--require-ebpf".into()]
+        .into_iter()
+        .chain(flags.iter().map(|f| f.to_string()))
+        .chain([
+            "-o".into(),
+            trace.to_string_lossy().into_owned(),
+            "--".into(),
+        ])
+        .chain(cmd.iter().cloned())
+        .collect()
+}
+
+pub(crate) fn run_quiet(cmd: &[String]) -> Result<f64> {
     let start = Instant::now();
     let status = Command::new(&cmd[0])
         .args(&cmd[1..])
@@ -77,7 +86,7 @@ fn run_quiet(cmd: &[String]) -> Result<f64> {
 
 /// Numbers read back from a trace: (hold ms, agent CPU ms, agent peak RSS KiB,
 /// command wall s, lost events).
-fn trace_numbers(path: &Path) -> Result<(f64, f64, f64, f64, f64)> {
+pub(crate) fn trace_numbers(path: &Path) -> Result<(f64, f64, f64, f64, f64)> {
     let text = std::fs::read_to_string(path)?;
     let field = |line: &str, key: &str| -> f64 {
         let pat = format!("\"{key}\":");
@@ -111,6 +120,9 @@ pub fn run(root: &Path, opts: &BenchOptions) -> Result<()> {
     }
     if opts.suite == "serve" || opts.suite == "all" {
         serve(&agent, opts)?;
+    }
+    if opts.suite == "cost" || opts.suite == "all" {
+        crate::cost::run(root, &agent, opts)?;
     }
     Ok(())
 }
@@ -217,17 +229,8 @@ fn core(agent: &Path, workload: &str, opts: &BenchOptions) -> Result<()> {
     Ok(())
 }
 
-fn median_of(cmd: &[String], runs: usize) -> Result<Stats> {
-    let mut v = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        v.push(run_quiet(cmd)?);
-    }
-    Ok(stats(v))
-}
-
-/// Issue 3: everything on (scheduler, block, network, syscalls, files) against bare,
-/// `strace -f -c` and `perf trace -s`, interleaved per round; then the cost for an
-/// untraced process while the agent traces something else.
+/// Everything on (scheduler, block, network, `--files --syscalls`) against bare,
+/// `strace -f -c` and `perf trace -s`, interleaved per round.
 fn depth(agent: &Path, workload: &str, opts: &BenchOptions) -> Result<()> {
     let count = if opts.quick { "200K" } else { "2M" };
     let rounds = if opts.quick { "20000" } else { "200000" };
@@ -270,9 +273,9 @@ fn depth(agent: &Path, workload: &str, opts: &BenchOptions) -> Result<()> {
     };
     let agent_s = agent.to_string_lossy().into_owned();
     let trace_s = trace.to_string_lossy().into_owned();
-    println!("## Depth accounting overhead (issue 3)\n");
+    println!("## Depth accounting overhead, everything on\n");
     println!(
-        "{} rounds per workload; each round runs bare, denet-agent (everything on), \
+        "{} rounds per workload; each round runs bare, denet-agent --files --syscalls, \
          `strace -f -c -o /dev/null` and `perf trace -s -o /dev/null` once, in that \
          order rotated by one each round. Medians of whole-command wall seconds.\n",
         opts.runs
@@ -283,7 +286,16 @@ fn depth(agent: &Path, workload: &str, opts: &BenchOptions) -> Result<()> {
         let modes: Vec<Vec<String>> = vec![
             cmd.clone(),
             wrap(
-                &[&agent_s, "run", "--require-ebpf", "-o", &trace_s, "--"],
+                &[
+                    &agent_s,
+                    "run",
+                    "--require-ebpf",
+                    "--files",
+                    "--syscalls",
+                    "-o",
+                    &trace_s,
+                    "--",
+                ],
                 cmd,
             ),
             wrap(&["strace", "-f", "-c", "-o", "/dev/null"], cmd),
@@ -311,38 +323,6 @@ fn depth(agent: &Path, workload: &str, opts: &BenchOptions) -> Result<()> {
             med[3] / med[0]
         );
     }
-    // Untraced work while the agent traces another command.
-    let dd: Vec<String> = workloads[0].1.clone();
-    let bare = median_of(&dd, opts.runs)?;
-    let mut bg = Command::new(agent)
-        .args([
-            "run",
-            "--require-ebpf",
-            "-o",
-            &trace_s,
-            "--",
-            "sleep",
-            "100000",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let during = median_of(&dd, opts.runs);
-    // SAFETY: signalling our own child (the agent forwards SIGTERM to sleep).
-    unsafe { libc::kill(bg.id() as i32, libc::SIGTERM) };
-    let _ = bg.wait();
-    let during = during?;
-    println!(
-        "\nUntraced `{}` while the agent traces another command: {:.3} s vs {:.3} s with no \
-         agent running ({:.2}x; medians of {} runs).\n",
-        dd.join(" "),
-        during.median,
-        bare.median,
-        during.median / bare.median,
-        opts.runs
-    );
     let _ = std::fs::remove_file(&trace);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask build-ebpf`, `cargo xtask bench`.
 
 mod bench;
+mod cost;
 mod ebpf_build;
 
 use std::path::PathBuf;
@@ -29,8 +30,9 @@ enum Task {
         /// Smaller workloads, for a smoke run.
         #[arg(long)]
         quick: bool,
-        /// core (issue 2: run overhead), depth (issue 3: with strace/perf), serve (issue 5:
-        /// job throughput and service memory) or all.
+        /// core (run overhead), depth (everything on, with strace/perf), serve (job
+        /// throughput and service memory), cost (the machine-wide cost of runs, program
+        /// statistics, fixed cost) or all.
         #[arg(long, default_value = "all")]
         suite: String,
     },
@@ -53,8 +55,8 @@ fn main() -> Result<()> {
             println!("{}", object.display());
         }
         Task::Bench { runs, quick, suite } => {
-            if !["core", "depth", "serve", "all"].contains(&suite.as_str()) {
-                return Err(anyhow!("--suite must be core, depth, serve or all"));
+            if !["core", "depth", "serve", "cost", "all"].contains(&suite.as_str()) {
+                return Err(anyhow!("--suite must be core, depth, serve, cost or all"));
             }
             bench::run(
                 &root,
