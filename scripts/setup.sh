@@ -43,7 +43,7 @@ log "nightly rustc uses LLVM $NIGHTLY_LLVM"
 
 # 3. System packages: LLVM dev for bpf-linker, plus tools used by tests and benchmarks.
 apt_install "llvm-${NIGHTLY_LLVM}-dev" "libpolly-${NIGHTLY_LLVM}-dev" libzstd-dev zlib1g-dev \
-  hyperfine bpftool strace
+  hyperfine bpftool strace bwa samtools
 
 # 4. bpf-linker built against the same LLVM major.
 # bpf-linker 0.13 does not print its LLVM version: read the libLLVM it links against.

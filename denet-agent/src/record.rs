@@ -294,8 +294,9 @@ pub struct SampleDelta {
     pub blk_write_bytes: u64,
     pub net_tx_bytes: u64,
     pub net_rx_bytes: u64,
-    /// Syscalls made in the window.
-    pub syscall_count: u64,
+    /// Syscalls made in the window; only with `--syscalls`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall_count: Option<u64>,
 }
 
 impl SampleDelta {
@@ -308,7 +309,9 @@ impl SampleDelta {
         self.blk_write_bytes += o.blk_write_bytes;
         self.net_tx_bytes += o.net_tx_bytes;
         self.net_rx_bytes += o.net_rx_bytes;
-        self.syscall_count += o.syscall_count;
+        if let Some(n) = o.syscall_count {
+            *self.syscall_count.get_or_insert(0) += n;
+        }
     }
 }
 
@@ -481,13 +484,13 @@ mod tests {
                 threads: 2,
                 delta: Some(SampleDelta {
                     oncpu_ns: 99_500_000,
-                    syscall_count: 12,
+                    syscall_count: Some(12),
                     ..Default::default()
                 }),
             }],
             delta: Some(SampleDelta {
                 oncpu_ns: 99_500_000,
-                syscall_count: 12,
+                syscall_count: Some(12),
                 ..Default::default()
             }),
             syscalls: Some(BTreeMap::from([("read".to_string(), 12)])),

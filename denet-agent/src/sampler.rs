@@ -76,7 +76,7 @@ fn delta(
         blk_write_bytes: d(|s| s.blk_write_bytes),
         net_tx_bytes: d(|s| s.net_tx_bytes),
         net_rx_bytes: d(|s| s.net_rx_bytes),
-        syscall_count: calls,
+        syscall_count: now.syscalls.is_some().then_some(calls),
     }
 }
 

@@ -242,9 +242,21 @@ fn samples_carry_window_deltas() {
         "{oncpu} of {total}"
     );
     for s in &samples {
+        // Syscall counts only with --syscalls.
+        assert!(s.get("syscall_count").is_none(), "{s}");
         for p in s["procs"].as_array().unwrap() {
             assert!(p.get("oncpu_ns").is_some(), "{p}");
         }
+    }
+    let t = run_agent(
+        &["--syscalls", "--interval-ms", "50", "--max-interval-ms", "50"],
+        &[WORKLOAD, "burn", "300"],
+    );
+    clean(&t);
+    let samples = t.of_kind("sample");
+    assert!(samples.len() >= 2);
+    for s in &samples {
+        assert!(s["syscall_count"].is_u64(), "{s}");
     }
 }
 
