@@ -1,26 +1,18 @@
-//! denet-agent as a library: the run engine (`run::run`) and the pieces it is made
-//! of, so other front ends (the CLI, a service) drive one engine.
+//! denet-agent as a library: the run engine and the pieces it is made of, so every
+//! front end (the CLI, the job service, the tests) drives one engine.
+//!
+//! The modules follow the data (ARCHITECTURE.md has the map):
+//! `engine` (spawn held, attach, run loop) → `kernel` (programs and their maps) →
+//! `process` (kernel events and samples into processes and files) → `trace` (the
+//! public JSONL format: writer and reader) → `report` and `export` (what people read);
+//! `service` runs jobs as `run`s, `history` keeps them, `client` talks to a service.
 
-mod aya_loader;
-pub mod btf;
 pub mod client;
-pub mod clock;
-pub mod collector;
-pub mod ebpf;
+pub mod engine;
 pub mod export;
-pub mod files;
 pub mod history;
-pub mod jobs_cli;
-pub mod kstats;
-pub mod launch;
-pub mod output;
-pub mod proc_tree;
-pub mod procfs;
-pub mod record;
+pub mod kernel;
+pub mod process;
 pub mod report;
-pub mod run;
-pub mod sampler;
-pub mod serve;
-pub mod syscall_names;
+pub mod service;
 pub mod trace;
-pub mod tracker;

@@ -7,10 +7,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use denet_agent::{
+    engine::{
+        self as run,
+        launch::{LaunchSpec, Redirect},
+        EbpfMode, RunConfig,
+    },
     export::{self, Format},
-    launch::{LaunchSpec, Redirect},
     report,
-    run::{self, EbpfMode, RunConfig},
 };
 
 #[derive(Parser)]
@@ -31,7 +34,7 @@ enum Command {
     /// Serve the job API: start, stop, pause and stream monitored jobs, keep their history.
     Serve(ServeArgs),
     /// Client of `serve`: spawn, list, show, stop, pause, resume jobs, logs, history.
-    Jobs(denet_agent::jobs_cli::JobsArgs),
+    Jobs(denet_agent::client::cli::JobsArgs),
 }
 
 #[derive(Args)]
@@ -375,7 +378,7 @@ fn control_channel(fd: i32) -> Result<tokio::sync::mpsc::UnboundedReceiver<run::
 }
 
 fn serve(args: ServeArgs) -> Result<i32> {
-    use denet_agent::serve::{self, spec::SpecDefaults, Endpoint, ServeConfig};
+    use denet_agent::service::{self as serve, spec::SpecDefaults, Endpoint, ServeConfig};
     note_old_flags(args.no_files, args.no_syscalls);
     let endpoint = match args.socket {
         Some(p) => Endpoint::Unix(p),
@@ -384,7 +387,7 @@ fn serve(args: ServeArgs) -> Result<i32> {
     let token = args
         .token_file
         .as_deref()
-        .map(denet_agent::jobs_cli::read_token)
+        .map(denet_agent::client::cli::read_token)
         .transpose()?;
     serve::check_endpoint(&endpoint, token.as_deref())?;
     let data_dir = match args.data_dir {
@@ -456,7 +459,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => stats(args),
         Command::Export(args) => export(args),
         Command::Serve(args) => serve(args),
-        Command::Jobs(args) => denet_agent::jobs_cli::run(args),
+        Command::Jobs(args) => denet_agent::client::cli::run(args),
     };
     match result {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),

@@ -5,20 +5,45 @@
 //! both sides agree on the layout byte for byte.
 #![no_std]
 
-/// Event kinds carried in [`EventHeader::kind`].
-pub const EVENT_FORK: u32 = 1;
-pub const EVENT_EXEC: u32 = 2;
-pub const EVENT_EXIT: u32 = 3;
-pub const EVENT_FILE_OPEN: u32 = 4;
-pub const EVENT_FILE_CLOSE: u32 = 5;
-pub const EVENT_FILE_DUP: u32 = 6;
-/// A tracked process changed its working directory: a [`FileOpenEvent`] whose
-/// `path` is the chdir argument, or, for fchdir, empty with the directory's `fd`.
-pub const EVENT_CHDIR: u32 = 7;
-/// `--events` only: a thread left a scheduler state ([`SchedSpanEvent`]).
-pub const EVENT_RAW_SCHED: u32 = 8;
-/// `--events` only: a block request of a tracked process completed ([`BlockIoEvent`]).
-pub const EVENT_RAW_BLOCK: u32 = 9;
+#[cfg(feature = "user")]
+extern crate alloc;
+
+/// Event kinds carried in [`EventHeader::kind`]; decoded in one place,
+/// [`KernelEvent::decode`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Fork = 1,
+    Exec = 2,
+    Exit = 3,
+    FileOpen = 4,
+    FileClose = 5,
+    FileDup = 6,
+    /// A tracked process changed its working directory: a [`FileOpenEvent`] whose
+    /// `path` is the chdir argument, or, for fchdir, empty with the directory's `fd`.
+    Chdir = 7,
+    /// `--events` only: a thread left a scheduler state ([`SchedSpanEvent`]).
+    RawSched = 8,
+    /// `--events` only: a block request of a tracked process completed ([`BlockIoEvent`]).
+    RawBlock = 9,
+}
+
+impl EventKind {
+    pub fn from_u32(kind: u32) -> Option<Self> {
+        Some(match kind {
+            1 => Self::Fork,
+            2 => Self::Exec,
+            3 => Self::Exit,
+            4 => Self::FileOpen,
+            5 => Self::FileClose,
+            6 => Self::FileDup,
+            7 => Self::Chdir,
+            8 => Self::RawSched,
+            9 => Self::RawBlock,
+            _ => return None,
+        })
+    }
+}
 
 /// Bytes of argv captured per exec (NUL-separated, as in `/proc/PID/cmdline`).
 /// A power of two so the eBPF side can bound reads with a mask.
@@ -454,4 +479,156 @@ pub fn read_event_prefix<T: Wire>(bytes: &[u8], min_len: usize) -> Option<T> {
     let buf = buf.get_mut(..size)?;
     buf[..bytes.len()].copy_from_slice(bytes);
     read_event(buf)
+}
+
+/// A ring-buffer record, decoded by its header's kind (user space only). The large
+/// records are boxed so every variant moves cheaply.
+#[cfg(feature = "user")]
+pub enum KernelEvent {
+    Fork(ForkEvent),
+    Exec(alloc::boxed::Box<ExecEvent>),
+    Exit(ExitEvent),
+    FileOpen(alloc::boxed::Box<FileOpenEvent>),
+    FileClose(FileCloseEvent),
+    FileDup(FileDupEvent),
+    Chdir(alloc::boxed::Box<FileOpenEvent>),
+    RawSched(SchedSpanEvent),
+    RawBlock(BlockIoEvent),
+}
+
+/// Why a ring-buffer record could not be decoded.
+#[cfg(feature = "user")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Shorter than its header or its kind's fixed part.
+    Short { kind: u32, len: usize },
+    /// A kind this agent does not know.
+    UnknownKind(u32),
+}
+
+#[cfg(feature = "user")]
+impl KernelEvent {
+    /// Decodes one ring-buffer record. Exec and file-open records carry a
+    /// variable-length tail (argv, path) and are sent only up to its used bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
+        use alloc::boxed::Box;
+        let header = read_event::<EventHeader>(bytes).ok_or(Malformed::Short {
+            kind: 0,
+            len: bytes.len(),
+        })?;
+        let short = Malformed::Short {
+            kind: header.kind,
+            len: bytes.len(),
+        };
+        let kind = EventKind::from_u32(header.kind).ok_or(Malformed::UnknownKind(header.kind))?;
+        let exec_fixed = core::mem::offset_of!(ExecEvent, argv);
+        let open_fixed = core::mem::offset_of!(FileOpenEvent, path);
+        Ok(match kind {
+            EventKind::Fork => Self::Fork(read_event(bytes).ok_or(short)?),
+            EventKind::Exec => {
+                Self::Exec(Box::new(read_event_prefix(bytes, exec_fixed).ok_or(short)?))
+            }
+            EventKind::Exit => Self::Exit(read_event(bytes).ok_or(short)?),
+            EventKind::FileOpen => {
+                Self::FileOpen(Box::new(read_event_prefix(bytes, open_fixed).ok_or(short)?))
+            }
+            EventKind::FileClose => Self::FileClose(read_event(bytes).ok_or(short)?),
+            EventKind::FileDup => Self::FileDup(read_event(bytes).ok_or(short)?),
+            EventKind::Chdir => {
+                Self::Chdir(Box::new(read_event_prefix(bytes, open_fixed).ok_or(short)?))
+            }
+            EventKind::RawSched => Self::RawSched(read_event(bytes).ok_or(short)?),
+            EventKind::RawBlock => Self::RawBlock(read_event(bytes).ok_or(short)?),
+        })
+    }
+}
+
+// The layout both sides compile against, pinned: a change to a shared struct must be
+// deliberate (both sides rebuilt together; the ring-buffer decoder checks lengths).
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<EventHeader>() == 32 && offset_of!(EventHeader, kind) == 0);
+    assert!(size_of::<ForkEvent>() == 40 && offset_of!(ForkEvent, header) == 0);
+    assert!(size_of::<ExecEvent>() == 4400 && offset_of!(ExecEvent, argv) == 304);
+    assert!(size_of::<IoAccounting>() == 56);
+    assert!(size_of::<ExitEvent>() == 176 && offset_of!(ExitEvent, header) == 0);
+    assert!(size_of::<ProcStats>() == 344);
+    assert!(size_of::<SyscallCounts>() == 4 * SYSCALL_SLOTS);
+    assert!(size_of::<TaskState>() == 16);
+    assert!(size_of::<FileKey>() == 8);
+    assert!(size_of::<FileStats>() == 32);
+    assert!(size_of::<FileOpenEvent>() == 4152 && offset_of!(FileOpenEvent, path) == 56);
+    assert!(size_of::<FileDupEvent>() == 40);
+    assert!(size_of::<SchedSpanEvent>() == 48);
+    assert!(size_of::<BlockIoEvent>() == 48);
+    assert!(size_of::<FileCloseEvent>() == 72);
+    assert!(size_of::<KernelOffsets>() == 120);
+    assert!(size_of::<Settings>() == 16);
+};
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: Wire>(v: &T) -> &[u8] {
+        // SAFETY: `Wire` types are plain integers and byte arrays.
+        unsafe {
+            core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>())
+        }
+    }
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            pid: 7,
+            tgid: 7,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decodes_each_kind_and_refuses_what_is_short_or_unknown() {
+        let fork = ForkEvent {
+            header: header(EventKind::Fork),
+            parent_tgid: 3,
+            parent_pid: 3,
+        };
+        match KernelEvent::decode(bytes_of(&fork)) {
+            Ok(KernelEvent::Fork(ev)) => assert_eq!(ev.parent_tgid, 3),
+            _ => panic!("fork not decoded"),
+        }
+        // A fork cut short is malformed, not a garbage fork.
+        let short = &bytes_of(&fork)[..36];
+        assert_eq!(
+            KernelEvent::decode(short).err(),
+            Some(Malformed::Short {
+                kind: EventKind::Fork as u32,
+                len: 36
+            })
+        );
+        // Exec records are sent up to the argv bytes used: the tail reads as zeros.
+        // SAFETY: ExecEvent is integers and byte arrays: all zeros is valid.
+        let mut exec: ExecEvent = unsafe { core::mem::zeroed() };
+        exec.header = header(EventKind::Exec);
+        exec.argv_len = 3;
+        exec.argv[..3].copy_from_slice(b"ls\0");
+        let sent = &bytes_of(&exec)[..core::mem::offset_of!(ExecEvent, argv) + 3];
+        match KernelEvent::decode(sent) {
+            Ok(KernelEvent::Exec(ev)) => assert_eq!(&ev.argv[..4], b"ls\0\0"),
+            _ => panic!("exec not decoded"),
+        }
+        let unknown = EventHeader {
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(
+            KernelEvent::decode(bytes_of(&unknown)).err(),
+            Some(Malformed::UnknownKind(99))
+        );
+        assert!(KernelEvent::decode(&[1, 0]).is_err());
+        for k in 1..=9 {
+            assert_eq!(EventKind::from_u32(k).map(|e| e as u32), Some(k));
+        }
+        assert_eq!(EventKind::from_u32(0), None);
+    }
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::RawTracePointContext,
 };
-use denet_common::{counter, BlockIoEvent, EVENT_RAW_BLOCK};
+use denet_common::{counter, BlockIoEvent, EventKind};
 
 use crate::{bump, header, is_tracked, off, read_at, setting, stats, wakeup_flags, EVENTS};
 
@@ -83,12 +83,15 @@ pub fn block_rq_complete(ctx: RawTracePointContext) -> i32 {
     let lat = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
     if setting!(events) != 0 {
         let event = BlockIoEvent {
-            header: header(EVENT_RAW_BLOCK, start.tid, start.tgid),
+            header: header(EventKind::RawBlock, start.tid, start.tgid),
             op: start.op,
             bytes: start.bytes,
             latency_ns: lat,
         };
-        if EVENTS.output::<BlockIoEvent>(&event, wakeup_flags()).is_err() {
+        if EVENTS
+            .output::<BlockIoEvent>(&event, wakeup_flags())
+            .is_err()
+        {
             bump(counter::RINGBUF_DROPS);
         }
     }

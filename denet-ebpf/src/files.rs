@@ -10,9 +10,8 @@ use aya_ebpf::{
     maps::{PerCpuArray, PerCpuHashMap},
 };
 use denet_common::{
-    counter, FileCloseEvent, FileDupEvent, FileKey, FileOpenEvent, FileStats, CLOSE_BY_CLOSE,
-    CLOSE_BY_REOPEN, EVENT_FILE_CLOSE, EVENT_FILE_DUP, EVENT_FILE_OPEN, FILE_INHERIT_FDS,
-    FILE_PATH_TRUNCATED, PATH_MAX,
+    counter, EventKind, FileCloseEvent, FileDupEvent, FileKey, FileOpenEvent, FileStats,
+    CLOSE_BY_CLOSE, CLOSE_BY_REOPEN, FILE_INHERIT_FDS, FILE_PATH_TRUNCATED, PATH_MAX,
 };
 
 use crate::{bump, header, setting, wakeup_flags, EVENTS};
@@ -38,7 +37,9 @@ pub(crate) fn user_u64(addr: u64) -> u64 {
 #[inline(always)]
 pub(crate) fn add(tgid: u32, fd: u32, bytes: u64, write: bool) {
     let key = FileKey { tgid, fd };
-    let Some(s) = FILE_STATS.get_ptr_mut(&key) else { return };
+    let Some(s) = FILE_STATS.get_ptr_mut(&key) else {
+        return;
+    };
     // SAFETY: this CPU's slot; programs run with preemption disabled.
     unsafe {
         if write {
@@ -78,12 +79,15 @@ fn close_out(key: &FileKey, tid: u32, reason: u32) {
     }
     let _ = FILE_STATS.remove(key);
     let event = FileCloseEvent {
-        header: header(EVENT_FILE_CLOSE, tid, key.tgid),
+        header: header(EventKind::FileClose, tid, key.tgid),
         fd: key.fd,
         reason,
         stats: total,
     };
-    if EVENTS.output::<FileCloseEvent>(&event, wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<FileCloseEvent>(&event, wakeup_flags())
+        .is_err()
+    {
         bump(counter::RINGBUF_DROPS);
     }
 }
@@ -110,13 +114,23 @@ pub(crate) fn opened(tgid: u32, tid: u32, fd: u32, path: u64, open_flags: u32, d
         bump(counter::STATS_INSERT_ERRORS);
         return;
     }
-    emit_path(EVENT_FILE_OPEN, tgid, tid, fd, path, open_flags, dirfd);
+    emit_path(EventKind::FileOpen, tgid, tid, fd, path, open_flags, dirfd);
 }
 
 /// Sends a path event (open or chdir) with the path read from user memory.
 #[inline(always)]
-pub(crate) fn emit_path(kind: u32, tgid: u32, tid: u32, fd: u32, path: u64, open_flags: u32, dirfd: i32) {
-    let Some(event) = OPEN_SCRATCH.get_ptr_mut(0) else { return };
+pub(crate) fn emit_path(
+    kind: EventKind,
+    tgid: u32,
+    tid: u32,
+    fd: u32,
+    path: u64,
+    open_flags: u32,
+    dirfd: i32,
+) {
+    let Some(event) = OPEN_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     let hdr = header(kind, tid, tgid);
     // SAFETY: `event` is this CPU's scratch slot; written through the pointer.
     let len = unsafe {
@@ -136,7 +150,11 @@ pub(crate) fn emit_path(kind: u32, tgid: u32, tid: u32, fd: u32, path: u64, open
         // n counts the NUL; a full buffer means the path may have been cut.
         let len = if n > 0 { (n - 1) as u32 } else { 0 };
         let len = len & (PATH_MAX as u32 - 1);
-        (*event).flags = if n as usize >= PATH_MAX { FILE_PATH_TRUNCATED } else { 0 };
+        (*event).flags = if n as usize >= PATH_MAX {
+            FILE_PATH_TRUNCATED
+        } else {
+            0
+        };
         (*event).path_len = len;
         (*event).path[len as usize & (PATH_MAX - 1)] = 0;
         len
@@ -177,11 +195,14 @@ pub(crate) fn duplicated(tgid: u32, tid: u32, old_fd: u32, new_fd: u32) {
         return;
     }
     let event = FileDupEvent {
-        header: header(EVENT_FILE_DUP, tid, tgid),
+        header: header(EventKind::FileDup, tid, tgid),
         fd: new_fd,
         old_fd,
     };
-    if EVENTS.output::<FileDupEvent>(&event, wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<FileDupEvent>(&event, wakeup_flags())
+        .is_err()
+    {
         bump(counter::RINGBUF_DROPS);
     }
 }

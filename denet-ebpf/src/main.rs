@@ -29,10 +29,9 @@ mod stats;
 mod syscalls;
 
 use denet_common::{
-    counter, EventHeader, ExecEvent, ExitEvent, ForkEvent, IoAccounting, KernelOffsets, Settings,
-    ARGV_MAX,
-    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE,
-    EXEC_FILENAME_TRUNCATED, EXIT_GROUP_DEAD, FILENAME_MAX, RSS_COUNTERS, TRACKED_MAX_ENTRIES,
+    counter, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, IoAccounting, KernelOffsets,
+    Settings, ARGV_MAX, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_FILENAME_TRUNCATED,
+    EXIT_GROUP_DEAD, FILENAME_MAX, RSS_COUNTERS, TRACKED_MAX_ENTRIES,
 };
 
 /// Struct member offsets, filled in by the agent from vmlinux BTF before loading.
@@ -194,9 +193,9 @@ pub(crate) fn read_at<T: Default>(base: *const u8, off: u32) -> T {
 }
 
 #[inline(always)]
-pub(crate) fn header(kind: u32, pid: u32, tgid: u32) -> EventHeader {
+pub(crate) fn header(kind: EventKind, pid: u32, tgid: u32) -> EventHeader {
     EventHeader {
-        kind,
+        kind: kind as u32,
         // SAFETY: plain helper call without arguments.
         cpu: unsafe { bpf_get_smp_processor_id() },
         seq: bump(counter::SEQ),
@@ -229,7 +228,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         files::inherit(parent_tgid, child_tgid);
     }
     let event = ForkEvent {
-        header: header(EVENT_FORK, child_pid, child_tgid),
+        header: header(EventKind::Fork, child_pid, child_tgid),
         parent_tgid,
         parent_pid: pid_tgid as u32,
     };
@@ -251,7 +250,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         bump(counter::READ_ERRORS);
         return 0;
     };
-    let hdr = header(EVENT_EXEC, pid_tgid as u32, tgid);
+    let hdr = header(EventKind::Exec, pid_tgid as u32, tgid);
     let task: *const u8 = ctx.arg(0);
     let old_pid: u64 = ctx.arg(1);
     let bprm: *const u8 = ctx.arg(2);
@@ -288,7 +287,11 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         }
         // The mask restates the bound in a form the verifier tracks.
         let len = (len as u32) & (2 * ARGV_MAX as u32 - 1);
-        let len = if len > ARGV_MAX as u32 { ARGV_MAX as u32 } else { len };
+        let len = if len > ARGV_MAX as u32 {
+            ARGV_MAX as u32
+        } else {
+            len
+        };
         let ret = if len > 0 {
             generated::bpf_probe_read_user(
                 (*event).argv.as_mut_ptr().cast(),
@@ -338,7 +341,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let group_dead = ctx.arg::<u64>(1) & 0xff != 0;
     let task: *const u8 = ctx.arg(0);
     sched::thread_exit(pid_tgid as u32, tgid);
-    let hdr = header(EVENT_EXIT, pid_tgid as u32, tgid);
+    let hdr = header(EventKind::Exit, pid_tgid as u32, tgid);
     if group_dead {
         set_tracked(tgid, 0, false);
     }

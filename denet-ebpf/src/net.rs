@@ -27,7 +27,9 @@ fn inet_bytes(ctx: &RawTracePointContext) -> (u32, u64) {
     let sk: *const u8 = ctx.arg(0);
     let family: u16 = read_at(sk, off!(sock_family));
     let protocol: u16 = read_at(sk, off!(sock_protocol));
-    if (family == AF_INET || family == AF_INET6) && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP) {
+    if (family == AF_INET || family == AF_INET6)
+        && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP)
+    {
         (tgid, ret as u64)
     } else {
         (tgid, 0)

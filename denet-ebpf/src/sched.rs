@@ -10,15 +10,16 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use denet_common::{
-    counter, SchedSpanEvent, TaskState, EVENT_RAW_SCHED, TASK_BLOCKED_IO, TASK_RUNNABLE,
-    TASK_RUNNING, TASK_SLEEPING,
+    counter, EventKind, SchedSpanEvent, TaskState, TASK_BLOCKED_IO, TASK_RUNNABLE, TASK_RUNNING,
+    TASK_SLEEPING,
 };
 
 use crate::{bump, header, is_tracked, off, read_at, setting, stats, wakeup_flags, EVENTS};
 
 /// Scheduler state of every thread of the tracked processes, keyed by tid.
 #[map]
-pub(crate) static TASK_STATE: HashMap<u32, TaskState> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+pub(crate) static TASK_STATE: HashMap<u32, TaskState> =
+    HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
 
 /// `prev_state` bits (include/linux/sched.h).
 const STATE_INTERRUPTIBLE: u64 = 0x1;
@@ -38,12 +39,15 @@ fn leave(st: &TaskState, now: u64, tgid: u32, tid: u32) {
     let d = now.saturating_sub(st.since_ns);
     if setting!(events) != 0 {
         let event = SchedSpanEvent {
-            header: header(EVENT_RAW_SCHED, tid, tgid),
+            header: header(EventKind::RawSched, tid, tgid),
             state: st.state,
             _pad: 0,
             duration_ns: d,
         };
-        if EVENTS.output::<SchedSpanEvent>(&event, wakeup_flags()).is_err() {
+        if EVENTS
+            .output::<SchedSpanEvent>(&event, wakeup_flags())
+            .is_err()
+        {
             bump(counter::RINGBUF_DROPS);
         }
     }

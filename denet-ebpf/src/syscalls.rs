@@ -6,7 +6,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
-use denet_common::{EVENT_CHDIR, SYSCALL_SLOTS};
+use denet_common::{EventKind, SYSCALL_SLOTS};
 
 use crate::{files, is_tracked, off, read_at, setting, stats::SYSCALLS};
 
@@ -130,16 +130,23 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         }
         SYS_CREAT => {
             let path: u64 = read_at(regs, off!(regs_di));
-            files::opened(tgid, tid, ret as u32, path, O_CREAT | O_WRONLY | O_TRUNC, AT_FDCWD);
+            files::opened(
+                tgid,
+                tid,
+                ret as u32,
+                path,
+                O_CREAT | O_WRONLY | O_TRUNC,
+                AT_FDCWD,
+            );
         }
         // The working directory, to resolve relative paths exactly.
         SYS_CHDIR => {
             let path: u64 = read_at(regs, off!(regs_di));
-            files::emit_path(EVENT_CHDIR, tgid, tid, u32::MAX, path, 0, AT_FDCWD);
+            files::emit_path(EventKind::Chdir, tgid, tid, u32::MAX, path, 0, AT_FDCWD);
         }
         SYS_FCHDIR => {
             let fd: u64 = read_at(regs, off!(regs_di));
-            files::emit_path(EVENT_CHDIR, tgid, tid, fd as u32, 0, 0, AT_FDCWD);
+            files::emit_path(EventKind::Chdir, tgid, tid, fd as u32, 0, 0, AT_FDCWD);
         }
         SYS_DUP | SYS_DUP2 | SYS_DUP3 => {
             let old_fd: u64 = read_at(regs, off!(regs_di));

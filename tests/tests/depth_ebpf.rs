@@ -1,4 +1,4 @@
-//! Where the time went, block I/O, files, network and syscalls (issue 3), against
+//! Where the time went, block I/O, files, network and syscalls, against
 //! ground truth. Needs root; in CI these must run, elsewhere they skip with a message.
 //! The tests of this file run one at a time (`exclusive`): they measure scheduler
 //! times, which other tests on the same 2 CPUs would distort.
@@ -38,7 +38,7 @@ fn sleeping_child_shows_sleep_not_cpu() {
     let p = named(&t, "sleep");
     assert_eq!(p.len(), 1);
     let sleep = u(&p[0]["sleep_ns"]) as f64;
-    // Tolerance from the issue: 5% of 500 ms.
+    // Tolerance: 5% of 500 ms.
     assert!(rel_diff(sleep, 5e8) < 0.05, "sleep_ns {sleep}");
     let oncpu = u(&p[0]["oncpu_ns"]);
     assert!(oncpu < 20_000_000, "oncpu_ns {oncpu}");
@@ -71,7 +71,7 @@ fn two_burners_on_one_cpu_wait_as_long_as_they_run() {
         let on = u(&b["oncpu_ns"]) as f64;
         let wait = u(&b["cpu_wait_ns"]) as f64;
         assert!(on > 0.9e9, "oncpu {on}");
-        // Tolerance from the issue: 15%.
+        // Tolerance: 15%.
         assert!(rel_diff(wait, on) < 0.15, "cpu_wait {wait} vs oncpu {on}");
         // The run-queue histogram counts every wait.
         let hist: u64 = b["runq_delay_hist_log2_us"]
@@ -99,7 +99,10 @@ fn direct_read_counts_block_io_and_the_file() {
     let path = dir.canonicalize().unwrap().join("input.bin");
     let n: u64 = 8 << 20;
     std::fs::write(&path, vec![3u8; n as usize]).unwrap();
-    let t = run_agent(&["--files"], &[WORKLOAD, "read-direct", path.to_str().unwrap()]);
+    let t = run_agent(
+        &["--files"],
+        &[WORKLOAD, "read-direct", path.to_str().unwrap()],
+    );
     let _ = std::fs::remove_dir_all(&dir);
     clean(&t);
     let p = t.root();
@@ -249,7 +252,13 @@ fn samples_carry_window_deltas() {
         }
     }
     let t = run_agent(
-        &["--syscalls", "--interval-ms", "50", "--max-interval-ms", "50"],
+        &[
+            "--syscalls",
+            "--interval-ms",
+            "50",
+            "--max-interval-ms",
+            "50",
+        ],
         &[WORKLOAD, "burn", "300"],
     );
     clean(&t);
@@ -313,7 +322,11 @@ fn old_opt_out_flags_are_accepted_with_a_note() {
     for flag in ["--no-files", "--no-syscalls"] {
         let t = run_agent(&[flag], &["sh", "-c", "cat /etc/hostname >/dev/null"]);
         clean(&t);
-        assert!(t.stderr.contains(&format!("{flag} is the default now")), "{}", t.stderr);
+        assert!(
+            t.stderr.contains(&format!("{flag} is the default now")),
+            "{}",
+            t.stderr
+        );
         assert_eq!(t.header()["files"], false);
         assert_eq!(t.header()["syscalls"], false);
         assert!(t.of_kind("file").is_empty());

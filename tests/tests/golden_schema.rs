@@ -94,10 +94,7 @@ fn check_shape(test: &str, flags: &[&str], name: &str) {
         .into_iter()
         .chain(flags.iter().copied())
         .collect();
-    let t = run_agent(
-        &args,
-        &["sh", "-c", "/bin/echo golden > /dev/null; exit 2"],
-    );
+    let t = run_agent(&args, &["sh", "-c", "/bin/echo golden > /dev/null; exit 2"]);
     assert_eq!(t.exit_code(), 2, "{}", t.stderr);
     // File records: only the one the command itself opened (the loader's opens
     // depend on the machine's libraries).

@@ -76,7 +76,7 @@ impl Running {
     }
 
     /// Stops the command (SIGTERM is forwarded) unless it ended, and reads the trace.
-    fn finish(mut self, stop: bool) -> Vec<Value> {
+    fn finish(self, stop: bool) -> Vec<Value> {
         if stop {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -184,7 +184,10 @@ fn concurrent_runs_see_only_their_own() {
     let _ = untraced.kill();
     let _ = untraced.wait();
     let bg = background.finish(true);
-    for (trace, own, other, bytes) in [(&a, &a_file, &b_file, 1_000_001), (&b, &b_file, &a_file, 2_000_003)] {
+    for (trace, own, other, bytes) in [
+        (&a, &a_file, &b_file, 1_000_001),
+        (&b, &b_file, &a_file, 2_000_003),
+    ] {
         let s = trace.last().unwrap();
         assert_eq!(s["lost_events"], 0, "{s}");
         let files = of_kind(trace, "file");

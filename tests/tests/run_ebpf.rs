@@ -178,7 +178,7 @@ fn cpu_time_matches_wait4_rusage() {
         .expect("burner record");
     let measured = (u(&burner["cpu_user_ns"]) + u(&burner["cpu_sys_ns"])) as f64;
     assert!(expected > 0.9e9, "burner ran {expected} ns");
-    // Tolerance from the issue: 2% of the child's wait4 rusage.
+    // Tolerance: 2% of the child's wait4 rusage (tick-based user/system split).
     assert!(
         rel_diff(measured, expected) < 0.02,
         "cpu {measured} ns vs rusage {expected} ns"

@@ -379,6 +379,8 @@ fn fresh_ebpf_trace_reads_without_warnings() {
     let o = agent(&[
         "run",
         "--require-ebpf",
+        "--files",
+        "--syscalls",
         "--interval-ms",
         "10",
         "-o",

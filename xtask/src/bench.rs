@@ -56,16 +56,20 @@ pub(crate) fn traced_argv_with(
     flags: &[&str],
     cmd: &[String],
 ) -> Vec<String> {
-    [agent.to_string_lossy().into_owned(), "run".into(), "--require-ebpf".into()]
-        .into_iter()
-        .chain(flags.iter().map(|f| f.to_string()))
-        .chain([
-            "-o".into(),
-            trace.to_string_lossy().into_owned(),
-            "--".into(),
-        ])
-        .chain(cmd.iter().cloned())
-        .collect()
+    [
+        agent.to_string_lossy().into_owned(),
+        "run".into(),
+        "--require-ebpf".into(),
+    ]
+    .into_iter()
+    .chain(flags.iter().map(|f| f.to_string()))
+    .chain([
+        "-o".into(),
+        trace.to_string_lossy().into_owned(),
+        "--".into(),
+    ])
+    .chain(cmd.iter().cloned())
+    .collect()
 }
 
 pub(crate) fn run_quiet(cmd: &[String]) -> Result<f64> {
@@ -427,7 +431,7 @@ fn serve(agent: &Path, opts: &BenchOptions) -> Result<()> {
     }
     let per_run = seq_started.elapsed().as_secs_f64() / seq_runs as f64;
     let _ = std::fs::remove_file(&trace);
-    println!("\n### serve: {jobs} short jobs submitted at once (issue 5)\n");
+    println!("\n### serve: {jobs} short jobs submitted at once\n");
     println!("| measure | value |\n|---|---|");
     println!("| jobs with a history row | {rows} of {jobs} |");
     println!("| all {jobs} submitted (parallel `jobs spawn`) | {submitted:.2} s |");

@@ -109,7 +109,11 @@ fn beside(agent: &Path, opts: &BenchOptions, dd: &[String]) -> Result<()> {
         let s = stats(t);
         println!(
             "| {n} | {} | {:.3} ({:.3}-{:.3}) | {:.2}x |",
-            if flags.is_empty() { "default" } else { "--files --syscalls" },
+            if flags.is_empty() {
+                "default"
+            } else {
+                "--files --syscalls"
+            },
             s.median,
             s.min,
             s.max,
@@ -185,7 +189,8 @@ fn traced(agent: &Path, opts: &BenchOptions, workloads: &[(&str, Vec<String>, f6
 
 /// The fixed cost of a run: a traced `/bin/true` against a bare one.
 fn fixed_cost(agent: &Path, opts: &BenchOptions) -> Result<()> {
-    let trace = std::env::temp_dir().join(format!("denet-bench-fixed-{}.jsonl", std::process::id()));
+    let trace =
+        std::env::temp_dir().join(format!("denet-bench-fixed-{}.jsonl", std::process::id()));
     let bare = strings(&["/bin/true"]);
     let runs = opts.runs * 5;
     let mut out = Vec::new();
@@ -201,7 +206,11 @@ fn fixed_cost(agent: &Path, opts: &BenchOptions) -> Result<()> {
         let (b, t, r) = (stats(b), stats(t), stats(rss));
         out.push(format!(
             "| {} | {:.1} ({:.1}-{:.1}) | {:.1} (max {:.1}) |",
-            if flags.is_empty() { "default" } else { "--files --syscalls" },
+            if flags.is_empty() {
+                "default"
+            } else {
+                "--files --syscalls"
+            },
             (t.median - b.median) * 1e3,
             (t.min - b.median) * 1e3,
             (t.max - b.median) * 1e3,
@@ -227,11 +236,16 @@ fn fixed_cost(agent: &Path, opts: &BenchOptions) -> Result<()> {
 /// the agent's links name each program's tracepoint, the program's fdinfo has its
 /// run count and total run time. Read until the agent exits; the last reading is
 /// taken during the command's final sleep, after its work.
-fn program_stats(agent: &Path, cmd: &[String], flags: &[&str]) -> Result<BTreeMap<String, (u64, u64)>> {
+fn program_stats(
+    agent: &Path,
+    cmd: &[String],
+    flags: &[&str],
+) -> Result<BTreeMap<String, (u64, u64)>> {
     const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before = std::fs::read_to_string(SYSCTL).unwrap_or_default();
     std::fs::write(SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let trace = std::env::temp_dir().join(format!("denet-bench-stats-{}.jsonl", std::process::id()));
+    let trace =
+        std::env::temp_dir().join(format!("denet-bench-stats-{}.jsonl", std::process::id()));
     let script = format!("{}; sleep 0.5", shell_words(cmd));
     let mut child = Command::new(agent)
         .args(["run", "--require-ebpf"])
@@ -323,14 +337,23 @@ fn programs(agent: &Path, workloads: &[(&str, Vec<String>, f64)]) -> Result<()> 
 pub fn run(root: &Path, agent: &Path, opts: &BenchOptions) -> Result<()> {
     let count = if opts.quick { "200K" } else { "2M" };
     let loops = if opts.quick { 200 } else { 2000 };
-    let dd = strings(&["dd", "if=/dev/zero", "of=/dev/null", "bs=1", &format!("count={count}")]);
+    let dd = strings(&[
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=1",
+        &format!("count={count}"),
+    ]);
     let bwa_dir = std::env::temp_dir().join("denet-bench-bwa");
     let pipeline = vec![
-        root.join("scripts/bwa-pipeline.sh").to_string_lossy().into_owned(),
+        root.join("scripts/bwa-pipeline.sh")
+            .to_string_lossy()
+            .into_owned(),
         bwa_dir.to_string_lossy().into_owned(),
     ];
     // Generates the reference, reads and index once.
-    run_quiet(&pipeline).context("the bwa + samtools pipeline (are bwa and samtools installed?)")?;
+    run_quiet(&pipeline)
+        .context("the bwa + samtools pipeline (are bwa and samtools installed?)")?;
     let workloads = vec![
         ("dd bs=1", dd.clone(), 1.3),
         (
@@ -342,7 +365,7 @@ pub fn run(root: &Path, agent: &Path, opts: &BenchOptions) -> Result<()> {
             ]),
             1.05,
         ),
-        ("bwa mem | samtools sort", pipeline, 1.03),
+        ("bwa mem + samtools sort", pipeline, 1.03),
     ];
     println!("## What a run costs the machine (`--suite cost`)\n");
     beside(agent, opts, &dd)?;

@@ -606,7 +606,7 @@ fn tree_node(g: &Group, t0: u64) -> TreeNode {
 }
 
 impl StatsReport {
-    /// True when any process reported the time breakdown (issue 3 depth fields).
+    /// True when any process reported the time breakdown (depth fields).
     pub fn has_time_breakdown(&self) -> bool {
         let t = &self.totals;
         t.oncpu_ns.is_some()

@@ -1,13 +1,16 @@
-//! Reading traces back: a streaming, forgiving reader of the JSONL format
-//! (docs/jsonl-format.md) for `stats`, `export` and `run --report`.
+//! The public JSONL format (docs/jsonl-format.md): the records as the agent writes
+//! them (`format`, `writer`) and as they are read back (`records`, `reader`).
 //!
-//! Records are read one line at a time, so memory does not grow with the file.
+//! The reader is streaming and forgiving, for `stats`, `export` and `run --report`:
+//! records are read one line at a time, so memory does not grow with the file.
 //! Unknown kinds and fields are skipped with one warning per name; a truncated last
 //! line (a killed agent) is skipped with a warning; anything else that is not a
 //! trace is an error naming the line.
 
+pub mod format;
 pub mod reader;
 pub mod records;
+pub mod writer;
 
 pub use reader::{TraceError, TraceReader};
 pub use records::{EventRecord, FileRecord, Header, ProcSample, Process, Record, Sample, Summary};

@@ -389,26 +389,40 @@ fn with_line(e: TraceError, line: u64) -> TraceError {
     }
 }
 
-/// The exact run start (`summary.start_boot_ns`) read from the end of a trace file
-/// without reading the rest, so streaming exports can give times relative to it.
-/// None for stdin, a trace without a summary, or anything unexpected.
-pub fn peek_run_start(path: &Path) -> Option<u64> {
+/// The `kind` of one trace line, without decoding the rest of it.
+pub fn line_kind(text: &str) -> Option<std::borrow::Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Kind<'a> {
+        #[serde(borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Kind>(text).ok().map(|k| k.kind)
+}
+
+/// The summary, when it is the last line of the trace file at `path`. Reads only the
+/// file's end (a summary line is far shorter than that): traces can be gigabytes and
+/// callers poll this. None for stdin, a trace without a summary, or anything unexpected.
+pub fn summary_at_end(path: &Path) -> Option<Summary> {
     use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
     if path.as_os_str() == "-" {
         return None;
     }
     let mut f = File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
-    let tail = len.min(64 * 1024);
-    f.seek(SeekFrom::Start(len - tail)).ok()?;
-    let mut buf = Vec::with_capacity(tail as usize);
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut buf = Vec::with_capacity(len.min(TAIL) as usize);
     f.read_to_end(&mut buf).ok()?;
     let last = buf.split(|&b| b == b'\n').rev().find(|l| !is_blank(l))?;
-    #[derive(Deserialize)]
-    struct Tail {
-        kind: Option<String>,
-        start_boot_ns: Option<u64>,
+    let text = std::str::from_utf8(last).ok()?;
+    if line_kind(text)? != "summary" {
+        return None;
     }
-    let t: Tail = serde_json::from_slice(last).ok()?;
-    (t.kind.as_deref() == Some("summary")).then_some(t.start_boot_ns)?
+    serde_json::from_str(text).ok()
+}
+
+/// The exact run start (`summary.start_boot_ns`) read from the end of a trace file
+/// without reading the rest, so streaming exports can give times relative to it.
+pub fn peek_run_start(path: &Path) -> Option<u64> {
+    summary_at_end(path)?.start_boot_ns
 }

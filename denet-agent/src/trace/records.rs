@@ -1,14 +1,15 @@
 //! The records as read back. Every field but the identifying ones is optional, so
-//! older traces, `null` values and records of killed runs all read; fields from
-//! issue 3 (time breakdown, block and network bytes, syscalls, `file` records) are
-//! here so they are shown when present and not warned about.
+//! older traces, `null` values and records of killed runs all read; the depth fields
+//! (time breakdown, block and network bytes, syscalls, `file` records) are here so
+//! they are shown when present and not warned about. A unit test reads
+//! tests/golden/records.jsonl, written by the writer's types, so the two cannot drift.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 /// The newest `schema_version` this reader understands.
-pub const SUPPORTED_SCHEMA_VERSION: u64 = 2;
+pub const SUPPORTED_SCHEMA_VERSION: u64 = super::format::SCHEMA_VERSION as u64;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -34,9 +35,9 @@ pub struct Header {
     pub hold_ns: Option<u64>,
     pub ebpf: Option<bool>,
     pub ebpf_unavailable_reason: Option<String>,
-    /// Per-process syscall counts were collected (issue 3).
+    /// Per-process syscall counts were collected (`--syscalls`).
     pub syscalls: Option<bool>,
-    /// `file` records were written (issue 3).
+    /// `file` records were written (`--files`).
     pub files: Option<bool>,
     /// Raw `event` records were written (`--events`).
     pub events: Option<bool>,
@@ -95,7 +96,7 @@ pub struct Process {
     pub inv_ctxt: Option<u64>,
     pub threads: Option<u32>,
     pub source: Option<String>,
-    // Depth fields (issue 3); absent in older traces.
+    // Depth fields (eBPF mode); absent in older traces.
     pub oncpu_ns: Option<u64>,
     pub cpu_wait_ns: Option<u64>,
     pub io_wait_ns: Option<u64>,
@@ -152,7 +153,7 @@ pub struct ProcSample {
     pub cpu_percent: Option<f64>,
     pub rss_kb: Option<u64>,
     pub threads: Option<u32>,
-    // Window counters (eBPF mode, issue 3): this sample window only.
+    // Window counters (eBPF mode): this sample window only.
     pub oncpu_ns: Option<u64>,
     pub cpu_wait_ns: Option<u64>,
     pub io_wait_ns: Option<u64>,
@@ -162,7 +163,6 @@ pub struct ProcSample {
     pub net_tx_bytes: Option<u64>,
     pub net_rx_bytes: Option<u64>,
     pub syscall_count: Option<u64>,
-    pub syscalls: Option<BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -176,7 +176,7 @@ pub struct Sample {
     pub thread_count: Option<u32>,
     pub cpu_percent: Option<f64>,
     pub rss_kb: Option<u64>,
-    // Window counters (eBPF mode, issue 3): this sample window only.
+    // Window counters (eBPF mode): this sample window only.
     pub oncpu_ns: Option<u64>,
     pub cpu_wait_ns: Option<u64>,
     pub io_wait_ns: Option<u64>,
@@ -220,7 +220,7 @@ pub struct Summary {
     pub error: Option<String>,
 }
 
-/// One file descriptor of a file a process opened (issue 3), written when it closed.
+/// One file descriptor of a file a process opened (`--files`), written when it closed.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct FileRecord {
@@ -267,4 +267,62 @@ pub enum Record {
     Summary(Box<Summary>),
     File(FileRecord),
     Event(EventRecord),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::TraceReader;
+
+    /// The golden file the writer's types produce (trace::format's golden test) read
+    /// back with these types: every field written must be known here (an unknown one
+    /// warns), and the values come back as written.
+    #[test]
+    fn golden_records_read_back_without_warnings() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/records.jsonl");
+        let mut reader = TraceReader::open(&path, Box::new(|_| {})).expect("golden header");
+        let h = reader.header().clone();
+        assert_eq!(h.schema_version, Some(SUPPORTED_SCHEMA_VERSION));
+        assert_eq!(h.hostname.as_deref(), Some("node1"));
+        assert_eq!(h.files, Some(true));
+        assert_eq!(h.syscalls, Some(true));
+        let mut kinds = Vec::new();
+        while let Some(rec) = reader.next_record().expect("golden record") {
+            match &rec {
+                Record::Process(p) if p.pid == Some(102) => {
+                    assert_eq!(p.exe.as_deref(), Some("/bin/true"));
+                    assert_eq!(p.exit_code, Some(2));
+                    assert!(p
+                        .syscalls
+                        .as_ref()
+                        .is_some_and(|s| s["read"] == 8 && s["exit_group"] == 1));
+                }
+                Record::Process(p) => {
+                    assert_eq!(p.signal, Some(11));
+                    assert!(p.core_dumped);
+                }
+                Record::File(f) => {
+                    assert_eq!(f.path.as_deref(), Some("/data/out.txt"));
+                    assert_eq!(f.write_bytes, Some(12));
+                }
+                Record::Sample(s) => {
+                    assert_eq!(s.window_ms, Some(100.25));
+                    assert_eq!(s.syscall_count, Some(12));
+                    assert_eq!(s.procs.len(), 1);
+                    assert_eq!(s.procs[0].syscall_count, Some(12));
+                }
+                Record::Summary(s) => assert_eq!(s.exit_code, Some(2)),
+                Record::Event(_) => {}
+            }
+            kinds.push(std::mem::discriminant(&rec));
+        }
+        assert_eq!(kinds.len(), 5, "records after the header");
+        assert!(reader.summary_seen());
+        assert!(
+            reader.warnings().is_empty(),
+            "writer fields the reader does not know: {:?}",
+            reader.warnings()
+        );
+    }
 }

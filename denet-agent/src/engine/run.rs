@@ -18,18 +18,25 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::{
+use super::{
     clock,
-    collector::{self, CollectorMsg},
-    ebpf::{KernelTracer, TracerOptions},
-    files::FileTracker,
+    control::Control,
     launch::{HeldChild, LaunchError, LaunchSpec},
-    output::JsonlWriter,
-    proc_tree::ProcTree,
-    procfs,
-    record::{self, Header, Process, Summary},
-    sampler::{AdaptiveInterval, Sampler},
-    tracker::Tracker,
+};
+use crate::{
+    kernel::{KernelTracer, TracerOptions},
+    process::{
+        collector::{self, CollectorMsg},
+        files::FileTracker,
+        proc_tree::ProcTree,
+        procfs,
+        sampler::{AdaptiveInterval, Sampler},
+        tracker::Tracker,
+    },
+    trace::{
+        format::{self as record, Header, Process, Summary},
+        writer::JsonlWriter,
+    },
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,45 +65,6 @@ pub struct RunConfig {
     pub syscalls: bool,
     /// Raw scheduler and block I/O `event` records.
     pub events: bool,
-}
-
-/// Requests from whoever drives the run (the `serve` supervisor), while it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// Stop the whole tree: SIGTERM, SIGKILL after `grace` (default: the run's
-    /// `kill_grace`). The summary says `cancelled`.
-    Stop { grace: Option<Duration> },
-    /// SIGSTOP the whole tree (and whatever it forks meanwhile) until `Resume`.
-    Pause,
-    /// SIGCONT the whole tree.
-    Resume,
-}
-
-impl std::str::FromStr for Control {
-    type Err = String;
-    /// The line protocol of `run --control-fd`: `stop [GRACE_MS]`, `pause`, `resume`.
-    fn from_str(line: &str) -> Result<Self, String> {
-        let mut words = line.split_whitespace();
-        let control = match words.next() {
-            Some("stop") => {
-                let grace = match words.next() {
-                    Some(ms) => Some(Duration::from_millis(
-                        ms.parse::<u64>()
-                            .map_err(|e| format!("stop: bad grace {ms:?}: {e}"))?,
-                    )),
-                    None => None,
-                };
-                Control::Stop { grace }
-            }
-            Some("pause") => Control::Pause,
-            Some("resume") => Control::Resume,
-            _ => return Err(format!("unknown control request {line:?}")),
-        };
-        match words.next() {
-            Some(extra) => Err(format!("unexpected {extra:?} in control request {line:?}")),
-            None => Ok(control),
-        }
-    }
 }
 
 /// How the run ended, for the caller's exit status.
@@ -484,7 +452,7 @@ impl RunState {
         self.live.extend(msg.started);
         for info in &msg.finished {
             self.live.remove(&info.pid);
-            self.write_process(&Process::from_info(info))?;
+            self.write_process(&info.to_record())?;
         }
         for e in &msg.events {
             self.summary.event_count += 1;
@@ -694,27 +662,5 @@ impl RunState {
             exit_status,
             summary,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_lines() {
-        let parse = |l: &str| l.parse::<Control>();
-        assert_eq!(parse("stop"), Ok(Control::Stop { grace: None }));
-        assert_eq!(
-            parse("stop 250"),
-            Ok(Control::Stop {
-                grace: Some(Duration::from_millis(250))
-            })
-        );
-        assert_eq!(parse(" pause "), Ok(Control::Pause));
-        assert_eq!(parse("resume"), Ok(Control::Resume));
-        for bad in ["", "stop soon", "stop -1", "jump", "pause now", "stop 1 2"] {
-            assert!(parse(bad).is_err(), "{bad:?} accepted");
-        }
     }
 }

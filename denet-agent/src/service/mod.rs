@@ -21,7 +21,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::history::{History, HistoryRow};
+use crate::{
+    engine::Control,
+    history::{History, HistoryRow},
+};
 use job::{Job, Status};
 use spec::{JobSpec, SpecDefaults};
 
@@ -188,7 +191,7 @@ impl Service {
             st.cancel_grace = Some(grace);
             st.cancel_at = Some(std::time::Instant::now());
             // Once: the agent escalates by itself (a queued job gets it at its start).
-            Job::control(&mut st, &format!("stop {}", grace.as_millis()));
+            Job::control(&mut st, Control::Stop { grace: Some(grace) });
         }
         drop(st);
         job.cancelled.notify_one();

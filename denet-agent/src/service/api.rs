@@ -25,7 +25,7 @@ use super::{
     spec::JobRequest,
     Endpoint, Service, SubmitError,
 };
-use crate::history::HistoryQuery;
+use crate::{engine::Control, history::HistoryQuery};
 
 /// Most rows one history query returns.
 pub const MAX_HISTORY_LIMIT: u32 = 10_000;
@@ -336,7 +336,14 @@ async fn set_paused(svc: &Service, id: &str, pause: bool) -> ApiResult<Json<JobV
             return Err(not_running(&job));
         }
         if st.paused != pause {
-            if !Job::control(&mut st, if pause { "pause" } else { "resume" }) {
+            if !Job::control(
+                &mut st,
+                if pause {
+                    Control::Pause
+                } else {
+                    Control::Resume
+                },
+            ) {
                 drop(st);
                 return Err(not_running(&job));
             }

@@ -3,7 +3,7 @@
 
 use nix::time::{clock_gettime, ClockId};
 
-use crate::record::ClockAnchor;
+use crate::trace::format::ClockAnchor;
 
 fn read_ns(id: ClockId) -> u64 {
     // clock_gettime cannot fail for these clock ids on Linux.

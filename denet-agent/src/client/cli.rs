@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{encode, Client, Server};
+use super::http::{encode, Client, Server};
 
 #[derive(Args)]
 pub struct JobsArgs {
@@ -120,7 +120,7 @@ fn print_json(v: &Value) -> Result<()> {
 }
 
 fn check_id(id: &str) -> Result<&str> {
-    if !crate::serve::job::valid_id(id) {
+    if !crate::service::job::valid_id(id) {
         bail!("{id:?} is not a job id");
     }
     Ok(id)

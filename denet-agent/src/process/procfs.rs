@@ -93,7 +93,7 @@ pub fn read_vm_hwm_kb(pid: u32) -> Option<u64> {
 
 pub fn read_cmdline(pid: u32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| crate::tracker::split_argv(&b))
+        .map(|b| super::tracker::split_argv(&b))
         .unwrap_or_default()
 }
 

@@ -7,10 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::{
-    procfs::{self, ProcIo, ProcStat},
-    record::Process,
-};
+use super::procfs::{self, ProcIo, ProcStat};
+use crate::trace::format::Process;
 
 struct Seen {
     ppid: u32,
@@ -111,7 +109,7 @@ impl ProcTree {
     fn record(&self, pid: u32, s: Seen, status: Option<u32>) -> Process {
         let ns = |ticks: u64| ticks.saturating_mul(1_000_000_000) / self.tck;
         let (exit_code, signal, core_dumped) = match status {
-            Some(raw) => crate::record::decode_wait_status(raw),
+            Some(raw) => crate::trace::format::decode_wait_status(raw),
             None => (None, None, false),
         };
         let have_io = s.io.is_some();

@@ -11,29 +11,18 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use denet_common::{
-    read_event, read_event_prefix, EventHeader, ExecEvent, ExitEvent, FileCloseEvent, FileDupEvent,
-    FileOpenEvent, ForkEvent, EVENT_CHDIR, EVENT_EXEC, EVENT_EXIT, EVENT_FILE_CLOSE,
-    EVENT_FILE_DUP, EVENT_FILE_OPEN, EVENT_FORK,
-};
-use denet_common::{
-    BlockIoEvent, SchedSpanEvent, EVENT_RAW_BLOCK, EVENT_RAW_SCHED, TASK_BLOCKED_IO, TASK_RUNNABLE,
-    TASK_RUNNING,
-};
+use denet_common::{KernelEvent, TASK_BLOCKED_IO, TASK_RUNNABLE, TASK_RUNNING};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::{
+use super::{
     files::FileTracker,
-    kstats::StatsMaps,
-    record::{EventRecord, FileRecord},
     tracker::{ProcessInfo, Tracker},
 };
-
-/// Bytes of an exec event before its variable-length argv.
-const EXEC_FIXED_LEN: usize = std::mem::offset_of!(ExecEvent, argv);
-/// Bytes of a file-open event before its variable-length path.
-const FILE_OPEN_FIXED_LEN: usize = std::mem::offset_of!(FileOpenEvent, path);
+use crate::{
+    kernel::counters::StatsMaps,
+    trace::format::{EventRecord, FileRecord},
+};
 
 /// What the collector tells the run loop, once per pass over the ring buffer.
 #[derive(Debug, Default)]
@@ -189,89 +178,67 @@ impl Collector {
 
     fn drain_ring(&mut self) -> usize {
         let mut n = 0;
-        while let Some(item) = self.ring.next() {
-            n += 1;
-            let bytes: &[u8] = &item;
-            let Some(header) = read_event::<EventHeader>(bytes) else {
-                self.report.malformed_events += 1;
-                continue;
+        loop {
+            // Decoded into owned values, so the ring slot is released before use.
+            let decoded = match self.ring.next() {
+                Some(item) => KernelEvent::decode(&item),
+                None => break,
             };
-            self.report.events_received += 1;
-            match header.kind {
-                EVENT_FORK => match read_event::<ForkEvent>(bytes) {
-                    Some(ev) => {
-                        self.tracker.on_fork(&ev, &mut self.exited);
-                        self.files
-                            .on_fork(ev.parent_tgid, ev.header.tgid, ev.header.ts_ns);
-                        self.batch.started.push(ev.header.tgid);
-                    }
-                    None => self.report.malformed_events += 1,
-                },
-                EVENT_EXEC => match read_event_prefix::<ExecEvent>(bytes, EXEC_FIXED_LEN) {
-                    Some(ev) => self.tracker.on_exec(&ev),
-                    None => self.report.malformed_events += 1,
-                },
-                EVENT_EXIT => match read_event::<ExitEvent>(bytes) {
-                    Some(ev) => self.tracker.on_exit(&ev, &mut self.exited),
-                    None => self.report.malformed_events += 1,
-                },
-                EVENT_FILE_OPEN => {
-                    match read_event_prefix::<FileOpenEvent>(bytes, FILE_OPEN_FIXED_LEN) {
-                        Some(ev) => self.files.on_open(&ev),
-                        None => self.report.malformed_events += 1,
-                    }
+            n += 1;
+            match decoded {
+                Ok(event) => {
+                    self.report.events_received += 1;
+                    self.on_event(event);
                 }
-                EVENT_CHDIR => match read_event_prefix::<FileOpenEvent>(bytes, FILE_OPEN_FIXED_LEN)
-                {
-                    Some(ev) => self.files.on_chdir(&ev),
-                    None => self.report.malformed_events += 1,
-                },
-                EVENT_RAW_SCHED => match read_event::<SchedSpanEvent>(bytes) {
-                    Some(ev) => self.batch.events.push(EventRecord {
-                        kind: "event",
-                        event_type: "sched",
-                        ts_boot_ns: ev.header.ts_ns,
-                        pid: ev.header.tgid,
-                        tid: ev.header.pid,
-                        cpu: ev.header.cpu,
-                        state: Some(match ev.state {
-                            TASK_RUNNING => "running",
-                            TASK_RUNNABLE => "runnable",
-                            TASK_BLOCKED_IO => "io_wait",
-                            _ => "sleep",
-                        }),
-                        duration_ns: ev.duration_ns,
-                        op: None,
-                        bytes: None,
-                    }),
-                    None => self.report.malformed_events += 1,
-                },
-                EVENT_RAW_BLOCK => match read_event::<BlockIoEvent>(bytes) {
-                    Some(ev) => self.batch.events.push(EventRecord {
-                        kind: "event",
-                        event_type: "block",
-                        ts_boot_ns: ev.header.ts_ns,
-                        pid: ev.header.tgid,
-                        tid: ev.header.pid,
-                        cpu: ev.header.cpu,
-                        state: None,
-                        duration_ns: ev.latency_ns,
-                        op: Some(if ev.op == 0 { "read" } else { "write" }),
-                        bytes: Some(ev.bytes),
-                    }),
-                    None => self.report.malformed_events += 1,
-                },
-                EVENT_FILE_DUP => match read_event::<FileDupEvent>(bytes) {
-                    Some(ev) => self.files.on_dup(&ev),
-                    None => self.report.malformed_events += 1,
-                },
-                EVENT_FILE_CLOSE => match read_event::<FileCloseEvent>(bytes) {
-                    Some(ev) => self.batch.files.extend(self.files.on_close(&ev)),
-                    None => self.report.malformed_events += 1,
-                },
-                _ => self.report.malformed_events += 1,
+                Err(_) => self.report.malformed_events += 1,
             }
         }
         n
+    }
+
+    fn on_event(&mut self, event: KernelEvent) {
+        match event {
+            KernelEvent::Fork(ev) => {
+                self.tracker.on_fork(&ev, &mut self.exited);
+                self.files
+                    .on_fork(ev.parent_tgid, ev.header.tgid, ev.header.ts_ns);
+                self.batch.started.push(ev.header.tgid);
+            }
+            KernelEvent::Exec(ev) => self.tracker.on_exec(&ev),
+            KernelEvent::Exit(ev) => self.tracker.on_exit(&ev, &mut self.exited),
+            KernelEvent::FileOpen(ev) => self.files.on_open(&ev),
+            KernelEvent::Chdir(ev) => self.files.on_chdir(&ev),
+            KernelEvent::FileDup(ev) => self.files.on_dup(&ev),
+            KernelEvent::FileClose(ev) => self.batch.files.extend(self.files.on_close(&ev)),
+            KernelEvent::RawSched(ev) => self.batch.events.push(EventRecord {
+                kind: "event",
+                event_type: "sched",
+                ts_boot_ns: ev.header.ts_ns,
+                pid: ev.header.tgid,
+                tid: ev.header.pid,
+                cpu: ev.header.cpu,
+                state: Some(match ev.state {
+                    TASK_RUNNING => "running",
+                    TASK_RUNNABLE => "runnable",
+                    TASK_BLOCKED_IO => "io_wait",
+                    _ => "sleep",
+                }),
+                duration_ns: ev.duration_ns,
+                op: None,
+                bytes: None,
+            }),
+            KernelEvent::RawBlock(ev) => self.batch.events.push(EventRecord {
+                kind: "event",
+                event_type: "block",
+                ts_boot_ns: ev.header.ts_ns,
+                pid: ev.header.tgid,
+                tid: ev.header.pid,
+                cpu: ev.header.cpu,
+                state: None,
+                duration_ns: ev.latency_ns,
+                op: Some(if ev.op == 0 { "read" } else { "write" }),
+                bytes: Some(ev.bytes),
+            }),
+        }
     }
 }

@@ -14,7 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::{
     io::{AsyncRead, AsyncReadExt},
@@ -26,7 +25,7 @@ use super::{
     job::{unix_ms, Job, Live, LogStream, Status, StreamMsg},
     Service,
 };
-use crate::{history::HistoryRow, report};
+use crate::{engine::Control, history::HistoryRow, report, trace};
 
 /// How often the stuck flag is checked.
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
@@ -209,7 +208,7 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
         // A stop that raced with the start: pass it on now.
         if st.cancel_requested {
             let grace = st.cancel_grace.unwrap_or(svc.config.kill_grace);
-            Job::control(&mut st, &format!("stop {}", grace.as_millis()));
+            Job::control(&mut st, Control::Stop { grace: Some(grace) });
         }
     }
     let mut readers = tokio::task::JoinSet::new();
@@ -338,23 +337,6 @@ fn progress(job: &Job) {
     }
 }
 
-/// The few trace fields the service acts on.
-#[derive(Deserialize)]
-struct TraceLine<'a> {
-    #[serde(borrow)]
-    kind: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    pid: Option<u32>,
-    #[serde(default)]
-    cpu_percent: Option<f64>,
-    #[serde(default)]
-    oncpu_ns: Option<u64>,
-    #[serde(default)]
-    rss_kb: Option<u64>,
-    #[serde(default)]
-    process_count: Option<u64>,
-}
-
 /// How often the trace file is read for new records while the job runs.
 const TAIL_PERIOD: Duration = Duration::from_millis(100);
 
@@ -404,24 +386,31 @@ fn on_trace_line(job: &Job, line: &[u8]) {
     let Ok(text) = std::str::from_utf8(line) else {
         return;
     };
-    let Ok(rec) = serde_json::from_str::<TraceLine>(text) else {
+    let Some(kind) = trace::reader::line_kind(text) else {
         return;
     };
     // Only streamed kinds need the record as a whole (file and event records can be
     // a firehose).
     let raw = || serde_json::from_str::<&RawValue>(text).ok();
-    match &*rec.kind {
-        "header" => job.state().pid = rec.pid,
+    match &*kind {
+        "header" => {
+            if let Ok(h) = serde_json::from_str::<trace::Header>(text) {
+                job.state().pid = h.pid;
+            }
+        }
         "sample" => {
-            let cpu = rec.cpu_percent.unwrap_or(0.0);
-            if cpu > 0.0 || rec.oncpu_ns.unwrap_or(0) > 0 {
+            let Ok(sample) = serde_json::from_str::<trace::Sample>(text) else {
+                return;
+            };
+            let cpu = sample.cpu_percent.unwrap_or(0.0);
+            if cpu > 0.0 || sample.oncpu_ns.unwrap_or(0) > 0 {
                 progress(job);
             }
             let mut st = job.state();
             st.live = Some(Live {
                 cpu_percent: cpu,
-                rss_kb: rec.rss_kb.unwrap_or(0),
-                process_count: rec.process_count.unwrap_or(0),
+                rss_kb: sample.rss_kb.unwrap_or(0),
+                process_count: u64::from(sample.process_count.unwrap_or(0)),
                 sampled_unix_ms: unix_ms(),
             });
             if let Some(record) = raw() {
@@ -688,7 +677,7 @@ pub(super) async fn recover_row(svc: &Service, dir: &Path) -> Option<HistoryRow>
     };
     let job = Job::new(file.id, spec, dir.to_path_buf());
     let until = Instant::now() + svc.config.kill_grace + Duration::from_secs(3);
-    while Instant::now() < until && !trace_has_summary(&job.trace_path()) {
+    while Instant::now() < until && trace::reader::summary_at_end(&job.trace_path()).is_none() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ending = Ending {
@@ -696,27 +685,6 @@ pub(super) async fn recover_row(svc: &Service, dir: &Path) -> Option<HistoryRow>
         ..Default::default()
     };
     Some(build_row(svc, &job, &ending).await)
-}
-
-/// Whether the trace's last line is its summary. Reads only the file's end (the
-/// summary line is far shorter than this): traces can be gigabytes and this is polled.
-fn trace_has_summary(path: &Path) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    const TAIL: u64 = 64 * 1024;
-    let Ok(mut f) = File::open(path) else {
-        return false;
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut tail = Vec::new();
-    if f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).is_err()
-        || f.read_to_end(&mut tail).is_err()
-    {
-        return false;
-    }
-    tail.trim_ascii_end()
-        .rsplit(|&c| c == b'\n')
-        .next()
-        .is_some_and(|last| last.windows(18).any(|w| w == b"\"kind\":\"summary\""))
 }
 
 /// Records the row (spooled to the job directory first, so a database outage loses

@@ -17,7 +17,8 @@ use denet_common::{
     FILE_PATH_TRUNCATED,
 };
 
-use crate::{record::FileRecord, tracker::c_string};
+use super::tracker::c_string;
+use crate::trace::format::FileRecord;
 
 const AT_FDCWD: i32 = -100;
 

@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
-use crate::kstats::ProcDepth;
+use crate::{
+    kernel::{counters::ProcDepth, syscall_names::syscall_name},
+    trace::format::{decode_wait_status, DepthFields, Process},
+};
 use denet_common::{
     ExecEvent, ExitEvent, ForkEvent, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXIT_GROUP_DEAD,
 };
@@ -216,15 +219,100 @@ impl Tracker {
     }
 }
 
+impl ProcessInfo {
+    /// The trace record of this process.
+    pub fn to_record(&self) -> Process {
+        let p = self;
+        let s = &p.stats;
+        // A process whose last thread was never seen (events lost) has partial counters.
+        let exact = p.end_boot_ns.is_some();
+        let v = |x: u64| exact.then_some(x);
+        let (exit_code, signal, core_dumped) = match p.exit_status_raw {
+            Some(raw) => decode_wait_status(raw),
+            None => (None, None, false),
+        };
+        let wall_ns = match (p.start_boot_ns, p.end_boot_ns) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        let (user, sys) = s.cpu_user_sys_ns();
+        Process {
+            kind: "process",
+            pid: p.pid,
+            ppid: p.ppid,
+            argv: p.argv.clone(),
+            argv_truncated: p.argv_truncated,
+            exe: p.exe.clone(),
+            execs: p.execs,
+            start_boot_ns: p.start_boot_ns,
+            end_boot_ns: p.end_boot_ns,
+            wall_ns,
+            exit_code,
+            signal,
+            core_dumped,
+            cpu_user_ns: v(user),
+            cpu_sys_ns: v(sys),
+            peak_rss_kb: v(s.peak_rss_kb),
+            peak_vm_kb: v(s.peak_vm_kb),
+            rchar: v(s.rchar),
+            wchar: v(s.wchar),
+            syscr: v(s.syscr),
+            syscw: v(s.syscw),
+            read_bytes: v(s.read_bytes),
+            write_bytes: v(s.write_bytes),
+            cancelled_write_bytes: v(s.cancelled_write_bytes),
+            minflt: v(s.minflt),
+            majflt: v(s.majflt),
+            vol_ctxt: v(s.vol_ctxt),
+            inv_ctxt: v(s.inv_ctxt),
+            threads: v(u64::from(s.threads)).map(|t| t as u32),
+            depth: p.depth.as_ref().map(depth_fields),
+            source: if exact { "ebpf" } else { "missing" },
+        }
+    }
+}
+
+/// A histogram without its trailing empty buckets.
+fn trim_hist(h: &[u32]) -> Vec<u32> {
+    let end = h.iter().rposition(|c| *c > 0).map_or(0, |i| i + 1);
+    h[..end].to_vec()
+}
+
+/// The depth fields of a process record from its kernel counters.
+fn depth_fields(d: &ProcDepth) -> DepthFields {
+    let s = &d.stats;
+    DepthFields {
+        oncpu_ns: s.oncpu_ns,
+        cpu_wait_ns: s.cpu_wait_ns,
+        io_wait_ns: s.io_wait_ns,
+        sleep_ns: s.sleep_ns,
+        runq_waits: s.runq_waits,
+        runq_delay_hist_log2_us: trim_hist(&s.runq_hist),
+        blk_read_bytes: s.blk_read_bytes,
+        blk_write_bytes: s.blk_write_bytes,
+        blk_read_ops: s.blk_read_ops,
+        blk_write_ops: s.blk_write_ops,
+        blk_latency_hist_log2_us: trim_hist(&s.blk_lat_hist),
+        net_tx_bytes: s.net_tx_bytes,
+        net_rx_bytes: s.net_rx_bytes,
+        syscalls: d.syscalls.as_ref().map(|calls| {
+            calls
+                .iter()
+                .map(|(nr, c)| (syscall_name(usize::from(*nr)).into_owned(), *c))
+                .collect()
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use denet_common::{EventHeader, IoAccounting, EVENT_EXIT, EVENT_FORK};
+    use denet_common::{EventHeader, EventKind, IoAccounting};
 
     fn fork(parent: u32, child: u32, ts: u64) -> ForkEvent {
         ForkEvent {
             header: EventHeader {
-                kind: EVENT_FORK,
+                kind: EventKind::Fork as u32,
                 ts_ns: ts,
                 pid: child,
                 tgid: child,
@@ -238,7 +326,7 @@ mod tests {
     fn exit(tid: u32, tgid: u32, ts: u64, last: bool, runtime: u64) -> ExitEvent {
         ExitEvent {
             header: EventHeader {
-                kind: EVENT_EXIT,
+                kind: EventKind::Exit as u32,
                 ts_ns: ts,
                 pid: tid,
                 tgid,

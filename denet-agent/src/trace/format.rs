@@ -7,8 +7,6 @@ use serde::Serialize;
 
 use std::collections::BTreeMap;
 
-use crate::{kstats::ProcDepth, syscall_names::syscall_name, tracker::ProcessInfo};
-
 /// Where the time went and what the process did on disk, network and in syscalls
 /// (eBPF mode only; absent in /proc mode).
 #[derive(Debug, Clone, Serialize)]
@@ -32,38 +30,6 @@ pub struct DepthFields {
     /// Syscall name -> count; only with `--syscalls`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscalls: Option<BTreeMap<String, u64>>,
-}
-
-fn trim_hist(h: &[u32]) -> Vec<u32> {
-    let end = h.iter().rposition(|c| *c > 0).map_or(0, |i| i + 1);
-    h[..end].to_vec()
-}
-
-impl DepthFields {
-    pub fn from_depth(d: &ProcDepth) -> Self {
-        let s = &d.stats;
-        DepthFields {
-            oncpu_ns: s.oncpu_ns,
-            cpu_wait_ns: s.cpu_wait_ns,
-            io_wait_ns: s.io_wait_ns,
-            sleep_ns: s.sleep_ns,
-            runq_waits: s.runq_waits,
-            runq_delay_hist_log2_us: trim_hist(&s.runq_hist),
-            blk_read_bytes: s.blk_read_bytes,
-            blk_write_bytes: s.blk_write_bytes,
-            blk_read_ops: s.blk_read_ops,
-            blk_write_ops: s.blk_write_ops,
-            blk_latency_hist_log2_us: trim_hist(&s.blk_lat_hist),
-            net_tx_bytes: s.net_tx_bytes,
-            net_rx_bytes: s.net_rx_bytes,
-            syscalls: d.syscalls.as_ref().map(|calls| {
-                calls
-                    .iter()
-                    .map(|(nr, c)| (syscall_name(usize::from(*nr)).into_owned(), *c))
-                    .collect()
-            }),
-        }
-    }
 }
 
 /// `--events`: one raw kernel event.
@@ -222,57 +188,6 @@ pub fn decode_wait_status(raw: u32) -> (Option<i32>, Option<i32>, bool) {
     }
 }
 
-impl Process {
-    pub fn from_info(p: &ProcessInfo) -> Self {
-        let s = &p.stats;
-        // A process whose last thread was never seen (events lost) has partial counters.
-        let exact = p.end_boot_ns.is_some();
-        let v = |x: u64| exact.then_some(x);
-        let (exit_code, signal, core_dumped) = match p.exit_status_raw {
-            Some(raw) => decode_wait_status(raw),
-            None => (None, None, false),
-        };
-        let wall_ns = match (p.start_boot_ns, p.end_boot_ns) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-            _ => None,
-        };
-        let (user, sys) = s.cpu_user_sys_ns();
-        Process {
-            kind: "process",
-            pid: p.pid,
-            ppid: p.ppid,
-            argv: p.argv.clone(),
-            argv_truncated: p.argv_truncated,
-            exe: p.exe.clone(),
-            execs: p.execs,
-            start_boot_ns: p.start_boot_ns,
-            end_boot_ns: p.end_boot_ns,
-            wall_ns,
-            exit_code,
-            signal,
-            core_dumped,
-            cpu_user_ns: v(user),
-            cpu_sys_ns: v(sys),
-            peak_rss_kb: v(s.peak_rss_kb),
-            peak_vm_kb: v(s.peak_vm_kb),
-            rchar: v(s.rchar),
-            wchar: v(s.wchar),
-            syscr: v(s.syscr),
-            syscw: v(s.syscw),
-            read_bytes: v(s.read_bytes),
-            write_bytes: v(s.write_bytes),
-            cancelled_write_bytes: v(s.cancelled_write_bytes),
-            minflt: v(s.minflt),
-            majflt: v(s.majflt),
-            vol_ctxt: v(s.vol_ctxt),
-            inv_ctxt: v(s.inv_ctxt),
-            threads: v(u64::from(s.threads)).map(|t| t as u32),
-            depth: p.depth.as_ref().map(DepthFields::from_depth),
-            source: if exact { "ebpf" } else { "missing" },
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcSample {
     pub pid: u32,
@@ -380,7 +295,11 @@ pub struct Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{output::JsonlWriter, tracker::ExitStats};
+    use crate::{
+        kernel::counters::ProcDepth,
+        process::tracker::{ExitStats, ProcessInfo},
+        trace::writer::JsonlWriter,
+    };
 
     /// One record of each kind with fixed values, as written to a trace. The golden
     /// file pins field names, order, types and encodings: a change here is a change
@@ -517,8 +436,8 @@ mod tests {
         let path = dir.join("records.jsonl");
         let mut w = JsonlWriter::create(&path).unwrap();
         w.write(&header).unwrap();
-        w.write(&Process::from_info(&info)).unwrap();
-        w.write(&Process::from_info(&killed)).unwrap();
+        w.write(&info.to_record()).unwrap();
+        w.write(&killed.to_record()).unwrap();
         w.write(&FileRecord {
             kind: "file",
             pid: 102,

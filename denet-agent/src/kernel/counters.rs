@@ -7,7 +7,7 @@ use denet_common::{
     TASK_RUNNABLE, TASK_RUNNING,
 };
 
-use crate::ebpf::{map_err, TracerError};
+use super::tracer::{map_err, names, TracerError};
 
 /// A process's counters, summed over CPUs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,11 +73,11 @@ impl StatsMaps {
     ) -> Result<Self, TracerError> {
         Ok(Self {
             procs: PerCpuHashMap::try_from(Map::PerCpuHashMap(procs))
-                .map_err(map_err("PROC_STATS"))?,
+                .map_err(map_err(names::PROC_STATS))?,
             syscalls: PerCpuHashMap::try_from(Map::PerCpuHashMap(syscalls))
-                .map_err(map_err("SYSCALLS"))?,
+                .map_err(map_err(names::SYSCALLS))?,
             files: PerCpuHashMap::try_from(Map::PerCpuHashMap(files))
-                .map_err(map_err("FILE_STATS"))?,
+                .map_err(map_err(names::FILE_STATS))?,
             task_state: None,
             nr_cpus,
             count_syscalls: true,
@@ -94,17 +94,18 @@ impl StatsMaps {
         nr_cpus: usize,
     ) -> Result<(Self, Self), TracerError> {
         let (p, s, f) = (
-            data(procs, "PROC_STATS")?,
-            data(syscalls, "SYSCALLS")?,
-            data(files, "FILE_STATS")?,
+            data(procs, names::PROC_STATS)?,
+            data(syscalls, names::SYSCALLS)?,
+            data(files, names::FILE_STATS)?,
         );
         let mut second = Self::from_data(
-            dup(&p, "PROC_STATS")?,
-            dup(&s, "SYSCALLS")?,
-            dup(&f, "FILE_STATS")?,
+            dup(&p, names::PROC_STATS)?,
+            dup(&s, names::SYSCALLS)?,
+            dup(&f, names::FILE_STATS)?,
             nr_cpus,
         )?;
-        second.task_state = Some(HashMap::try_from(task_state).map_err(map_err("TASK_STATE"))?);
+        second.task_state =
+            Some(HashMap::try_from(task_state).map_err(map_err(names::TASK_STATE))?);
         Ok((Self::from_data(p, s, f, nr_cpus)?, second))
     }
 
@@ -148,7 +149,7 @@ impl StatsMaps {
             .map_err(|e| TracerError::Btf(format!("per-CPU values: {e}")))?;
         self.procs
             .insert(tgid, stats, 0)
-            .map_err(map_err("PROC_STATS"))?;
+            .map_err(map_err(names::PROC_STATS))?;
         if !self.count_syscalls {
             return Ok(());
         }
@@ -156,7 +157,7 @@ impl StatsMaps {
             .map_err(|e| TracerError::Btf(format!("per-CPU values: {e}")))?;
         self.syscalls
             .insert(tgid, counts, 0)
-            .map_err(map_err("SYSCALLS"))
+            .map_err(map_err(names::SYSCALLS))
     }
 
     /// Current counters of a live process (None when it has none).

@@ -2,11 +2,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::procfs::{self, ProcStat};
 use crate::{
-    kstats::{ProcDepth, StatsMaps},
-    procfs::{self, ProcStat},
-    record::{ProcSample, Sample, SampleDelta},
-    syscall_names::syscall_name,
+    engine::clock,
+    kernel::{
+        counters::{ProcDepth, StatsMaps},
+        syscall_names::syscall_name,
+    },
+    trace::format::{ProcSample, Sample, SampleDelta},
 };
 
 /// Sampling interval that starts short (short jobs get detail) and grows by a
@@ -108,7 +111,7 @@ impl Sampler {
         let mut tree_delta = self.kernel.as_ref().map(|_| SampleDelta::default());
         let mut tree_syscalls = BTreeMap::new();
         let mut depth_now = HashMap::with_capacity(pids.len());
-        let mono_ns = crate::clock::monotonic_ns();
+        let mono_ns = clock::monotonic_ns();
         for &pid in pids {
             let Ok(st) = procfs::read_stat(pid) else {
                 continue;
@@ -200,7 +203,7 @@ mod tests {
     fn samples_own_process() {
         let mut s = Sampler::new(0, None);
         let me = std::process::id();
-        let (sample, raw) = s.sample(&[me, u32::MAX - 1], crate::clock::boottime_ns());
+        let (sample, raw) = s.sample(&[me, u32::MAX - 1], clock::boottime_ns());
         assert_eq!(sample.process_count, 1);
         assert_eq!(raw.len(), 1);
         assert!(sample.rss_kb > 0);

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, Notify};
 
 use super::spec::JobSpec;
-use crate::history::HistoryRow;
+use crate::{engine::Control, history::HistoryRow};
 
 /// Job statuses. `queued` and `running` are live; the others are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -203,10 +203,10 @@ impl Job {
         }
     }
 
-    /// Writes a control line to the job's agent. False when it is not running.
-    pub fn control(state: &mut JobState, line: &str) -> bool {
+    /// Sends a control request to the job's agent. False when it is not running.
+    pub fn control(state: &mut JobState, request: Control) -> bool {
         match &mut state.control {
-            Some(f) => f.write_all(format!("{line}\n").as_bytes()).is_ok(),
+            Some(f) => f.write_all(format!("{request}\n").as_bytes()).is_ok(),
             None => false,
         }
     }

@@ -7,31 +7,77 @@ use aya::{
 };
 use denet_common::{counter, IoAccounting, KernelOffsets, Settings};
 
-use crate::{btf::Btf, kstats::StatsMaps};
+use super::{btf::Btf, counters::StatsMaps};
 
 /// The eBPF object built by build.rs from `denet-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/denet.bpf.o"));
 
-/// Programs and the tracepoints they attach to, in attach order: the per-process
-/// accounting first, then exit and exec, and fork last, so no process can enter the
-/// tracked set before everything that follows it is watching.
-const PROGRAMS: &[(&str, &str)] = &[
-    ("sched_switch", "sched_switch"),
-    ("sched_wakeup", "sched_wakeup"),
-    ("sched_wakeup_new", "sched_wakeup_new"),
-    ("sys_enter", "sys_enter"),
-    ("sys_exit", "sys_exit"),
-    ("block_bio_queue", "block_bio_queue"),
-    ("block_rq_complete", "block_rq_complete"),
-    ("sock_send_length", "sock_send_length"),
-    ("sock_recv_length", "sock_recv_length"),
-    ("sched_process_exit", "sched_process_exit"),
-    ("sched_process_exec", "sched_process_exec"),
-    ("sched_process_fork", "sched_process_fork"),
-];
+/// Names of the eBPF object's maps and globals the agent uses (the identifiers of
+/// the statics in denet-ebpf; a unit test checks them against the object).
+pub(crate) mod names {
+    pub const TRACKED: &str = "TRACKED";
+    pub const TRACKED_FAST: &str = "TRACKED_FAST";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const PROC_STATS: &str = "PROC_STATS";
+    pub const SYSCALLS: &str = "SYSCALLS";
+    pub const FILE_STATS: &str = "FILE_STATS";
+    pub const TASK_STATE: &str = "TASK_STATE";
+    pub const OFFSETS: &str = "OFFSETS";
+    pub const SETTINGS: &str = "SETTINGS";
+    /// The maps above, for the check against the object.
+    #[cfg(test)]
+    pub const MAPS: &[&str] = &[
+        TRACKED,
+        TRACKED_FAST,
+        COUNTERS,
+        EVENTS,
+        PROC_STATS,
+        SYSCALLS,
+        FILE_STATS,
+        TASK_STATE,
+    ];
+}
 
-/// Programs on `raw_syscalls` (syscall counts and file accounting).
-const SYSCALL_PROGRAMS: &[&str] = &["sys_enter", "sys_exit"];
+/// When a program is loaded and attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    /// Every run: lifecycle, exit accounting, scheduler, block, network.
+    Always,
+    /// Only with `--files` or `--syscalls`: on `raw_syscalls`, so while attached it
+    /// runs for every syscall of every task on the machine.
+    SyscallHooks,
+}
+
+/// One kernel program: its name in the eBPF object (= its raw tracepoint), the
+/// number of `TP_PROTO` arguments it reads by position, and when it is needed.
+struct Program {
+    name: &'static str,
+    args: u32,
+    needs: Needs,
+}
+
+const fn program(name: &'static str, args: u32, needs: Needs) -> Program {
+    Program { name, args, needs }
+}
+
+/// The program table, in attach order: the per-process accounting first, then exit
+/// and exec, and fork last, so no process can enter the tracked set before everything
+/// that follows it is watching.
+const PROGRAMS: &[Program] = &[
+    program("sched_switch", 4, Needs::Always),
+    program("sched_wakeup", 1, Needs::Always),
+    program("sched_wakeup_new", 1, Needs::Always),
+    program("sys_enter", 2, Needs::SyscallHooks),
+    program("sys_exit", 2, Needs::SyscallHooks),
+    program("block_bio_queue", 1, Needs::Always),
+    program("block_rq_complete", 3, Needs::Always),
+    program("sock_send_length", 3, Needs::Always),
+    program("sock_recv_length", 3, Needs::Always),
+    program("sched_process_exit", 2, Needs::Always),
+    program("sched_process_exec", 3, Needs::Always),
+    program("sched_process_fork", 2, Needs::Always),
+];
 
 /// What the kernel side collects besides the lifecycle.
 #[derive(Debug, Clone, Copy)]
@@ -186,28 +232,15 @@ fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, TracerError> {
 /// The programs read tracepoint arguments by position: refuse kernels where the
 /// prototypes differ rather than read garbage.
 fn check_tracepoints(btf: &Btf) -> Result<(), TracerError> {
-    for (name, expected) in [
-        ("sched_process_fork", 2),
-        ("sched_process_exec", 3),
-        ("sched_process_exit", 2),
-        ("sched_switch", 4),
-        ("sched_wakeup", 1),
-        ("sched_wakeup_new", 1),
-        ("sys_enter", 2),
-        ("sys_exit", 2),
-        ("block_bio_queue", 1),
-        ("block_rq_complete", 3),
-        ("sock_send_length", 3),
-        ("sock_recv_length", 3),
-    ] {
+    for p in PROGRAMS {
         let found = btf
-            .tracepoint_arg_count(name)
-            .map_err(|e| TracerError::Btf(format!("btf_trace_{name}: {e}")))?;
-        if found != expected {
+            .tracepoint_arg_count(p.name)
+            .map_err(|e| TracerError::Btf(format!("btf_trace_{}: {e}", p.name)))?;
+        if found != p.args {
             return Err(TracerError::TracepointShape {
-                name,
+                name: p.name,
                 found,
-                expected,
+                expected: p.args,
             });
         }
     }
@@ -235,19 +268,20 @@ impl KernelTracer {
         };
         // No BTF for aya: the programs carry no CO-RE relocations and raw tracepoints
         // attach by name.
-        let mut ebpf = crate::aya_loader::without_kernel_btf()
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("SETTINGS", &settings, true)
-            .map_max_entries("EVENTS", options.ringbuf_bytes)
-            .map_max_entries("TRACKED_FAST", pid_max())
+        let mut ebpf = super::aya_loader::without_kernel_btf()
+            .override_global(names::OFFSETS, &offsets, true)
+            .override_global(names::SETTINGS, &settings, true)
+            .map_max_entries(names::EVENTS, options.ringbuf_bytes)
+            .map_max_entries(names::TRACKED_FAST, pid_max())
             .load(OBJECT)?;
         let mut attached = Vec::with_capacity(PROGRAMS.len());
-        for &(name, tracepoint) in PROGRAMS {
+        for p in PROGRAMS {
             // The syscall hooks put every syscall on the machine on the kernel's slow
             // path, so they are neither loaded nor attached unless asked for.
-            if !syscall_hooks && SYSCALL_PROGRAMS.contains(&name) {
+            if p.needs == Needs::SyscallHooks && !syscall_hooks {
                 continue;
             }
+            let name = p.name;
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(TracerError::Missing(name))?
@@ -257,24 +291,26 @@ impl KernelTracer {
                 .load()
                 .map_err(|source| TracerError::Program { name, source })?;
             program
-                .attach(tracepoint)
+                .attach(name)
                 .map_err(|source| TracerError::Program { name, source })?;
-            attached.push(tracepoint);
+            attached.push(name);
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(TracerError::Missing(name))
         };
-        let tracked = HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(map_err("TRACKED"))?;
-        let tracked_fast =
-            Array::try_from(take(&mut ebpf, "TRACKED_FAST")?).map_err(map_err("TRACKED_FAST"))?;
-        let counters =
-            PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
-        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
+        let tracked =
+            HashMap::try_from(take(&mut ebpf, names::TRACKED)?).map_err(map_err(names::TRACKED))?;
+        let tracked_fast = Array::try_from(take(&mut ebpf, names::TRACKED_FAST)?)
+            .map_err(map_err(names::TRACKED_FAST))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, names::COUNTERS)?)
+            .map_err(map_err(names::COUNTERS))?;
+        let events =
+            RingBuf::try_from(take(&mut ebpf, names::EVENTS)?).map_err(map_err(names::EVENTS))?;
         let mut stats = StatsMaps::pair(
-            take(&mut ebpf, "PROC_STATS")?,
-            take(&mut ebpf, "SYSCALLS")?,
-            take(&mut ebpf, "FILE_STATS")?,
-            take(&mut ebpf, "TASK_STATE")?,
+            take(&mut ebpf, names::PROC_STATS)?,
+            take(&mut ebpf, names::SYSCALLS)?,
+            take(&mut ebpf, names::FILE_STATS)?,
+            take(&mut ebpf, names::TASK_STATE)?,
             nr_cpus,
         )?;
         stats.0.count_syscalls = options.syscalls;
@@ -298,10 +334,10 @@ impl KernelTracer {
         }
         self.tracked
             .insert(pid, parent, 0)
-            .map_err(map_err("TRACKED"))?;
+            .map_err(map_err(names::TRACKED))?;
         self.tracked_fast
             .set(pid, 1, 0)
-            .map_err(map_err("TRACKED_FAST"))
+            .map_err(map_err(names::TRACKED_FAST))
     }
 
     /// Drops a pid the kernel side failed to remove (its exit was not seen).
@@ -332,7 +368,10 @@ impl KernelTracer {
 
     pub fn counters(&self) -> Result<KernelCounters, TracerError> {
         let sum = |slot: u32| -> Result<u64, TracerError> {
-            let values = self.counters.get(&slot, 0).map_err(map_err("COUNTERS"))?;
+            let values = self
+                .counters
+                .get(&slot, 0)
+                .map_err(map_err(names::COUNTERS))?;
             Ok(values.iter().sum())
         };
         Ok(KernelCounters {
@@ -343,5 +382,25 @@ impl KernelTracer {
             threads_created: sum(counter::THREADS_CREATED)?,
             stats_insert_errors: sum(counter::STATS_INSERT_ERRORS)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The program table and the map names are the eBPF object's: every program in
+    /// the table exists and every program in the object is in the table.
+    #[test]
+    fn program_table_and_map_names_match_the_object() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("embedded eBPF object");
+        let mut in_object: Vec<&str> = obj.programs.keys().map(String::as_str).collect();
+        in_object.sort_unstable();
+        let mut in_table: Vec<&str> = PROGRAMS.iter().map(|p| p.name).collect();
+        in_table.sort_unstable();
+        assert_eq!(in_table, in_object);
+        for map in names::MAPS {
+            assert!(obj.maps.contains_key(*map), "no map {map} in the object");
+        }
     }
 }

@@ -1,0 +1,12 @@
+//! The kernel side, seen from user space: everything that touches aya. Reads the
+//! offsets the programs need from the kernel's BTF, loads and attaches the programs
+//! (`tracer`), and reads the counters they aggregate (`counters`). Imports nothing
+//! from the rest of the agent.
+
+mod aya_loader;
+pub mod btf;
+pub mod counters;
+pub mod syscall_names;
+pub mod tracer;
+
+pub use tracer::{KernelCounters, KernelTracer, TracerError, TracerOptions};
