@@ -297,7 +297,7 @@ fn run_command(args: RunArgs) -> Result<i32> {
     if report_path.is_some() && out.as_os_str() == "-" {
         bail!("--report reads the trace back after the run: give a trace file with -o FILE");
     }
-    let outcome = run::run_controlled(config, control)?;
+    let mut outcome = run::run_controlled(config, control)?;
     let s = &outcome.summary;
     eprintln!(
         "denet-agent: {} processes, {:.3} s CPU, peak RSS {} KiB (largest process), \
@@ -313,6 +313,8 @@ fn run_command(args: RunArgs) -> Result<i32> {
             out.display().to_string()
         },
     );
+    // Reported: the programs can go now.
+    drop(outcome.kernel.take());
     let mut status = outcome.exit_status;
     if let Some(path) = report_path {
         match export::export(&out, Format::Html, &path, warn_to_stderr()) {

@@ -422,6 +422,8 @@ pub mod counter {
 
 /// Default capacity of the tracked-process map (live processes at once).
 pub const TRACKED_MAX_ENTRIES: u32 = 65536;
+/// Open files tracked at once (per-file counters, `--files`).
+pub const FILE_STATS_MAX_ENTRIES: u32 = 262_144;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -451,6 +453,7 @@ unsafe impl Wire for FileCloseEvent {}
 unsafe impl Wire for FileDupEvent {}
 unsafe impl Wire for SchedSpanEvent {}
 unsafe impl Wire for BlockIoEvent {}
+unsafe impl Wire for KernelOffsets {}
 
 /// Read a `T` from the start of `bytes` (userspace side of the ring buffer).
 /// Returns `None` when the slice is too short.

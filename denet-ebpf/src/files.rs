@@ -11,14 +11,15 @@ use aya_ebpf::{
 };
 use denet_common::{
     counter, EventKind, FileCloseEvent, FileDupEvent, FileKey, FileOpenEvent, FileStats,
-    CLOSE_BY_CLOSE, CLOSE_BY_REOPEN, FILE_INHERIT_FDS, FILE_PATH_TRUNCATED, PATH_MAX,
+    CLOSE_BY_CLOSE, CLOSE_BY_REOPEN, FILE_INHERIT_FDS, FILE_PATH_TRUNCATED, FILE_STATS_MAX_ENTRIES,
+    PATH_MAX,
 };
 
 use crate::{bump, header, setting, wakeup_flags, EVENTS};
 
 #[map]
 static FILE_STATS: PerCpuHashMap<FileKey, FileStats> =
-    PerCpuHashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+    PerCpuHashMap::with_max_entries(FILE_STATS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Where an open event is assembled (4 KiB path: too large for the stack).
 #[map]

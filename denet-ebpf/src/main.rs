@@ -12,7 +12,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
@@ -71,7 +71,8 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
 
 /// Tracked processes: tgid -> parent tgid.
 #[map]
-static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(TRACKED_MAX_ENTRIES, 0);
+static TRACKED: HashMap<u32, u32> =
+    HashMap::with_max_entries(TRACKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Lifecycle events (fork, exec, exit); size overridden by the agent.
 #[map]

@@ -68,12 +68,14 @@ pub struct RunConfig {
 }
 
 /// How the run ended, for the caller's exit status.
-#[derive(Debug, Clone)]
 pub struct RunOutcome {
     /// The command's exit code, 128+N when killed by signal N, or 126/127 when it
     /// could not be started.
     pub exit_status: i32,
     pub summary: Summary,
+    /// The kernel programs, still attached: dropping the outcome detaches them, so a
+    /// caller reports first and detaching never delays what it prints.
+    pub kernel: Option<KernelTracer>,
 }
 
 struct Kernel {
@@ -259,6 +261,7 @@ fn start_failed(
     Ok(RunOutcome {
         exit_status: e.exit_status(),
         summary,
+        kernel: None,
     })
 }
 
@@ -661,6 +664,7 @@ impl RunState {
         Ok(RunOutcome {
             exit_status,
             summary,
+            kernel: self.tracer.take(),
         })
     }
 }

@@ -11,9 +11,6 @@
 //! section. Everything is native-endian. Every read is bounds-checked, so
 //! malformed input yields an error, never a panic.
 
-// Not all of the API is called from main.rs yet; drop this once it is wired up.
-
-use std::collections::HashMap;
 use std::io;
 
 const VMLINUX_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -107,8 +104,10 @@ pub struct Btf {
     strs: std::ops::Range<usize>,
     /// Absolute offset of each type record; index = type id, [0] is `void`.
     type_offs: Vec<usize>,
-    /// STRUCT and TYPEDEF ids by name.
-    by_name: HashMap<Box<[u8]>, Vec<u32>>,
+    /// (hash of the name, id) of every named STRUCT and TYPEDEF, sorted: a lookup
+    /// hashes the name, walks its run and compares the names. No allocation per
+    /// name, so indexing vmlinux's ~150k types takes a few milliseconds.
+    by_name: Vec<(u64, u32)>,
 }
 
 /// One decoded `btf_type` record.
@@ -235,15 +234,25 @@ impl Btf {
         // vmlinux has ~130k types; reserve roughly to avoid regrowth.
         let mut type_offs = Vec::with_capacity(types.len() / 24 + 1);
         type_offs.push(0); // id 0 is the implicit `void`
-        let mut by_name: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+        let mut by_name: Vec<(u64, u32)> = Vec::new();
         let mut pos = types.start;
         while pos < types.end {
             let id = u32::try_from(type_offs.len())
                 .map_err(|_| BtfError::Malformed("more than 2^32 types".into()))?;
-            let name_off = read_u32(&data[..types.end], pos, "btf_type")?;
-            let info = read_u32(&data[..types.end], pos + 4, "btf_type")?;
-            // Make sure the whole 12-byte header is in the section.
-            read_u32(&data[..types.end], pos + 8, "btf_type")?;
+            // The whole 12-byte header must be in the section.
+            let header: &[u8; TYPE_LEN] = data[..types.end]
+                .get(pos..pos.saturating_add(TYPE_LEN))
+                .and_then(|h| h.try_into().ok())
+                .ok_or(BtfError::OutOfBounds {
+                    what: "btf_type",
+                    offset: pos,
+                    need: TYPE_LEN,
+                    len: types.end,
+                })?;
+            let word = |i: usize| {
+                u32::from_ne_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]])
+            };
+            let (name_off, info) = (word(0), word(4));
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
             let extra = extra_len(kind, vlen).ok_or(BtfError::UnknownKind { id, kind })?;
@@ -256,22 +265,23 @@ impl Btf {
                     len: types.end,
                 });
             }
+            if name_off as usize >= strs.len() {
+                return Err(BtfError::OutOfBounds {
+                    what: "string",
+                    offset: strs.start.saturating_add(name_off as usize),
+                    need: 1,
+                    len: strs.end,
+                });
+            }
             type_offs.push(pos);
-            if name_off != 0 {
-                let name = cstr_at(&data, &strs, name_off)?;
-                // Only the kinds looked up by name are indexed: most of vmlinux's
-                // names are functions, and skipping them keeps parsing fast.
-                if matches!(kind, KIND_STRUCT | KIND_TYPEDEF) {
-                    match by_name.get_mut(name) {
-                        Some(ids) => ids.push(id),
-                        None => {
-                            by_name.insert(name.into(), vec![id]);
-                        }
-                    }
-                }
+            // Only the kinds looked up by name are indexed: most of vmlinux's names
+            // are functions, and skipping them keeps parsing fast.
+            if name_off != 0 && matches!(kind, KIND_STRUCT | KIND_TYPEDEF) {
+                by_name.push((name_hash(cstr_at(&data, &strs, name_off)?), id));
             }
             pos = end;
         }
+        by_name.sort_unstable();
 
         Ok(Self {
             data,
@@ -313,14 +323,29 @@ impl Btf {
         Ok(self.find_struct(struct_name)?.size_or_type)
     }
 
+    /// Ids of the STRUCTs and TYPEDEFs named `name`, in id order.
+    fn ids_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = u32> + 'a {
+        let hash = name_hash(name.as_bytes());
+        let first = self.by_name.partition_point(|&(h, _)| h < hash);
+        self.by_name[first..]
+            .iter()
+            .take_while(move |&&(h, _)| h == hash)
+            .map(|&(_, id)| id)
+            .filter(move |&id| self.type_name(id).is_ok_and(|n| n == name.as_bytes()))
+    }
+
+    /// The name of type `id` (empty when it has none).
+    fn type_name(&self, id: u32) -> Result<&[u8], BtfError> {
+        let pos = match self.type_offs.get(id as usize) {
+            Some(&pos) if id != 0 => pos,
+            _ => return Err(BtfError::BadTypeId(id)),
+        };
+        self.str_at(read_u32(&self.data, pos, "btf_type")?)
+    }
+
     /// The first STRUCT named `struct_name` that has members (skips forward decls).
     fn find_struct(&self, struct_name: &str) -> Result<Type<'_>, BtfError> {
-        for &id in self
-            .by_name
-            .get(struct_name.as_bytes())
-            .into_iter()
-            .flatten()
-        {
+        for id in self.ids_named(struct_name) {
             let t = self.ty(id)?;
             if t.kind() == KIND_STRUCT && t.vlen() > 0 {
                 return Ok(t);
@@ -335,7 +360,7 @@ impl Btf {
     pub fn tracepoint_arg_count(&self, tracepoint: &str) -> Result<u32, BtfError> {
         let name = format!("btf_trace_{tracepoint}");
         let mut typedef = None;
-        for &id in self.by_name.get(name.as_bytes()).into_iter().flatten() {
+        for id in self.ids_named(&name) {
             let t = self.ty(id)?;
             if t.kind() == KIND_TYPEDEF {
                 typedef = Some(t);
@@ -460,6 +485,14 @@ impl Btf {
     fn str_at(&self, off: u32) -> Result<&[u8], BtfError> {
         cstr_at(&self.data, &self.strs, off)
     }
+}
+
+/// FNV-1a: a fast hash for the name index (names come from the kernel, not from
+/// an adversary who could pick collisions; a collision only costs a comparison).
+fn name_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// NUL-terminated string at `off` within the string section.

@@ -6,6 +6,7 @@
 mod aya_loader;
 pub mod btf;
 pub mod counters;
+mod offsets_cache;
 pub mod syscall_names;
 pub mod tracer;
 

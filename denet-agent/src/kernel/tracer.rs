@@ -5,9 +5,11 @@ use aya::{
     programs::RawTracePoint,
     Ebpf,
 };
-use denet_common::{counter, IoAccounting, KernelOffsets, Settings};
+use denet_common::{
+    counter, IoAccounting, KernelOffsets, Settings, FILE_STATS_MAX_ENTRIES, TRACKED_MAX_ENTRIES,
+};
 
-use super::{btf::Btf, counters::StatsMaps};
+use super::{btf::Btf, counters::StatsMaps, offsets_cache};
 
 /// The eBPF object built by build.rs from `denet-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/denet.bpf.o"));
@@ -247,16 +249,73 @@ fn check_tracepoints(btf: &Btf) -> Result<(), TracerError> {
     Ok(())
 }
 
+/// The struct offsets of this kernel, from the cache root keeps for this kernel
+/// build, else from its BTF (checked against the tracepoint prototypes). The parsed
+/// BTF is freed before aya's loader runs, so the two never sit in memory together.
+fn kernel_offsets() -> Result<KernelOffsets, TracerError> {
+    let cache = offsets_cache::path();
+    if let Some(offsets) = cache.as_deref().and_then(offsets_cache::read) {
+        return Ok(offsets);
+    }
+    let btf = Btf::from_sys_fs().map_err(|e| TracerError::Btf(e.to_string()))?;
+    check_tracepoints(&btf)?;
+    let offsets = resolve_offsets(&btf)?;
+    if let Some(path) = &cache {
+        offsets_cache::write(path, &offsets);
+    }
+    Ok(offsets)
+}
+
+/// Loads (verifies) the needed programs of the table, on every CPU at once: the
+/// kernel's verifier is most of a run's start-up and runs in the loading thread.
+fn load_programs(ebpf: &mut Ebpf, needed: impl Fn(&Program) -> bool) -> Result<(), TracerError> {
+    let mut jobs: Vec<(&'static str, &mut aya::programs::Program)> = Vec::new();
+    for (name, program) in ebpf.programs_mut() {
+        if let Some(p) = PROGRAMS.iter().find(|p| p.name == name) {
+            if needed(p) {
+                jobs.push((p.name, program));
+            }
+        }
+    }
+    let missing = PROGRAMS
+        .iter()
+        .find(|p| needed(p) && !jobs.iter().any(|(name, _)| *name == p.name));
+    if let Some(p) = missing {
+        return Err(TracerError::Missing(p.name));
+    }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, jobs.len().max(1));
+    let per_worker = jobs.len().div_ceil(workers).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = jobs
+            .chunks_mut(per_worker)
+            .map(|part| {
+                scope.spawn(move || -> Result<(), TracerError> {
+                    for (name, program) in part.iter_mut() {
+                        let name: &'static str = name;
+                        let program: &mut RawTracePoint = (&mut **program)
+                            .try_into()
+                            .map_err(|source| TracerError::Program { name, source })?;
+                        program
+                            .load()
+                            .map_err(|source| TracerError::Program { name, source })?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or(Err(TracerError::Missing("a loader thread")))
+        })
+    })
+}
+
 impl KernelTracer {
     /// Loads the programs with offsets from this kernel's BTF and attaches them.
     pub fn load(options: TracerOptions) -> Result<Self, TracerError> {
-        // The parsed BTF is freed before aya's loader runs, so the two never sit in
-        // memory together (the agent's peak RSS).
-        let offsets = {
-            let btf = Btf::from_sys_fs().map_err(|e| TracerError::Btf(e.to_string()))?;
-            check_tracepoints(&btf)?;
-            resolve_offsets(&btf)?
-        };
+        let offsets = kernel_offsets()?;
         let nr_cpus =
             aya::util::nr_cpus().map_err(|(what, e)| TracerError::Btf(format!("{what}: {e}")))?;
         let syscall_hooks = options.syscall_hooks();
@@ -273,22 +332,35 @@ impl KernelTracer {
             .override_global(names::SETTINGS, &settings, true)
             .map_max_entries(names::EVENTS, options.ringbuf_bytes)
             .map_max_entries(names::TRACKED_FAST, pid_max())
+            // Maps of what is off get one entry, not room for every process.
+            .map_max_entries(
+                names::FILE_STATS,
+                if options.files {
+                    FILE_STATS_MAX_ENTRIES
+                } else {
+                    1
+                },
+            )
+            .map_max_entries(
+                names::SYSCALLS,
+                if options.syscalls {
+                    TRACKED_MAX_ENTRIES
+                } else {
+                    1
+                },
+            )
             .load(OBJECT)?;
+        // The syscall hooks put every syscall on the machine on the kernel's slow
+        // path, so they are neither loaded nor attached unless asked for.
+        let needed = |p: &Program| p.needs == Needs::Always || syscall_hooks;
+        load_programs(&mut ebpf, needed)?;
         let mut attached = Vec::with_capacity(PROGRAMS.len());
-        for p in PROGRAMS {
-            // The syscall hooks put every syscall on the machine on the kernel's slow
-            // path, so they are neither loaded nor attached unless asked for.
-            if p.needs == Needs::SyscallHooks && !syscall_hooks {
-                continue;
-            }
+        for p in PROGRAMS.iter().filter(|p| needed(p)) {
             let name = p.name;
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(TracerError::Missing(name))?
                 .try_into()
-                .map_err(|source| TracerError::Program { name, source })?;
-            program
-                .load()
                 .map_err(|source| TracerError::Program { name, source })?;
             program
                 .attach(name)

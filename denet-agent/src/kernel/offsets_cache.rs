@@ -1,0 +1,199 @@
+//! The kernel struct offsets of this kernel build, kept between runs.
+//!
+//! Reading and indexing the kernel's 5.5 MB BTF is the largest part of a run's
+//! start-up, and its result depends only on the kernel build and the agent. So a run
+//! as root stores the offsets in `/run/denet-agent/` (tmpfs: gone at reboot), keyed by
+//! the kernel's GNU build id and the agent's version, and later runs read them back.
+//!
+//! The offsets steer what the programs read from kernel memory, so only a file root
+//! wrote is trusted: owned by root, not writable by group or others, in a directory
+//! with the same properties. Runs that are not root (file capabilities) read such a
+//! file but never write one. Anything unexpected means "no cache": the BTF is read.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use denet_common::{read_event, KernelOffsets};
+
+const DIR: &str = "/run/denet-agent";
+const NOTES: &str = "/sys/kernel/notes";
+/// Bumped when what the offsets mean changes without a new agent version.
+const FORMAT: u32 = 1;
+
+/// The cache file of the running kernel build, or None when the build id is unknown.
+pub(crate) fn path() -> Option<PathBuf> {
+    let id = build_id(&fs::read(NOTES).ok()?)?;
+    Some(path_in(Path::new(DIR), &id))
+}
+
+fn path_in(dir: &Path, build_id: &str) -> PathBuf {
+    dir.join(format!(
+        "offsets-{build_id}-v{}-f{FORMAT}-{}.bin",
+        env!("CARGO_PKG_VERSION"),
+        std::mem::size_of::<KernelOffsets>()
+    ))
+}
+
+/// The GNU build id (hex) from the kernel's ELF notes.
+fn build_id(notes: &[u8]) -> Option<String> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(notes.get(at..at + 4)?.try_into().ok()?))
+    };
+    let pad4 = |n: usize| n.div_ceil(4) * 4;
+    let mut at = 0;
+    while at + 12 <= notes.len() {
+        let (namesz, descsz, kind) = (word(at)? as usize, word(at + 4)? as usize, word(at + 8)?);
+        let name_at = at + 12;
+        let desc_at = name_at.checked_add(pad4(namesz))?;
+        let desc = notes.get(desc_at..desc_at.checked_add(descsz)?)?;
+        if kind == NT_GNU_BUILD_ID && notes.get(name_at..name_at + namesz)? == b"GNU\0" {
+            if desc.is_empty() {
+                return None;
+            }
+            return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
+        }
+        at = desc_at + pad4(descsz);
+    }
+    None
+}
+
+/// Owned by root and writable by nobody else.
+fn trusted(meta: &fs::Metadata) -> bool {
+    meta.uid() == 0 && meta.mode() & 0o022 == 0
+}
+
+/// The offsets stored at `path`, if root stored them there.
+pub(crate) fn read(path: &Path) -> Option<KernelOffsets> {
+    let dir = path.parent()?;
+    if !trusted(&fs::symlink_metadata(dir).ok()?) {
+        return None;
+    }
+    let meta = fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || !trusted(&meta) {
+        return None;
+    }
+    let bytes = fs::read(path).ok()?;
+    if bytes.len() != std::mem::size_of::<KernelOffsets>() {
+        return None;
+    }
+    read_event(&bytes)
+}
+
+/// Stores the offsets for later runs; only as root, best effort (a failure only
+/// means the next run reads the BTF again).
+pub(crate) fn write(path: &Path, offsets: &KernelOffsets) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let _ = try_write(path, offsets);
+}
+
+fn try_write(path: &Path, offsets: &KernelOffsets) -> std::io::Result<()> {
+    let dir = path.parent().ok_or(std::io::ErrorKind::InvalidInput)?;
+    match fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    if !trusted(&fs::symlink_metadata(dir)?) {
+        return Err(std::io::ErrorKind::PermissionDenied.into());
+    }
+    // Written whole under a temporary name, then renamed: readers never see half.
+    let tmp = dir.join(format!(".offsets-{}.tmp", std::process::id()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    // SAFETY: KernelOffsets is a #[repr(C)] struct of u32s: its bytes are plain data.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (offsets as *const KernelOffsets).cast::<u8>(),
+            std::mem::size_of::<KernelOffsets>(),
+        )
+    };
+    let written = f.write_all(bytes).and_then(|()| f.sync_all());
+    drop(f);
+    match written.and_then(|()| fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn note(kind: u32, name: &[u8], desc: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend((name.len() as u32).to_ne_bytes());
+        v.extend((desc.len() as u32).to_ne_bytes());
+        v.extend(kind.to_ne_bytes());
+        v.extend(name);
+        v.resize(v.len().div_ceil(4) * 4, 0);
+        v.extend(desc);
+        v.resize(v.len().div_ceil(4) * 4, 0);
+        v
+    }
+
+    #[test]
+    fn build_id_from_notes() {
+        let mut notes = note(6, b"Linux\0", &[1, 2, 3, 4]);
+        notes.extend(note(3, b"GNU\0", &[0xab, 0x01, 0xff]));
+        assert_eq!(build_id(&notes).as_deref(), Some("ab01ff"));
+        assert_eq!(build_id(&note(6, b"Linux\0", &[1])), None);
+        // Truncated or garbage input: no id, no panic.
+        assert_eq!(build_id(&notes[..notes.len() - 3]), None);
+        assert_eq!(build_id(&[0xff; 40]), None);
+        assert_eq!(build_id(&[]), None);
+    }
+
+    #[test]
+    fn round_trip_and_only_trusted_files_are_read() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the offsets cache test needs root, and CI runs as root"
+            );
+            eprintln!("skipped: the cache is written by root only (run as root)");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("denet-offsets-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = path_in(&dir.join("cache"), "00ff");
+        let offsets = KernelOffsets {
+            task_pid: 1234,
+            request_bio: 77,
+            ..Default::default()
+        };
+        write(&path, &offsets);
+        assert_eq!(read(&path), Some(offsets));
+        // Writable by others: not trusted.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(read(&path), None);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        // Owned by someone else: not trusted.
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        assert_eq!(read(&path), None);
+        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        // A directory others may write to: not trusted.
+        fs::set_permissions(path.parent().unwrap(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(read(&path), None);
+        fs::set_permissions(path.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+        // Wrong size: ignored.
+        fs::write(&path, b"short").unwrap();
+        assert_eq!(read(&path), None);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
