@@ -87,7 +87,7 @@ if ! "$PYENV_DIR/bin/python" -c 'import pandas, polars, matplotlib' 2>/dev/null;
   log "pip install ${PY_PACKAGES[*]} into $PYENV_DIR"
   "$PYENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
-# 7. PostgreSQL for the job-history tests (tests/tests/history_db.rs): Debian's
+# 7. PostgreSQL for the job-history tests (tests/tests/it/history_db.rs): Debian's
 #    server, a cluster listening on 127.0.0.1:5432 (started on every run: nothing
 #    keeps it running between sessions, there is no systemd), and a login role
 #    denet/denet with CREATEDB (each test creates and drops its own database).

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# The job-history and serve tests (tests/history_db.rs, serve_api.rs) create and drop their own
+# The job-history and serve tests (tests/tests/it/history_db.rs, serve_api.rs) create and drop their own
 # databases through this admin URL; setup.sh (as root) starts the server and
 # creates the role. Not root and no local server: left unset, so those tests skip
 # (and fail in CI).
@@ -15,4 +15,7 @@ fi
 # One profile for everything: the agent under test is the release binary.
 cargo build --locked --release -p denet-agent -p denet-tests --bins
 export DENET_AGENT_BIN="$PWD/target/release/denet-agent"
+# The integration tests are one binary (tests/tests/it); its tests run one at a time,
+# since many of them time the kernel or the CPU and would disturb each other.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-1}"
 cargo test --locked --release --workspace --no-fail-fast "$@"

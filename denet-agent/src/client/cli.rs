@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::http::{encode, Client, Server};
+use crate::{history::HistoryRow, service::job::JobView};
 
 #[derive(Args)]
 pub struct JobsArgs {
@@ -168,33 +169,32 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
             if json {
                 print_json(&v)?;
             } else {
+                let jobs: Vec<JobView> =
+                    serde_json::from_value(v).context("the service's job list")?;
                 print_table(
                     &["ID", "NAME", "STATUS", "FLAGS", "WALL_S", "CPU%", "RSS_KB"],
-                    v.as_array().map(Vec::as_slice).unwrap_or(&[]),
+                    &jobs,
                     |j| {
                         let mut flags = Vec::new();
-                        if j["stuck"] == true {
+                        if j.stuck {
                             flags.push("stuck");
                         }
-                        if j["paused"] == true {
+                        if j.paused {
                             flags.push("paused");
                         }
-                        let (cpu, rss) = if j["live"].is_object() {
-                            (&j["live"]["cpu_percent"], &j["live"]["rss_kb"])
-                        } else {
-                            (
-                                &j["resources"]["cpu_percent"],
-                                &j["resources"]["peak_rss_kb"],
-                            )
+                        let (cpu, rss) = match (&j.live, &j.resources) {
+                            (Some(l), _) => (Some(l.cpu_percent), Some(l.rss_kb as i64)),
+                            (None, Some(r)) => (Some(r.cpu_percent), Some(r.peak_rss_kb)),
+                            (None, None) => (None, None),
                         };
                         vec![
-                            s(&j["id"]),
-                            s(&j["name"]),
-                            s(&j["status"]),
+                            j.id.clone(),
+                            j.name.clone(),
+                            j.status.as_str().into(),
                             flags.join(","),
-                            num(&j["duration_s"], 1),
-                            num(cpu, 0),
-                            s(rss),
+                            opt_num(j.duration_s, 1),
+                            opt_num(cpu, 0),
+                            rss.map_or("-".into(), |r| r.to_string()),
                         ]
                     },
                 )?;
@@ -246,6 +246,11 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
             if json {
                 print_json(&v)?;
             } else {
+                #[derive(serde::Deserialize)]
+                struct Rows {
+                    rows: Vec<HistoryRow>,
+                }
+                let rows: Rows = serde_json::from_value(v).context("the service's history")?;
                 print_table(
                     &[
                         "ID",
@@ -257,23 +262,21 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
                         "PEAK_RSS_KB",
                         "PROCS",
                     ],
-                    v["rows"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                    &rows.rows,
                     |r| {
-                        let cpu = r["cpu_user_s"].as_f64().unwrap_or(0.0)
-                            + r["cpu_sys_s"].as_f64().unwrap_or(0.0);
                         vec![
-                            s(&r["id"]),
-                            s(&r["name"]),
-                            s(&r["status"]),
-                            match (&r["exit_code"], &r["signal"]) {
-                                (Value::Number(c), _) => c.to_string(),
-                                (_, Value::Number(sig)) => format!("sig{sig}"),
-                                _ => "-".into(),
+                            r.id.clone(),
+                            r.name.clone(),
+                            r.status.as_str().into(),
+                            match (r.exit_code, r.signal) {
+                                (Some(c), _) => c.to_string(),
+                                (None, Some(sig)) => format!("sig{sig}"),
+                                (None, None) => "-".into(),
                             },
-                            num(&r["duration_s"], 2),
-                            format!("{cpu:.2}"),
-                            s(&r["peak_rss_kb"]),
-                            s(&r["process_count"]),
+                            format!("{:.2}", r.duration_s),
+                            format!("{:.2}", r.cpu_user_s + r.cpu_sys_s),
+                            r.peak_rss_kb.to_string(),
+                            r.process_count.to_string(),
                         ]
                     },
                 )?;
@@ -353,17 +356,12 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn num(v: &Value, decimals: usize) -> String {
-    v.as_f64()
-        .map(|x| format!("{x:.decimals$}"))
+fn opt_num(v: Option<f64>, decimals: usize) -> String {
+    v.map(|x| format!("{x:.decimals$}"))
         .unwrap_or_else(|| "-".into())
 }
 
-fn print_table(
-    headers: &[&str],
-    rows: &[Value],
-    cells: impl Fn(&Value) -> Vec<String>,
-) -> Result<()> {
+fn print_table<T>(headers: &[&str], rows: &[T], cells: impl Fn(&T) -> Vec<String>) -> Result<()> {
     let rows: Vec<Vec<String>> = rows.iter().map(cells).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {

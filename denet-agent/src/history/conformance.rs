@@ -1,15 +1,12 @@
 //! What every history backend must do, checked the same way for SQLite (the unit
-//! tests in `sqlite.rs`) and PostgreSQL (`tests/tests/history_db.rs`, which includes
-//! this file with `#[path]`). Test code only: never compiled into the agent.
-//!
-//! The including module must have `History`, `HistoryQuery` and `HistoryRow` in scope.
+//! tests in `sqlite.rs`) and PostgreSQL (the integration tests, `tests/tests/it/
+//! history_db.rs`). Test support: public for the integration tests, unused by the
+//! agent itself.
 
-#![allow(dead_code)]
-
-use super::{History, HistoryQuery, HistoryRow};
+use super::{History, HistoryQuery, HistoryRow, Status};
 
 /// A row with every optional field set (`full`) or empty.
-pub fn row(id: &str, name: &str, status: &str, end_unix_ms: i64, full: bool) -> HistoryRow {
+pub fn row(id: &str, name: &str, status: Status, end_unix_ms: i64, full: bool) -> HistoryRow {
     let some = |v: i64| full.then_some(v);
     HistoryRow {
         id: id.to_owned(),
@@ -20,7 +17,7 @@ pub fn row(id: &str, name: &str, status: &str, end_unix_ms: i64, full: bool) -> 
         start_unix_ms: end_unix_ms - 1500,
         end_unix_ms,
         duration_s: 1.5,
-        status: status.to_owned(),
+        status,
         exit_code: full.then_some(-3),
         signal: full.then_some(9),
         cpu_user_s: 0.25,
@@ -43,14 +40,14 @@ pub fn row(id: &str, name: &str, status: &str, end_unix_ms: i64, full: bool) -> 
 
 /// Every field comes back as written, set or empty, and at its extremes.
 pub async fn roundtrip_of_all_fields_some_and_none(h: &History) {
-    let full = row("full", "n", "failed", 2000, true);
-    let empty = row("empty", "n", "succeeded", 3000, false);
+    let full = row("full", "n", Status::Failed, 2000, true);
+    let empty = row("empty", "n", Status::Succeeded, 3000, false);
     h.insert(&full).await.unwrap();
     h.insert(&empty).await.unwrap();
     assert_eq!(h.get("full").await.unwrap().as_ref(), Some(&full));
     assert_eq!(h.get("empty").await.unwrap().as_ref(), Some(&empty));
     assert_eq!(h.get("nope").await.unwrap(), None);
-    let mut r = row("big", "n", "succeeded", i64::MAX, true);
+    let mut r = row("big", "n", Status::Succeeded, i64::MAX, true);
     r.start_unix_ms = i64::MIN;
     r.exit_code = Some(i32::MIN);
     r.cmd = vec![];
@@ -61,10 +58,10 @@ pub async fn roundtrip_of_all_fields_some_and_none(h: &History) {
 
 /// Inserting the same id again replaces the row (a retried write never duplicates).
 pub async fn upsert_by_id_does_not_duplicate(h: &History) {
-    let first = row("j", "n", "failed", 1000, false);
+    let first = row("j", "n", Status::Failed, 1000, false);
     h.insert(&first).await.unwrap();
     h.insert(&first).await.unwrap();
-    let mut second = row("j", "other", "succeeded", 5000, true);
+    let mut second = row("j", "other", Status::Succeeded, 5000, true);
     second.cmd = vec![];
     h.insert(&second).await.unwrap();
     assert_eq!(
@@ -76,18 +73,18 @@ pub async fn upsert_by_id_does_not_duplicate(h: &History) {
 /// Newest first (then by id), exact name/status filters, limits; values are never SQL.
 pub async fn query_filters_limit_and_order(h: &History) {
     for (id, name, status, end) in [
-        ("a", "build", "succeeded", 100),
-        ("b", "build", "failed", 300),
-        ("c", "test", "succeeded", 200),
-        ("d", "build", "succeeded", 300),
-        ("e", "test", "failed", 50),
+        ("a", "build", Status::Succeeded, 100),
+        ("b", "build", Status::Failed, 300),
+        ("c", "test", Status::Succeeded, 200),
+        ("d", "build", Status::Succeeded, 300),
+        ("e", "test", Status::Failed, 50),
     ] {
         h.insert(&row(id, name, status, end, false)).await.unwrap();
     }
     let ids = |rows: Vec<HistoryRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    let q = |name: Option<&str>, status: Option<&str>, limit| HistoryQuery {
+    let q = |name: Option<&str>, status: Option<Status>, limit| HistoryQuery {
         name: name.map(str::to_owned),
-        status: status.map(str::to_owned),
+        status,
         limit,
     };
     assert_eq!(
@@ -100,12 +97,12 @@ pub async fn query_filters_limit_and_order(h: &History) {
         ["b", "d", "a"]
     );
     assert_eq!(
-        ids(h.query(&q(None, Some("failed"), 0)).await.unwrap()),
+        ids(h.query(&q(None, Some(Status::Failed), 0)).await.unwrap()),
         ["b", "e"]
     );
     assert_eq!(
         ids(h
-            .query(&q(Some("build"), Some("succeeded"), 1))
+            .query(&q(Some("build"), Some(Status::Succeeded), 1))
             .await
             .unwrap()),
         ["d"]
@@ -122,7 +119,7 @@ pub async fn query_filters_limit_and_order(h: &History) {
 /// A query without a limit returns the newest 100.
 pub async fn default_limit_is_100(h: &History) {
     for i in 0..120 {
-        h.insert(&row(&format!("j{i:03}"), "n", "succeeded", i, false))
+        h.insert(&row(&format!("j{i:03}"), "n", Status::Succeeded, i, false))
             .await
             .unwrap();
     }

@@ -11,6 +11,51 @@ mod sqlite;
 
 use std::sync::Arc;
 
+/// Job statuses. `queued` and `running` are live; the others are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    StartupFailed,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Queued,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::TimedOut,
+        Status::Cancelled,
+        Status::StartupFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed_out",
+            Status::Cancelled => "cancelled",
+            Status::StartupFailed => "startup_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+}
+
 /// One finished job.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryRow {
@@ -25,8 +70,8 @@ pub struct HistoryRow {
     pub start_unix_ms: i64,
     pub end_unix_ms: i64,
     pub duration_s: f64,
-    /// succeeded|failed|timed_out|cancelled|startup_failed (only finished jobs are stored).
-    pub status: String,
+    /// A final status (only finished jobs are stored).
+    pub status: Status,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub cpu_user_s: f64,
@@ -54,7 +99,7 @@ pub struct HistoryRow {
 #[derive(Debug, Clone, Default)]
 pub struct HistoryQuery {
     pub name: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<Status>,
     pub limit: u32,
 }
 
@@ -303,6 +348,14 @@ fn cmd_to_json(cmd: &[String]) -> String {
     serde_json::to_string(cmd).unwrap_or_else(|_| String::from("[]"))
 }
 
+fn status_from_text(backend: &'static str, id: &str, text: &str) -> Result<Status, HistoryError> {
+    Status::parse(text).ok_or_else(|| HistoryError::Corrupt {
+        backend,
+        op: format!("reading job {id:?}"),
+        detail: format!("unknown status {text:?}"),
+    })
+}
+
 fn cmd_from_json(backend: &'static str, id: &str, text: &str) -> Result<Vec<String>, HistoryError> {
     serde_json::from_str(text).map_err(|e| HistoryError::Corrupt {
         backend,
@@ -311,5 +364,5 @@ fn cmd_from_json(backend: &'static str, id: &str, text: &str) -> Result<Vec<Stri
     })
 }
 
-#[cfg(test)]
-pub(crate) mod conformance;
+#[doc(hidden)]
+pub mod conformance;

@@ -9,8 +9,8 @@ use tokio::sync::Mutex;
 use tokio_postgres::{types::ToSql, Client, Config, NoTls, Row};
 
 use super::{
-    cmd_from_json, cmd_to_json, get_sql, migrations, select_sql, upsert_sql, HistoryError,
-    HistoryQuery, HistoryRow,
+    cmd_from_json, cmd_to_json, get_sql, migrations, select_sql, status_from_text, upsert_sql,
+    HistoryError, HistoryQuery, HistoryRow, Status,
 };
 
 const BACKEND: &str = "postgres";
@@ -142,7 +142,7 @@ impl PgHistory {
             &row.start_unix_ms,
             &row.end_unix_ms,
             &row.duration_s,
-            &row.status,
+            &row.status.as_str(),
             &row.exit_code,
             &row.signal,
             &row.cpu_user_s,
@@ -189,7 +189,8 @@ impl PgHistory {
         if let Some(name) = &q.name {
             params.push(name);
         }
-        if let Some(status) = &q.status {
+        let status = q.status.map(Status::as_str);
+        if let Some(status) = &status {
             params.push(status);
         }
         params.push(&limit);
@@ -209,7 +210,9 @@ fn from_row(r: &Row, op: &str) -> Result<HistoryRow, HistoryError> {
     let e = |source| err(op)(source);
     let id: String = r.try_get(0).map_err(e)?;
     let cmd_json: String = r.try_get(2).map_err(e)?;
+    let status: String = r.try_get(8).map_err(e)?;
     Ok(HistoryRow {
+        status: status_from_text(BACKEND, &id, &status)?,
         cmd: cmd_from_json(BACKEND, &id, &cmd_json)?,
         id,
         name: r.try_get(1).map_err(e)?,
@@ -218,7 +221,6 @@ fn from_row(r: &Row, op: &str) -> Result<HistoryRow, HistoryError> {
         start_unix_ms: r.try_get(5).map_err(e)?,
         end_unix_ms: r.try_get(6).map_err(e)?,
         duration_s: r.try_get(7).map_err(e)?,
-        status: r.try_get(8).map_err(e)?,
         exit_code: r.try_get(9).map_err(e)?,
         signal: r.try_get(10).map_err(e)?,
         cpu_user_s: r.try_get(11).map_err(e)?,

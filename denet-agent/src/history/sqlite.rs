@@ -12,8 +12,8 @@ use rusqlite::{
 };
 
 use super::{
-    cmd_from_json, cmd_to_json, get_sql, migrations, select_sql, upsert_sql, HistoryError,
-    HistoryQuery, HistoryRow,
+    cmd_from_json, cmd_to_json, get_sql, migrations, select_sql, status_from_text, upsert_sql,
+    HistoryError, HistoryQuery, HistoryRow, Status,
 };
 
 const BACKEND: &str = "sqlite";
@@ -107,7 +107,7 @@ impl SqliteHistory {
             let sql = select_sql(&q, |i| format!("?{i}"));
             let mut params: Vec<Value> = Vec::new();
             params.extend(q.name.clone().map(Value::Text));
-            params.extend(q.status.clone().map(Value::Text));
+            params.extend(q.status.map(|s| Value::Text(s.as_str().into())));
             params.push(Value::Integer(q.effective_limit()));
             let mut stmt = c.prepare_cached(&sql).map_err(err(op))?;
             let raws = stmt
@@ -248,7 +248,7 @@ fn to_values(r: &HistoryRow) -> Vec<Value> {
         Value::Integer(r.start_unix_ms),
         Value::Integer(r.end_unix_ms),
         Value::Real(r.duration_s),
-        Value::Text(r.status.clone()),
+        Value::Text(r.status.as_str().into()),
         opt(r.exit_code.map(i64::from)),
         opt(r.signal.map(i64::from)),
         Value::Real(r.cpu_user_s),
@@ -273,12 +273,14 @@ fn to_values(r: &HistoryRow) -> Vec<Value> {
 struct RawRow {
     row: HistoryRow,
     cmd_json: String,
+    status_text: String,
 }
 
 impl RawRow {
     fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         Ok(RawRow {
             cmd_json: r.get(2)?,
+            status_text: r.get(8)?,
             row: HistoryRow {
                 id: r.get(0)?,
                 name: r.get(1)?,
@@ -288,7 +290,8 @@ impl RawRow {
                 start_unix_ms: r.get(5)?,
                 end_unix_ms: r.get(6)?,
                 duration_s: r.get(7)?,
-                status: r.get(8)?,
+                // Parsed in `into_row`, where a bad value is our error.
+                status: Status::Failed,
                 exit_code: r.get(9)?,
                 signal: r.get(10)?,
                 cpu_user_s: r.get(11)?,
@@ -313,6 +316,7 @@ impl RawRow {
     fn into_row(self) -> Result<HistoryRow, HistoryError> {
         let mut row = self.row;
         row.cmd = cmd_from_json(BACKEND, &row.id, &self.cmd_json)?;
+        row.status = status_from_text(BACKEND, &row.id, &self.status_text)?;
         Ok(row)
     }
 }
@@ -321,7 +325,7 @@ impl RawRow {
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use super::super::{conformance, conformance::row, History, HistoryQuery};
+    use super::super::{conformance, conformance::row, History, HistoryQuery, Status};
     use super::*;
 
     /// A fresh directory under the temp dir, removed on drop.
@@ -357,7 +361,7 @@ mod tests {
             h.schema_version().await.unwrap(),
             migrations::latest_version()
         );
-        h.insert(&row("a", "n", "succeeded", 1000, true))
+        h.insert(&row("a", "n", Status::Succeeded, 1000, true))
             .await
             .unwrap();
         drop(h);
@@ -369,7 +373,7 @@ mod tests {
             );
             assert_eq!(
                 h.get("a").await.unwrap(),
-                Some(row("a", "n", "succeeded", 1000, true))
+                Some(row("a", "n", Status::Succeeded, 1000, true))
             );
         }
         let c = Connection::open(dir.db()).unwrap();
@@ -460,7 +464,7 @@ mod tests {
     async fn refuses_non_finite_numbers() {
         let dir = TempDir::new();
         let h = History::open(&dir.db()).await.unwrap();
-        let mut r = row("nan", "n", "succeeded", 1, false);
+        let mut r = row("nan", "n", Status::Succeeded, 1, false);
         r.cpu_percent = f64::NAN;
         let e = h.insert(&r).await.unwrap_err();
         assert!(e.to_string().contains("cpu_percent"), "{e}");
@@ -471,7 +475,7 @@ mod tests {
     async fn corrupt_cmd_is_reported_with_context() {
         let dir = TempDir::new();
         let h = History::open(&dir.db()).await.unwrap();
-        h.insert(&row("x", "n", "succeeded", 1, false))
+        h.insert(&row("x", "n", Status::Succeeded, 1, false))
             .await
             .unwrap();
         Connection::open(dir.db())
@@ -493,7 +497,7 @@ mod tests {
             let h = if t % 2 == 0 { a.clone() } else { b.clone() };
             tasks.push(tokio::spawn(async move {
                 for i in 0..25 {
-                    h.insert(&row(&format!("t{t}-{i}"), "n", "succeeded", i, false))
+                    h.insert(&row(&format!("t{t}-{i}"), "n", Status::Succeeded, i, false))
                         .await
                         .unwrap();
                 }

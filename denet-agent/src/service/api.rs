@@ -446,18 +446,23 @@ async fn history(
             }
         },
     };
-    if let Some(s) = q.get("status") {
-        if !super::valid_status_filter(s) {
-            return Err(ApiError::bad_request(format!(
-                "status: one of succeeded, failed, timed_out, cancelled, startup_failed, not {s:?}"
-            )));
-        }
-    }
+    let status = match q.get("status") {
+        None => None,
+        Some(s) => match job::Status::parse(s).filter(|st| st.is_final()) {
+            Some(st) => Some(st),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "status: one of succeeded, failed, timed_out, cancelled, startup_failed, \
+                     not {s:?}"
+                )))
+            }
+        },
+    };
     let rows = svc
         .history
         .query(&HistoryQuery {
             name: q.get("name").cloned(),
-            status: q.get("status").cloned(),
+            status,
             limit,
         })
         .await

@@ -13,55 +13,11 @@ use serde::Serialize;
 use tokio::sync::{broadcast, Notify};
 
 use super::spec::JobSpec;
+pub use crate::history::Status;
 use crate::{engine::Control, history::HistoryRow};
 
-/// Job statuses. `queued` and `running` are live; the others are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    TimedOut,
-    Cancelled,
-    StartupFailed,
-}
-
-impl Status {
-    pub const ALL: [Status; 7] = [
-        Status::Queued,
-        Status::Running,
-        Status::Succeeded,
-        Status::Failed,
-        Status::TimedOut,
-        Status::Cancelled,
-        Status::StartupFailed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Running => "running",
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::TimedOut => "timed_out",
-            Status::Cancelled => "cancelled",
-            Status::StartupFailed => "startup_failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    pub fn is_final(self) -> bool {
-        !matches!(self, Status::Queued | Status::Running)
-    }
-}
-
 /// The latest sample of a running job's tree.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Live {
     pub cpu_percent: f64,
     pub rss_kb: u64,
@@ -215,7 +171,7 @@ impl Job {
     pub fn status_msg<'a>(&'a self, st: &'a JobState) -> StreamMsg<'a> {
         StreamMsg::Status {
             id: &self.id,
-            status: st.status.as_str(),
+            status: st.status,
             stuck: st.stuck,
             paused: st.paused,
         }
@@ -247,7 +203,7 @@ impl Job {
             name: self.spec.name.clone(),
             cmd: self.spec.cmd.clone(),
             cwd: self.spec.cwd.to_string_lossy().into_owned(),
-            status: st.status.as_str().into(),
+            status: st.status,
             stuck: st.stuck,
             paused: st.paused,
             created_unix_ms: Some(self.created_unix_ms),
@@ -298,13 +254,14 @@ impl LogStream {
 }
 
 /// A job as the API shows it: live ones from memory, older ones from the history.
-#[derive(Debug, Clone, Serialize)]
+/// The `jobs` client reads it back as this same type.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct JobView {
     pub id: String,
     pub name: String,
     pub cmd: Vec<String>,
     pub cwd: String,
-    pub status: String,
+    pub status: Status,
     pub stuck: bool,
     pub paused: bool,
     pub created_unix_ms: Option<i64>,
@@ -332,7 +289,7 @@ impl JobView {
             name: row.name.clone(),
             cmd: row.cmd.clone(),
             cwd: row.cwd.clone(),
-            status: row.status.clone(),
+            status: row.status,
             stuck: false,
             paused: false,
             created_unix_ms: None,
@@ -359,7 +316,7 @@ pub enum StreamMsg<'a> {
     /// The job's status and flags (sent first, and whenever stuck/paused change).
     Status {
         id: &'a str,
-        status: &'a str,
+        status: Status,
         stuck: bool,
         paused: bool,
     },

@@ -25,7 +25,7 @@ use crate::{
     engine::Control,
     history::{History, HistoryRow},
 };
-use job::{Job, Status};
+use job::Job;
 use spec::{JobSpec, SpecDefaults};
 
 pub use supervisor::decide_status;
@@ -283,7 +283,9 @@ impl Service {
             match self.history.insert(&row).await {
                 Ok(()) => eprintln!(
                     "denet-agent serve: recorded job {} ({}), which ran when the service stopped: {}",
-                    row.id, row.name, row.status
+                    row.id,
+                    row.name,
+                    row.status.as_str()
                 ),
                 Err(e) => eprintln!("denet-agent serve: job {}: cannot record it: {e}", row.id),
             }
@@ -348,11 +350,6 @@ pub fn redact(db: &str) -> String {
         }
         _ => db.to_string(),
     }
-}
-
-/// Whether a status string is one a client may filter the history by.
-pub fn valid_status_filter(s: &str) -> bool {
-    Status::parse(s).is_some_and(Status::is_final)
 }
 
 /// Checks the listening rules: beyond loopback a token is required.

@@ -538,7 +538,8 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
         start_unix_ms: start_ms.unwrap_or(now),
         end_unix_ms: now,
         duration_s: 0.0,
-        status: String::new(),
+        // Decided below from how the job ended.
+        status: Status::Failed,
         exit_code: None,
         signal: None,
         cpu_user_s: 0.0,
@@ -562,9 +563,7 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
             Status::Cancelled
         } else {
             Status::StartupFailed
-        }
-        .as_str()
-        .into();
+        };
         row.error = row
             .error
             .or(cancel_reason.map(|r| format!("cancelled: {r}")));
@@ -597,9 +596,7 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
                 Status::Failed
             } else {
                 Status::StartupFailed
-            }
-            .as_str()
-            .into();
+            };
             let earlier = ending
                 .error
                 .as_deref()
@@ -655,9 +652,7 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
         start_error,
         wall_s,
         svc.config.startup_window.as_secs_f64(),
-    )
-    .as_str()
-    .into();
+    );
     row
 }
 
@@ -695,7 +690,7 @@ async fn finalize(svc: &Arc<Service>, job: &Arc<Job>, ending: Ending) {
     {
         let mut st = job.state();
         let view = job.ended_view(&st, &row);
-        st.status = Status::parse(&row.status).unwrap_or(Status::Failed);
+        st.status = row.status;
         st.stuck = false;
         st.paused = false;
         st.control = None;

@@ -2,12 +2,10 @@
 //! the Perfetto output checked against the trace-event format, CSV and Nextflow
 //! values against the trace, and streaming in bounded memory.
 
-mod support;
-
 use std::collections::HashMap;
 
+use crate::helpers::report::{agent, data, golden, of_kind, records, stderr, stdout};
 use serde_json::Value;
-use support::{agent, data, golden, of_kind, records, stderr, stdout};
 
 fn export_to_string(trace: &str, format: &str) -> String {
     let o = agent(&["export", trace, "--format", format, "-o", "-"]);
@@ -21,7 +19,7 @@ fn export_to_string(trace: &str, format: &str) -> String {
 }
 
 fn export_csv(trace: &str, name: &str) -> std::path::PathBuf {
-    let dir = denet_tests::scratch_dir(name).join("csv");
+    let dir = crate::helpers::scratch_dir(name).join("csv");
     let o = agent(&["export", trace, "-f", "csv", "-o", &dir.to_string_lossy()]);
     assert!(o.status.success(), "export csv: {}", stderr(&o));
     dir
@@ -176,7 +174,7 @@ fn event_records_become_a_table() {
         .unwrap();
     lines.insert(1, format!(r#"{{"kind":"event","type":"sched","ts_boot_ns":{},"pid":{pid},"tid":{pid},"cpu":1,"state":"runnable","duration_ns":2500}}"#, start + 1_000_000));
     lines.insert(2, format!(r#"{{"kind":"event","type":"block","ts_boot_ns":{},"pid":{pid},"tid":{pid},"cpu":0,"duration_ns":90000,"op":"read","bytes":4096}}"#, start + 2_000_000));
-    let dir = denet_tests::scratch_dir("events");
+    let dir = crate::helpers::scratch_dir("events");
     let trace = dir.join("t.jsonl");
     std::fs::write(&trace, lines.join("\n") + "\n").unwrap();
     let t = trace.to_string_lossy();
@@ -425,7 +423,7 @@ fn perfetto_output_is_valid_trace_event_json() {
 /// Peak RSS (KiB) of a child run to completion, from wait4's rusage.
 #[allow(clippy::zombie_processes)] // reaped by wait4, which std's Child cannot do
 fn run_measured(args: &[&str]) -> (i32, u64) {
-    let child = std::process::Command::new(denet_tests::agent_bin())
+    let child = std::process::Command::new(crate::helpers::agent_bin())
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -441,10 +439,10 @@ fn run_measured(args: &[&str]) -> (i32, u64) {
 
 #[test]
 fn large_traces_stream_in_bounded_memory() {
-    let dir = denet_tests::scratch_dir("big");
+    let dir = crate::helpers::scratch_dir("big");
     let big = dir.join("big.jsonl");
     let gen = std::process::Command::new("python3")
-        .arg(support::repo().join("scripts/make-big-trace.py"))
+        .arg(crate::helpers::report::repo().join("scripts/make-big-trace.py"))
         .arg(data("depth.jsonl"))
         .arg(&big)
         .args(["--size-mb", "64"])

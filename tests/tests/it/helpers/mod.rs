@@ -1,4 +1,5 @@
-//! Helpers for the integration tests: run the agent on a command and read its trace.
+//! Helpers for the integration tests: run the agent on a command and read its trace
+//! (here), recorded traces and golden files (`report`), a database per test (`pg`).
 //!
 //! eBPF tests need root. Outside CI they skip with a clear message when not root; in
 //! CI (`CI` set) a missing capability fails the test instead, so nothing is skipped
@@ -11,6 +12,12 @@ use std::{
 };
 
 use serde_json::Value;
+
+pub mod pg;
+pub mod report;
+
+/// The ground-truth workload binary (tests/src/bin/workload.rs).
+pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_workload");
 
 /// Path of the agent binary: `DENET_AGENT_BIN`, else target/release, else target/debug.
 pub fn agent_bin() -> PathBuf {

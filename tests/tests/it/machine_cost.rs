@@ -10,10 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use denet_tests::{agent_bin, ebpf_ready, parse_jsonl, scratch_dir, u};
+use crate::helpers::{agent_bin, ebpf_ready, parse_jsonl, scratch_dir, u};
 use serde_json::Value;
 
-const WORKLOAD: &str = env!("CARGO_BIN_EXE_workload");
+use crate::helpers::WORKLOAD;
 
 /// A run in the background, writing its trace to `out`.
 struct Running {

@@ -3,10 +3,10 @@
 //! The tests of this file run one at a time (`exclusive`): they measure scheduler
 //! times, which other tests on the same 2 CPUs would distort.
 
-use denet_tests::{ebpf_ready, exclusive, rel_diff, run_agent, scratch_dir, u, Trace};
+use crate::helpers::{ebpf_ready, exclusive, rel_diff, run_agent, scratch_dir, u, Trace};
 use serde_json::Value;
 
-const WORKLOAD: &str = env!("CARGO_BIN_EXE_workload");
+use crate::helpers::WORKLOAD;
 
 fn clean(t: &Trace) {
     assert_eq!(t.exit_code(), 0, "{}", t.stderr);
@@ -332,7 +332,7 @@ fn old_opt_out_flags_are_accepted_with_a_note() {
         assert!(t.of_kind("file").is_empty());
     }
     // Contradictions are refused before anything runs.
-    let out = std::process::Command::new(denet_tests::agent_bin())
+    let out = std::process::Command::new(crate::helpers::agent_bin())
         .args(["run", "--files", "--no-files", "--", "true"])
         .output()
         .unwrap();

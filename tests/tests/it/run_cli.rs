@@ -6,10 +6,10 @@ use std::{
     time::Duration,
 };
 
-use denet_tests::{agent_bin, ebpf_ready, parse_jsonl, run_agent, scratch_dir, u};
+use crate::helpers::{agent_bin, ebpf_ready, parse_jsonl, run_agent, scratch_dir, u};
 use serde_json::Value;
 
-const WORKLOAD: &str = env!("CARGO_BIN_EXE_workload");
+use crate::helpers::WORKLOAD;
 
 #[test]
 fn command_not_found_exits_127_with_header_and_summary() {

@@ -3,10 +3,10 @@
 
 use std::collections::HashSet;
 
-use denet_tests::{ebpf_ready, rel_diff, run_agent, scratch_dir, u, Trace};
+use crate::helpers::{ebpf_ready, rel_diff, run_agent, scratch_dir, u, Trace};
 use serde_json::Value;
 
-const WORKLOAD: &str = env!("CARGO_BIN_EXE_workload");
+use crate::helpers::WORKLOAD;
 
 fn assert_clean(t: &Trace) {
     let h = t.header();

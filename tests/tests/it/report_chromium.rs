@@ -6,8 +6,6 @@
 //!
 //! Outside CI a missing Chromium skips with a message; in CI it fails.
 
-mod support;
-
 use std::{
     io::{Read, Write},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -18,8 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::helpers::report::{agent, data, stats_json, stderr};
 use serde_json::{json, Value};
-use support::{agent, data, stats_json, stderr};
 
 fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -48,7 +46,7 @@ struct Browser {
 
 impl Browser {
     fn launch(bin: &Path) -> Browser {
-        let profile = denet_tests::scratch_dir("chromium-profile");
+        let profile = crate::helpers::scratch_dir("chromium-profile");
         let (cmd_r, cmd_w) = pipe();
         let (ev_r, ev_w) = pipe();
         let (cr, ew) = (cmd_r.as_raw_fd(), ev_w.as_raw_fd());
@@ -220,7 +218,7 @@ fn count_rows(nodes: &Value) -> u64 {
 #[test]
 fn html_report_renders_in_headless_chromium() {
     let Some(bin) = chromium() else {
-        if denet_tests::in_ci() {
+        if crate::helpers::in_ci() {
             panic!(
                 "chromium is not installed: scripts/setup.sh installs it (apt package chromium)"
             );
@@ -230,7 +228,7 @@ fn html_report_renders_in_headless_chromium() {
         );
         return;
     };
-    let dir = denet_tests::scratch_dir("html");
+    let dir = crate::helpers::scratch_dir("html");
     let html = dir.join("report.html");
     let o = agent(&[
         "export",
@@ -289,7 +287,11 @@ fn html_report_renders_in_headless_chromium() {
         "document.querySelectorAll('#timeline g.row').length",
     );
     assert_eq!(rows.as_u64(), Some(expected_rows));
-    let samples = support::of_kind(&support::records(&data("depth.jsonl")), "sample").len();
+    let samples = crate::helpers::report::of_kind(
+        &crate::helpers::report::records(&data("depth.jsonl")),
+        "sample",
+    )
+    .len();
     let pts = eval(
         &mut b,
         s,
@@ -315,7 +317,7 @@ fn html_report_renders_in_headless_chromium() {
     // A real screenshot, decoded by the browser itself: not blank.
     let shot = b.call(Some(s), "Page.captureScreenshot", json!({"format": "png"}));
     let png = shot["data"].as_str().expect("screenshot data").to_string();
-    let artifacts = support::repo().join("target/test-artifacts");
+    let artifacts = crate::helpers::report::repo().join("target/test-artifacts");
     let _ = std::fs::create_dir_all(&artifacts);
     let _ = std::fs::write(artifacts.join("report.png"), base64_decode(&png));
     let stats = eval(

@@ -6,8 +6,6 @@
 //! Jobs are real eBPF-traced runs (`--require-ebpf`): root is needed; outside CI the
 //! tests skip with a message, in CI they fail without it.
 
-mod common;
-
 use std::{
     collections::HashSet,
     io::{BufRead, Read, Write},
@@ -17,8 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::helpers::{agent_bin, ebpf_ready, scratch_dir};
 use denet_agent::client::{Client, Server};
-use denet_tests::{agent_bin, ebpf_ready, scratch_dir};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -371,7 +369,7 @@ async fn lifecycle_over_http_and_websocket() {
     // The kept trace is the run's JSONL, and its summary has the same numbers.
     let a = svc.client.get(&format!("/jobs/{id}/trace")).await.unwrap();
     assert_eq!(a.status, 200);
-    let trace = denet_tests::parse_jsonl(&String::from_utf8_lossy(&a.body));
+    let trace = crate::helpers::parse_jsonl(&String::from_utf8_lossy(&a.body));
     assert_eq!(trace[0]["kind"], "header");
     assert_eq!(trace[0]["cwd"], dir.to_string_lossy().as_ref());
     let summary = trace
@@ -554,7 +552,7 @@ async fn pause_stops_the_whole_tree_and_resume_continues_it() {
     if !ebpf_ready("pause_stops_the_whole_tree_and_resume_continues_it") {
         return;
     }
-    let _serial = denet_tests::exclusive();
+    let _serial = crate::helpers::exclusive();
     let dir = scratch_dir("serve-pause");
     let svc = Svc::start(&dir.join("data"), &[]);
     // Two busy processes: the shell's child and a grandchild.
@@ -902,7 +900,7 @@ async fn two_hundred_concurrent_jobs_all_end_in_the_history() {
     if !ebpf_ready("two_hundred_concurrent_jobs_all_end_in_the_history") {
         return;
     }
-    let _serial = denet_tests::exclusive();
+    let _serial = crate::helpers::exclusive();
     let dir = scratch_dir("serve-200");
     let svc = Arc::new(Svc::start(&dir.join("data"), &[]));
     let rss_before = vm_kb(svc.pid(), "VmRSS:");
@@ -1033,7 +1031,7 @@ async fn shutdown_ends_running_jobs_cleanly_and_history_survives_restart() {
         .get(&format!("/jobs/{long}/trace"))
         .await
         .unwrap();
-    let trace = denet_tests::parse_jsonl(&String::from_utf8_lossy(&a.body));
+    let trace = crate::helpers::parse_jsonl(&String::from_utf8_lossy(&a.body));
     let summary = trace
         .iter()
         .find(|r| r["kind"] == "summary")
@@ -1047,7 +1045,7 @@ async fn postgres_history_is_shared_and_survives_restart() {
         return;
     }
     let Some(db) =
-        common::pg::TestDb::create("postgres_history_is_shared_and_survives_restart").await
+        crate::helpers::pg::TestDb::create("postgres_history_is_shared_and_survives_restart").await
     else {
         return;
     };
@@ -1299,7 +1297,7 @@ async fn a_killed_service_stops_its_jobs_and_the_next_start_records_them() {
         .get(&format!("/jobs/{long}/trace"))
         .await
         .unwrap();
-    let trace = denet_tests::parse_jsonl(&String::from_utf8_lossy(&a.body));
+    let trace = crate::helpers::parse_jsonl(&String::from_utf8_lossy(&a.body));
     let summary = trace
         .iter()
         .find(|r| r["kind"] == "summary")

@@ -3,12 +3,10 @@
 //! target/pyenv, and finds what `denet-agent stats` finds. Outside CI a missing venv
 //! skips with a message; in CI it fails.
 
-mod support;
-
 use std::process::Command;
 
+use crate::helpers::report::{data, of_kind, records, repo, stats_json};
 use serde_json::Value;
-use support::{data, of_kind, records, repo, stats_json};
 
 #[test]
 fn notebook_example_runs_and_agrees_with_stats() {
@@ -17,7 +15,7 @@ fn notebook_example_runs_and_agrees_with_stats() {
         .unwrap_or_else(|| repo().join("target/pyenv"))
         .join("bin/python");
     if !python.is_file() {
-        if denet_tests::in_ci() {
+        if crate::helpers::in_ci() {
             panic!(
                 "{} is missing: scripts/setup.sh creates it",
                 python.display()
@@ -30,7 +28,7 @@ fn notebook_example_runs_and_agrees_with_stats() {
         return;
     }
     for trace in ["depth.jsonl", "pipeline.jsonl"] {
-        let out = denet_tests::scratch_dir("notebook");
+        let out = crate::helpers::scratch_dir("notebook");
         let o = Command::new(&python)
             .arg(repo().join("examples/notebook.py"))
             .arg(data(trace))

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use denet_tests::pg_admin_url;
+use super::pg_admin_url;
 use tokio_postgres::{Client, NoTls};
 
 pub async fn connect(url: &str) -> Client {

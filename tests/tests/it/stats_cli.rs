@@ -1,10 +1,8 @@
 //! `denet-agent stats`: numbers against the trace itself, killed runs, and bad input
 //! (clear message with the line number, non-zero exit, never a panic).
 
-mod support;
-
+use crate::helpers::report::{agent, data, of_kind, records, stats_json, stderr, stdout};
 use serde_json::Value;
-use support::{agent, data, of_kind, records, stats_json, stderr, stdout};
 
 fn sum(procs: &[&Value], field: &str) -> u64 {
     procs.iter().filter_map(|p| p[field].as_u64()).sum()
@@ -173,7 +171,7 @@ fn depth_fields_are_shown_when_present() {
 
 /// Writes `text` to a scratch file and runs `stats` (text and JSON) on it.
 fn stats_on(name: &str, text: &[u8]) -> (std::process::Output, std::process::Output) {
-    let dir = denet_tests::scratch_dir(name);
+    let dir = crate::helpers::scratch_dir(name);
     let p = dir.join("trace.jsonl");
     std::fs::write(&p, text).unwrap();
     let ps = p.to_string_lossy().into_owned();
@@ -212,7 +210,7 @@ fn killed_run_without_summary_reads() {
     let s: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
     assert_eq!(s["trace"]["complete"], false);
     assert_eq!(s["totals"]["from_summary"], false);
-    let recs = denet_tests::parse_jsonl(&lines[..keep].join("\n"));
+    let recs = crate::helpers::parse_jsonl(&lines[..keep].join("\n"));
     assert_eq!(
         s["totals"]["processes"],
         of_kind(&recs, "process").len() as u64
@@ -320,7 +318,7 @@ fn not_a_trace_fails_cleanly_with_the_line() {
 
 #[test]
 fn run_writes_the_html_report() {
-    let dir = denet_tests::scratch_dir("run-report");
+    let dir = crate::helpers::scratch_dir("run-report");
     let trace = dir.join("t.jsonl");
     let html = dir.join("r.html");
     let o = agent(&[
@@ -366,10 +364,10 @@ fn run_writes_the_html_report() {
 /// here until the reader learns it.
 #[test]
 fn fresh_ebpf_trace_reads_without_warnings() {
-    if !denet_tests::ebpf_ready("fresh_ebpf_trace_reads_without_warnings") {
+    if !crate::helpers::ebpf_ready("fresh_ebpf_trace_reads_without_warnings") {
         return;
     }
-    let dir = denet_tests::scratch_dir("fresh");
+    let dir = crate::helpers::scratch_dir("fresh");
     let trace = dir.join("t.jsonl");
     let t = trace.to_string_lossy();
     let script = format!(

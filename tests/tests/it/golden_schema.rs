@@ -2,7 +2,7 @@
 //! per record kind, with values kept where they are deterministic. Regenerate with
 //! UPDATE_GOLDEN=1 after an intended format change (and update docs/jsonl-format.md).
 
-use denet_tests::{ebpf_ready, run_agent};
+use crate::helpers::{ebpf_ready, run_agent};
 use serde_json::{Map, Value};
 
 /// Fields whose values are the same on every run of the command below.

@@ -7,17 +7,14 @@
 //! its own database `denet_t_<pid>_<n>` and drops it at the end, even on failure.
 //! Unset: the tests skip, except in CI where they fail.
 
-use denet_agent::history::{migrations, History, HistoryError, HistoryQuery, HistoryRow};
-mod common;
-
-use common::pg::{connect, with_dbname, TestDb};
-use denet_tests::pg_admin_url;
+use denet_agent::history::{
+    conformance::{self, row},
+    migrations, History, HistoryError, HistoryQuery, Status,
+};
 use tokio_postgres::Client;
 
-/// The checks every backend must pass (shared with the SQLite unit tests).
-#[path = "../../denet-agent/src/history/conformance.rs"]
-mod conformance;
-use conformance::row;
+use crate::helpers::pg::{connect, with_dbname, TestDb};
+use crate::helpers::pg_admin_url;
 
 async fn version_rows(c: &Client) -> Vec<i64> {
     c.query(
@@ -46,7 +43,7 @@ async fn migrations_are_idempotent_and_rows_survive_reopen() {
         h.schema_version().await.unwrap(),
         migrations::latest_version()
     );
-    h.insert(&row("a", "n", "succeeded", 1000, true))
+    h.insert(&row("a", "n", Status::Succeeded, 1000, true))
         .await
         .unwrap();
     drop(h);
@@ -58,7 +55,7 @@ async fn migrations_are_idempotent_and_rows_survive_reopen() {
         );
         assert_eq!(
             h.get("a").await.unwrap(),
-            Some(row("a", "n", "succeeded", 1000, true))
+            Some(row("a", "n", Status::Succeeded, 1000, true))
         );
     }
     let c = db.client().await;
@@ -207,7 +204,7 @@ async fn concurrent_openers_migrate_once() {
     assert_eq!(version_rows(&db.client().await).await, all_versions());
     // And they all work on the same table.
     handles[0]
-        .insert(&row("x", "n", "succeeded", 1, false))
+        .insert(&row("x", "n", Status::Succeeded, 1, false))
         .await
         .unwrap();
     assert!(handles[3].get("x").await.unwrap().is_some());
@@ -233,7 +230,7 @@ async fn concurrent_inserts_are_all_present() {
                     let mut r = row(
                         &format!("t{t}-{i:02}"),
                         &format!("task{t}"),
-                        "succeeded",
+                        Status::Succeeded,
                         i,
                         i % 2 == 0,
                     );
@@ -270,7 +267,7 @@ async fn reconnects_after_the_server_drops_the_connection() {
         return;
     };
     let h = History::open(&db.url).await.unwrap();
-    h.insert(&row("before", "n", "succeeded", 1, false))
+    h.insert(&row("before", "n", Status::Succeeded, 1, false))
         .await
         .unwrap();
     let admin = connect(&db.admin_url).await;
@@ -288,7 +285,7 @@ async fn reconnects_after_the_server_drops_the_connection() {
         assert!(killed >= 1, "round {round}: no session to terminate");
         // The very next call works: reconnect and retry, no error surfaces.
         let id = format!("after-{round}");
-        h.insert(&row(&id, "n", "succeeded", 2 + round, false))
+        h.insert(&row(&id, "n", Status::Succeeded, 2 + round, false))
             .await
             .unwrap_or_else(|e| {
                 panic!("round {round}: insert after the connection was killed: {e}")

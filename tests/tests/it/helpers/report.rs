@@ -20,7 +20,7 @@ pub fn data(name: &str) -> PathBuf {
 /// Runs the agent with ARGS from the repository root (so relative paths in
 /// reports are stable), local time in UTC (Nextflow dates).
 pub fn agent(args: &[&str]) -> Output {
-    Command::new(denet_tests::agent_bin())
+    Command::new(super::agent_bin())
         .args(args)
         .current_dir(repo())
         .env("TZ", "UTC")
@@ -46,7 +46,7 @@ pub fn stats_json(path: &Path) -> Value {
 
 /// The trace's records, parsed independently of the agent (ground truth).
 pub fn records(path: &Path) -> Vec<Value> {
-    denet_tests::parse_jsonl(&std::fs::read_to_string(path).expect("read trace"))
+    super::parse_jsonl(&std::fs::read_to_string(path).expect("read trace"))
 }
 
 pub fn of_kind<'a>(recs: &'a [Value], kind: &str) -> Vec<&'a Value> {

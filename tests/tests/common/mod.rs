@@ -1,3 +1,0 @@
-//! Helpers shared by several test files.
-
-pub mod pg;
