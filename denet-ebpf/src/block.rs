@@ -47,12 +47,12 @@ pub fn block_bio_queue(ctx: RawTracePointContext) -> i32 {
     let Some(s) = stats::of(tgid) else { return 0 };
     match op {
         REQ_OP_READ => {
-            s.blk_read_bytes += u64::from(size);
-            s.blk_read_ops += 1;
+            stats::add(&mut s.blk_read_bytes, u64::from(size));
+            stats::add(&mut s.blk_read_ops, 1);
         }
         REQ_OP_WRITE => {
-            s.blk_write_bytes += u64::from(size);
-            s.blk_write_ops += 1;
+            stats::add(&mut s.blk_write_bytes, u64::from(size));
+            stats::add(&mut s.blk_write_ops, 1);
         }
         _ => return 0,
     }
@@ -98,7 +98,7 @@ pub fn block_rq_complete(ctx: RawTracePointContext) -> i32 {
     match stats::of(start.tgid) {
         Some(s) => {
             if let Some(slot) = s.blk_lat_hist.get_mut(stats::bucket_us(lat)) {
-                *slot += 1;
+                stats::add32(slot, 1);
             }
         }
         None => {

@@ -10,6 +10,9 @@
 //! `COUNTERS` (see `denet_common::counter`).
 #![no_std]
 #![no_main]
+// Atomic adds on shared map values (see stats::add).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},

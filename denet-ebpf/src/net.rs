@@ -42,7 +42,7 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     let (tgid, n) = inet_bytes(&ctx);
     if n > 0 {
         if let Some(s) = stats::of(tgid) {
-            s.net_tx_bytes += n;
+            stats::add(&mut s.net_tx_bytes, n);
         }
     }
     0
@@ -54,7 +54,7 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     let (tgid, n) = inet_bytes(&ctx);
     if n > 0 {
         if let Some(s) = stats::of(tgid) {
-            s.net_rx_bytes += n;
+            stats::add(&mut s.net_rx_bytes, n);
         }
     }
     0

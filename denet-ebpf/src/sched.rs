@@ -53,17 +53,17 @@ fn leave(st: &TaskState, now: u64, tgid: u32, tid: u32) {
     }
     let Some(s) = stats::of(tgid) else { return };
     match st.state {
-        TASK_RUNNING => s.oncpu_ns += d,
+        TASK_RUNNING => stats::add(&mut s.oncpu_ns, d),
         TASK_RUNNABLE => {
-            s.cpu_wait_ns += d;
-            s.runq_waits += 1;
+            stats::add(&mut s.cpu_wait_ns, d);
+            stats::add(&mut s.runq_waits, 1);
             let b = stats::bucket_us(d);
             if let Some(slot) = s.runq_hist.get_mut(b) {
-                *slot += 1;
+                stats::add32(slot, 1);
             }
         }
-        TASK_BLOCKED_IO => s.io_wait_ns += d,
-        _ => s.sleep_ns += d,
+        TASK_BLOCKED_IO => stats::add(&mut s.io_wait_ns, d),
+        _ => stats::add(&mut s.sleep_ns, d),
     }
 }
 

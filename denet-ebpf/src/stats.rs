@@ -1,19 +1,26 @@
-//! Per-process counters aggregated in the kernel: per-CPU hash maps keyed by tgid,
-//! created when a process enters the tracked set, read and deleted by the agent
-//! when the process exits (and read, not deleted, at every sample).
+//! Per-process counters aggregated in the kernel, keyed by tgid, created when a
+//! process enters the tracked set, read and deleted by the agent when the process
+//! exits (and read, not deleted, at every sample).
+//!
+//! `PROC_STATS` is one shared entry per process, updated with atomic adds: creating a
+//! per-CPU entry costs a per-CPU allocation in the kernel (about 20 us per fork,
+//! measured), a shared one a plain allocation. Syscall counts (only with
+//! `--syscalls`, incremented on every syscall) stay per-CPU.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
 use denet_common::{counter, ProcStats, SyscallCounts, HIST_BUCKETS, TRACKED_MAX_ENTRIES};
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use crate::{bump, setting};
 
 #[map]
-pub(crate) static PROC_STATS: PerCpuHashMap<u32, ProcStats> =
-    PerCpuHashMap::with_max_entries(TRACKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+pub(crate) static PROC_STATS: HashMap<u32, ProcStats> =
+    HashMap::with_max_entries(TRACKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub(crate) static SYSCALLS: PerCpuHashMap<u32, SyscallCounts> =
@@ -45,13 +52,29 @@ pub(crate) fn create(tgid: u32) {
     }
 }
 
-/// This CPU's counters of process `tgid` (None for processes not set up, e.g. in
-/// the last microseconds after the agent collected them at exit).
+/// The counters of process `tgid` (None for processes not set up, e.g. in the last
+/// microseconds after the agent collected them at exit). Shared by every CPU: update
+/// them only with [`add`] and [`add32`].
 #[inline(always)]
 pub(crate) fn of(tgid: u32) -> Option<&'static mut ProcStats> {
-    // SAFETY: a per-CPU slot, touched only by programs on this CPU, which run with
-    // preemption disabled.
+    // SAFETY: a pointer to the map value, valid while the entry exists; every write
+    // through it is atomic.
     PROC_STATS.get_ptr_mut(&tgid).map(|p| unsafe { &mut *p })
+}
+
+/// Atomically adds `v` to a counter of a shared entry: a BPF atomic add (the core
+/// atomic types have no read-modify-write on this target, the intrinsic does).
+#[inline(always)]
+pub(crate) fn add(field: &mut u64, v: u64) {
+    // SAFETY: `field` is a valid, aligned u64 inside a map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
+}
+
+/// [`add`] for the u32 histogram buckets.
+#[inline(always)]
+pub(crate) fn add32(field: &mut u32, v: u32) {
+    // SAFETY: `field` is a valid, aligned u32 inside a map value.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, v) };
 }
 
 /// log2 bucket of a duration in nanoseconds, in microseconds.

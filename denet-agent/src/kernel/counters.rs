@@ -3,8 +3,8 @@
 
 use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
 use denet_common::{
-    FileKey, FileStats, ProcStats, SyscallCounts, TaskState, HIST_BUCKETS, TASK_BLOCKED_IO,
-    TASK_RUNNABLE, TASK_RUNNING,
+    FileKey, FileStats, ProcStats, SyscallCounts, TaskState, TASK_BLOCKED_IO, TASK_RUNNABLE,
+    TASK_RUNNING,
 };
 
 use super::tracer::{map_err, names, TracerError};
@@ -19,7 +19,8 @@ pub struct ProcDepth {
 }
 
 pub struct StatsMaps {
-    procs: PerCpuHashMap<MapData, u32, ProcStats>,
+    /// One shared entry per process (the kernel adds atomically).
+    procs: HashMap<MapData, u32, ProcStats>,
     syscalls: PerCpuHashMap<MapData, u32, SyscallCounts>,
     files: PerCpuHashMap<MapData, FileKey, FileStats>,
     /// Per-thread scheduler states (sampler only): the time a thread has spent in
@@ -38,28 +39,10 @@ fn dup(map: &MapData, name: &'static str) -> Result<MapData, TracerError> {
     MapData::from_fd(fd).map_err(map_err(name))
 }
 
-fn add_stats(total: &mut ProcStats, v: &ProcStats) {
-    total.oncpu_ns += v.oncpu_ns;
-    total.cpu_wait_ns += v.cpu_wait_ns;
-    total.io_wait_ns += v.io_wait_ns;
-    total.sleep_ns += v.sleep_ns;
-    total.runq_waits += v.runq_waits;
-    total.blk_read_bytes += v.blk_read_bytes;
-    total.blk_write_bytes += v.blk_write_bytes;
-    total.blk_read_ops += v.blk_read_ops;
-    total.blk_write_ops += v.blk_write_ops;
-    total.net_tx_bytes += v.net_tx_bytes;
-    total.net_rx_bytes += v.net_rx_bytes;
-    for i in 0..HIST_BUCKETS {
-        total.runq_hist[i] += v.runq_hist[i];
-        total.blk_lat_hist[i] += v.blk_lat_hist[i];
-    }
-}
-
-/// The MapData inside a per-CPU hash map.
+/// The MapData inside a hash map (per-CPU or not).
 fn data(map: Map, name: &'static str) -> Result<MapData, TracerError> {
     match map {
-        Map::PerCpuHashMap(d) => Ok(d),
+        Map::PerCpuHashMap(d) | Map::HashMap(d) => Ok(d),
         _ => Err(TracerError::Missing(name)),
     }
 }
@@ -72,8 +55,7 @@ impl StatsMaps {
         nr_cpus: usize,
     ) -> Result<Self, TracerError> {
         Ok(Self {
-            procs: PerCpuHashMap::try_from(Map::PerCpuHashMap(procs))
-                .map_err(map_err(names::PROC_STATS))?,
+            procs: HashMap::try_from(Map::HashMap(procs)).map_err(map_err(names::PROC_STATS))?,
             syscalls: PerCpuHashMap::try_from(Map::PerCpuHashMap(syscalls))
                 .map_err(map_err(names::SYSCALLS))?,
             files: PerCpuHashMap::try_from(Map::PerCpuHashMap(files))
@@ -145,10 +127,8 @@ impl StatsMaps {
     /// Zeroed counters for a process the agent tracks itself (the command); the
     /// kernel creates them for every process forked from it.
     pub fn create(&mut self, tgid: u32) -> Result<(), TracerError> {
-        let stats = PerCpuValues::try_from(vec![ProcStats::default(); self.nr_cpus])
-            .map_err(|e| TracerError::Btf(format!("per-CPU values: {e}")))?;
         self.procs
-            .insert(tgid, stats, 0)
+            .insert(tgid, ProcStats::default(), 0)
             .map_err(map_err(names::PROC_STATS))?;
         if !self.count_syscalls {
             return Ok(());
@@ -162,11 +142,7 @@ impl StatsMaps {
 
     /// Current counters of a live process (None when it has none).
     pub fn read(&self, tgid: u32) -> Option<ProcDepth> {
-        let per_cpu = self.procs.get(&tgid, 0).ok()?;
-        let mut stats = ProcStats::default();
-        for v in per_cpu.iter() {
-            add_stats(&mut stats, v);
-        }
+        let stats = self.procs.get(&tgid, 0).ok()?;
         Some(ProcDepth {
             stats,
             syscalls: self.count_syscalls.then(|| self.syscall_counts(tgid)),
