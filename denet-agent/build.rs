@@ -2,8 +2,7 @@
 //! binary that carries its kernel programs. `DENET_EBPF_OBJECT=path` embeds a prebuilt
 //! object instead of building one.
 
-#[path = "../xtask/src/ebpf_build.rs"]
-mod ebpf_build;
+use denet_ebpf_build as ebpf_build;
 
 use std::{env, fs, path::PathBuf};
 
@@ -27,7 +26,7 @@ fn run() -> Result<(), String> {
         "denet-ebpf/src",
         "denet-ebpf/Cargo.toml",
         "denet-common/src",
-        "xtask/src/ebpf_build.rs",
+        "denet-ebpf-build/src",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }

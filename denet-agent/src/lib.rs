@@ -7,6 +7,9 @@
 //! public JSONL format: writer and reader) → `report` and `export` (what people read);
 //! `service` runs jobs as `run`s, `history` keeps them, `client` talks to a service.
 
+// No unwrap outside tests: errors carry context instead.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod client;
 pub mod engine;
 pub mod export;

@@ -1,6 +1,9 @@
 //! denet-agent: runs a command and records exactly what it and every process it
 //! spawned did, as one JSONL stream.
 
+// No unwrap outside tests: errors carry context instead.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context, Result};

@@ -425,40 +425,35 @@ pub const TRACKED_MAX_ENTRIES: u32 = 65536;
 /// Open files tracked at once (per-file counters, `--files`).
 pub const FILE_STATS_MAX_ENTRIES: u32 = 262_144;
 
-#[cfg(feature = "user")]
-mod pod {
-    // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding fields.
-    unsafe impl aya::Pod for super::KernelOffsets {}
-    unsafe impl aya::Pod for super::Settings {}
-    unsafe impl aya::Pod for super::ProcStats {}
-    unsafe impl aya::Pod for super::SyscallCounts {}
-    unsafe impl aya::Pod for super::FileKey {}
-    unsafe impl aya::Pod for super::FileStats {}
-    unsafe impl aya::Pod for super::TaskState {}
-}
-
 /// Marker for wire structs that are valid for every bit pattern.
 ///
 /// # Safety
 /// Implement only for `#[repr(C)]` structs made of integers and integer arrays.
 pub unsafe trait Wire: Copy {}
-// SAFETY: all of these are #[repr(C)] structs of integers and byte arrays.
-unsafe impl Wire for EventHeader {}
-unsafe impl Wire for ForkEvent {}
-unsafe impl Wire for ExecEvent {}
-unsafe impl Wire for ExitEvent {}
-unsafe impl Wire for IoAccounting {}
-unsafe impl Wire for FileOpenEvent {}
-unsafe impl Wire for FileCloseEvent {}
-unsafe impl Wire for FileDupEvent {}
-unsafe impl Wire for SchedSpanEvent {}
-unsafe impl Wire for BlockIoEvent {}
-unsafe impl Wire for KernelOffsets {}
+
+/// Declares plain data: `Wire` for ring-buffer records, aya's `Pod` (user space) for
+/// map values and globals.
+macro_rules! plain_data {
+    ($trait:path: $($t:ty),* $(,)?) => {
+        $(
+            // SAFETY: every type listed is #[repr(C)], made of integers and integer
+            // arrays only, with explicit padding fields: every bit pattern is valid.
+            unsafe impl $trait for $t {}
+        )*
+    };
+}
+
+plain_data!(Wire: EventHeader, ForkEvent, ExecEvent, ExitEvent, IoAccounting, FileOpenEvent,
+    FileCloseEvent, FileDupEvent, SchedSpanEvent, BlockIoEvent, KernelOffsets);
+
+#[cfg(feature = "user")]
+plain_data!(aya::Pod: KernelOffsets, Settings, ProcStats, SyscallCounts, FileKey, FileStats,
+    TaskState);
 
 /// Read a `T` from the start of `bytes` (userspace side of the ring buffer).
 /// Returns `None` when the slice is too short.
 pub fn read_event<T: Wire>(bytes: &[u8]) -> Option<T> {
-    if bytes.len() < core::mem::size_of::<T>() {
+    if bytes.len() < size_of::<T>() {
         return None;
     }
     // SAFETY: length checked above; read_unaligned handles any alignment, and `Wire`
@@ -470,7 +465,7 @@ pub fn read_event<T: Wire>(bytes: &[u8]) -> Option<T> {
 /// only up to the argv bytes used): at least `min_len` bytes must be present, and the
 /// missing tail reads as zeros.
 pub fn read_event_prefix<T: Wire>(bytes: &[u8], min_len: usize) -> Option<T> {
-    let size = core::mem::size_of::<T>();
+    let size = size_of::<T>();
     if bytes.len() < min_len.min(size) {
         return None;
     }
@@ -478,7 +473,7 @@ pub fn read_event_prefix<T: Wire>(bytes: &[u8], min_len: usize) -> Option<T> {
         return read_event(bytes);
     }
     let mut buf = [0u8; 8192];
-    const { assert!(core::mem::size_of::<FileOpenEvent>() <= 8192) };
+    const { assert!(size_of::<FileOpenEvent>() <= 8192) };
     let buf = buf.get_mut(..size)?;
     buf[..bytes.len()].copy_from_slice(bytes);
     read_event(buf)
@@ -575,9 +570,7 @@ mod tests {
 
     fn bytes_of<T: Wire>(v: &T) -> &[u8] {
         // SAFETY: `Wire` types are plain integers and byte arrays.
-        unsafe {
-            core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>())
-        }
+        unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
     }
 
     fn header(kind: EventKind) -> EventHeader {

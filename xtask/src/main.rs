@@ -2,12 +2,12 @@
 
 mod bench;
 mod cost;
-mod ebpf_build;
 
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
 use clap::{Parser, Subcommand};
+use denet_ebpf_build as ebpf_build;
 
 #[derive(Parser)]
 #[command(about = "denet-agent project tasks")]

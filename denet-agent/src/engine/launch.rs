@@ -212,6 +212,7 @@ impl HeldChild {
             what: "fork",
             errno,
         })? {
+            // SAFETY: in the child of a fork, only async-signal-safe work follows (child_after_fork).
             ForkResult::Child => unsafe {
                 child_after_fork(ChildSetup {
                     gate_r: gate_r.as_raw_fd(),
@@ -288,6 +289,7 @@ struct ChildSetup {
 
 /// Runs in the forked child. Never returns.
 unsafe fn child_after_fork(s: ChildSetup) -> ! {
+    // SAFETY: the caller is the forked child; see ChildSetup for what it may touch.
     unsafe {
         let fail = |errno: i32| -> ! {
             let bytes = errno.to_ne_bytes();

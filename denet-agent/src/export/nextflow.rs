@@ -94,6 +94,7 @@ pub fn fmt_date(unix_ns: u64) -> String {
     let ms = (unix_ns / 1_000_000) % 1000;
     // SAFETY: localtime_r writes only into `tm`, which is a plain C struct.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: `secs` and `tm` are valid for the call; localtime_r is thread-safe.
     let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
     if !ok {
         return NA.into();

@@ -3,6 +3,9 @@
 //! history_db.rs`). Test support: public for the integration tests, unused by the
 //! agent itself.
 
+// Assertion helpers: a failed call is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use super::{History, HistoryQuery, HistoryRow, Status};
 
 /// A row with every optional field set (`full`) or empty.

@@ -143,7 +143,7 @@ fn open_blocking(path: &Path) -> Result<Connection, HistoryError> {
                 if e.code == rusqlite::ErrorCode::DatabaseBusy
                     && std::time::Instant::now() < deadline =>
             {
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(10));
             }
             r => break r.map_err(err(format!("enabling WAL on {what}")))?,
         }

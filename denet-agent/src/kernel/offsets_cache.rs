@@ -34,7 +34,7 @@ fn path_in(dir: &Path, build_id: &str) -> PathBuf {
     dir.join(format!(
         "offsets-{build_id}-v{}-f{FORMAT}-{}.bin",
         env!("CARGO_PKG_VERSION"),
-        std::mem::size_of::<KernelOffsets>()
+        size_of::<KernelOffsets>()
     ))
 }
 
@@ -78,7 +78,7 @@ pub(crate) fn read(path: &Path) -> Option<KernelOffsets> {
         return None;
     }
     let bytes = fs::read(path).ok()?;
-    if bytes.len() != std::mem::size_of::<KernelOffsets>() {
+    if bytes.len() != size_of::<KernelOffsets>() {
         return None;
     }
     read_event(&bytes)
@@ -114,7 +114,7 @@ fn try_write(path: &Path, offsets: &KernelOffsets) -> std::io::Result<()> {
     let bytes = unsafe {
         std::slice::from_raw_parts(
             (offsets as *const KernelOffsets).cast::<u8>(),
-            std::mem::size_of::<KernelOffsets>(),
+            size_of::<KernelOffsets>(),
         )
     };
     let written = f.write_all(bytes).and_then(|()| f.sync_all());

@@ -192,7 +192,7 @@ fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, TracerError> {
             )));
         }
     }
-    if size("task_io_accounting")? as usize != std::mem::size_of::<IoAccounting>() {
+    if size("task_io_accounting")? as usize != size_of::<IoAccounting>() {
         return Err(TracerError::Btf(
             "unexpected task_io_accounting size".into(),
         ));

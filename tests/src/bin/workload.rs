@@ -292,6 +292,7 @@ fn main() {
             for _ in 0..workers {
                 // SAFETY: the child only forks, waits and _exits.
                 match unsafe { libc::fork() } {
+                    // SAFETY: in the child: only fork and _exit, both async-signal-safe.
                     0 => unsafe {
                         for _ in 0..children {
                             if libc::fork() == 0 {

@@ -432,6 +432,7 @@ fn run_measured(args: &[&str]) -> (i32, u64) {
     let mut status = 0;
     // SAFETY: wait4 on our own child, with valid out-pointers.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child, with valid out-pointers.
     let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
     assert_eq!(r, child.id() as i32);
     (libc::WEXITSTATUS(status), ru.ru_maxrss as u64)

@@ -31,6 +31,7 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     // SAFETY: pipe2 fills two valid descriptors that we then own.
     let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
     assert_eq!(r, 0, "pipe2");
+    // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 

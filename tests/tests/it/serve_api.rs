@@ -140,6 +140,7 @@ impl Svc {
     /// SIGTERM, and the exit status of the service.
     fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child process.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let until = Instant::now() + limit;
         loop {
@@ -878,6 +879,7 @@ async fn token_is_required_when_configured_and_the_socket_is_owner_only() {
         assert!(Instant::now() < until, "{v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
     assert!(!sock.exists(), "the socket is removed at exit");

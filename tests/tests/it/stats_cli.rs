@@ -207,7 +207,7 @@ fn killed_run_without_summary_reads() {
     );
     assert_eq!(err.matches("warning").count(), 1, "{err}");
     assert!(stdout(&o).contains("the trace has no summary"));
-    let s: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
+    let s: Value = serde_json::from_slice(&j.stdout).unwrap();
     assert_eq!(s["trace"]["complete"], false);
     assert_eq!(s["totals"]["from_summary"], false);
     let recs = crate::helpers::parse_jsonl(&lines[..keep].join("\n"));
@@ -230,7 +230,7 @@ fn killed_run_without_summary_reads() {
 fn unknown_kinds_and_fields_warn_once_each() {
     let mut text = String::new();
     for (i, line) in pipeline_text().lines().enumerate() {
-        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mut v: Value = serde_json::from_str(line).unwrap();
         if v["kind"] == "process" {
             v["gpu_ns"] = 5.into();
         }
@@ -267,7 +267,7 @@ fn unknown_kinds_and_fields_warn_once_each() {
     );
     assert_eq!(err.lines().count(), 3, "{err}");
     // The numbers are unaffected.
-    let s: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
+    let s: Value = serde_json::from_slice(&j.stdout).unwrap();
     assert_eq!(s["totals"]["processes"], 35);
 }
 

@@ -1,7 +1,7 @@
 //! Builds the `denet-ebpf` object with nightly and bpf-linker.
 //!
-//! Shared by `cargo xtask build-ebpf` and `denet-agent/build.rs` (included there with
-//! `#[path]`), so there is one recipe. Uses only std so build.rs stays dependency-free.
+//! Shared by `cargo xtask build-ebpf` and `denet-agent/build.rs`, so there is one
+//! recipe. Uses only std, so the build script pulls in nothing else.
 
 use std::{
     path::{Path, PathBuf},
