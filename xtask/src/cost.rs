@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench::{run_quiet, stats, trace_numbers, traced_argv_with, BenchOptions};
+use crate::bench::{run_quiet, run_timed, stats, trace_numbers, traced_argv_with, BenchOptions};
 
 const FULL: &[&str] = &["--files", "--syscalls"];
 
@@ -87,28 +87,36 @@ fn beside(agent: &Path, opts: &BenchOptions, dd: &[String]) -> Result<()> {
         (16, FULL),
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     run_quiet(dd)?;
     for round in 0..opts.runs {
         for k in 0..configs.len() {
             let i = (k + round) % configs.len();
             let (n, flags) = configs[i];
             let _bg = Background::start(agent, n, flags)?;
-            times[i].push(run_quiet(dd)?);
+            let (wall, cpu_s) = run_timed(dd)?;
+            times[i].push(wall);
+            cpu[i].push(cpu_s);
         }
     }
     let base = stats(times[0].clone()).median;
+    let base_cpu = stats(cpu[0].clone()).median;
     println!(
         "### An untraced `{}` beside N running agents\n\n{} rounds, configurations \
-         rotated within each round. Target for default flags: at most 1.05x.\n",
+         rotated within each round. Target for default flags: at most 1.05x. Wall time, \
+         and dd's own CPU time (user + system, wait4), which does not count waiting for a \
+         CPU on this shared machine.\n",
         dd.join(" "),
         opts.runs
     );
-    println!("| agents beside it | flags | median s (min-max) | ratio to none |");
-    println!("|---|---|---|---|");
-    for ((n, flags), t) in configs.iter().zip(times) {
-        let s = stats(t);
+    println!(
+        "| agents beside it | flags | wall median s (min-max) | wall ratio | CPU median s | CPU ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (((n, flags), t), c) in configs.iter().zip(times).zip(cpu) {
+        let (s, c) = (stats(t), stats(c));
         println!(
-            "| {n} | {} | {:.3} ({:.3}-{:.3}) | {:.2}x |",
+            "| {n} | {} | {:.3} ({:.3}-{:.3}) | {:.2}x | {:.3} | {:.2}x |",
             if flags.is_empty() {
                 "default"
             } else {
@@ -117,7 +125,9 @@ fn beside(agent: &Path, opts: &BenchOptions, dd: &[String]) -> Result<()> {
             s.median,
             s.min,
             s.max,
-            s.median / base
+            s.median / base,
+            c.median,
+            c.median / base_cpu
         );
     }
     println!();
@@ -130,12 +140,14 @@ fn traced(agent: &Path, opts: &BenchOptions, workloads: &[(&str, Vec<String>, f6
     println!(
         "### Traced workloads\n\n{} rounds; each round runs bare, default and \
          `--files --syscalls` once, rotated. Whole-command wall seconds (the traced ones \
-         include the agent's start and end), medians (min-max); agent CPU and peak RSS \
-         from the trace summaries (medians).\n",
+         include the agent's start and end), medians (min-max); the CPU ratio is of all \
+         the CPU time the run took (user + system of the tree, and of the agent when \
+         traced, from wait4), steadier than wall time on a shared machine; agent CPU and \
+         peak RSS from the trace summaries (medians).\n",
         opts.runs
     );
-    println!("| workload | bare s | default s | ratio | target | --files --syscalls s | ratio | agent CPU ms (default / full) | agent peak RSS MiB (default / full) | hold ms median (max) | lost events |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| workload | bare s | default s | ratio | target | --files --syscalls s | ratio | CPU ratio (default / full) | agent CPU ms (default / full) | agent peak RSS MiB (default / full) | hold ms median (max) | lost events |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, cmd, target) in workloads {
         let modes = [
             cmd.clone(),
@@ -143,6 +155,8 @@ fn traced(agent: &Path, opts: &BenchOptions, workloads: &[(&str, Vec<String>, f6
             traced_argv_with(agent, &trace, FULL, cmd),
         ];
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
+        // CPU of everything the run took: the command's tree, and the agent when traced.
+        let mut total_cpu: Vec<Vec<f64>> = vec![Vec::new(); 3];
         let (mut cpu, mut rss) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
         let (mut holds, mut lost) = (Vec::new(), 0.0);
         for m in &modes {
@@ -151,7 +165,9 @@ fn traced(agent: &Path, opts: &BenchOptions, workloads: &[(&str, Vec<String>, f6
         for round in 0..opts.runs {
             for k in 0..modes.len() {
                 let i = (k + round) % modes.len();
-                times[i].push(run_quiet(&modes[i])?);
+                let (wall, cpu_s) = run_timed(&modes[i])?;
+                times[i].push(wall);
+                total_cpu[i].push(cpu_s);
                 if i > 0 {
                     let (h, c, r, _, l) = trace_numbers(&trace)?;
                     cpu[i - 1].push(c);
@@ -162,18 +178,21 @@ fn traced(agent: &Path, opts: &BenchOptions, workloads: &[(&str, Vec<String>, f6
             }
         }
         let m: Vec<f64> = times.iter().map(|t| stats(t.clone()).median).collect();
+        let c: Vec<f64> = total_cpu.iter().map(|t| stats(t.clone()).median).collect();
         let range = |t: &Vec<f64>| {
             let s = stats(t.clone());
             format!("{:.3} ({:.3}-{:.3})", s.median, s.min, s.max)
         };
         let h = stats(holds);
         println!(
-            "| {name} | {} | {} | {:.3}x | {target:.2}x | {} | {:.3}x | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} ({:.2}) | {lost} |",
+            "| {name} | {} | {} | {:.3}x | {target:.2}x | {} | {:.3}x | {:.3}x / {:.3}x | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} ({:.2}) | {lost} |",
             range(&times[0]),
             range(&times[1]),
             m[1] / m[0],
             range(&times[2]),
             m[2] / m[0],
+            c[1] / c[0],
+            c[2] / c[0],
             stats(cpu[0].clone()).median,
             stats(cpu[1].clone()).median,
             stats(rss[0].clone()).median,
@@ -369,6 +388,9 @@ pub fn run(root: &Path, agent: &Path, opts: &BenchOptions) -> Result<()> {
     ];
     println!("## What a run costs the machine (`--suite cost`)\n");
     beside(agent, opts, &dd)?;
+    if opts.suite == "beside" {
+        return Ok(());
+    }
     traced(agent, opts, &workloads)?;
     fixed_cost(agent, opts)?;
     programs(agent, &workloads)?;

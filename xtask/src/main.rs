@@ -32,7 +32,8 @@ enum Task {
         quick: bool,
         /// core (run overhead), depth (everything on, with strace/perf), serve (job
         /// throughput and service memory), cost (the machine-wide cost of runs, program
-        /// statistics, fixed cost) or all.
+        /// statistics, fixed cost), beside (only the untraced-dd-beside-N-agents table of
+        /// cost) or all.
         #[arg(long, default_value = "all")]
         suite: String,
     },
@@ -55,8 +56,10 @@ fn main() -> Result<()> {
             println!("{}", object.display());
         }
         Task::Bench { runs, quick, suite } => {
-            if !["core", "depth", "serve", "cost", "all"].contains(&suite.as_str()) {
-                return Err(anyhow!("--suite must be core, depth, serve, cost or all"));
+            if !["core", "depth", "serve", "cost", "beside", "all"].contains(&suite.as_str()) {
+                return Err(anyhow!(
+                    "--suite must be core, depth, serve, cost, beside or all"
+                ));
             }
             bench::run(
                 &root,

@@ -125,6 +125,8 @@ pub enum TracerError {
     },
     #[error("eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("a thread loading the eBPF programs panicked")]
+    LoaderThread,
 }
 
 /// Wraps a map error with the map's name.
@@ -305,10 +307,9 @@ fn load_programs(ebpf: &mut Ebpf, needed: impl Fn(&Program) -> bool) -> Result<(
                 })
             })
             .collect();
-        workers.into_iter().try_for_each(|w| {
-            w.join()
-                .unwrap_or(Err(TracerError::Missing("a loader thread")))
-        })
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().unwrap_or(Err(TracerError::LoaderThread)))
     })
 }
 
