@@ -30,6 +30,7 @@ fn run() -> Result<(), String> {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
+    offsets_source_hash(&root)?;
     let object = match env::var_os("DENET_EBPF_OBJECT") {
         Some(path) => PathBuf::from(path),
         None => {
@@ -41,5 +42,27 @@ fn run() -> Result<(), String> {
     };
     fs::copy(&object, out_dir.join("denet.bpf.o"))
         .map_err(|e| format!("copy {}: {e}", object.display()))?;
+    Ok(())
+}
+
+/// A hash of the sources that decide what the kernel offsets are and mean, for the
+/// key of the offsets cache: a build that changes them never reads an older build's.
+fn offsets_source_hash(root: &std::path::Path) -> Result<(), String> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for file in [
+        "denet-agent/src/kernel/tracer.rs",
+        "denet-common/src/lib.rs",
+    ] {
+        let path = root.join(file);
+        println!("cargo:rerun-if-changed={}", path.display());
+        fs::read(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .hash(&mut h);
+    }
+    println!(
+        "cargo:rustc-env=DENET_OFFSETS_SOURCE_HASH={:016x}",
+        h.finish()
+    );
     Ok(())
 }

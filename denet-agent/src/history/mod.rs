@@ -348,6 +348,20 @@ fn cmd_to_json(cmd: &[String]) -> String {
     serde_json::to_string(cmd).unwrap_or_else(|_| String::from("[]"))
 }
 
+/// The rows of a query that can be read back; a row that cannot (say, a status a newer
+/// agent wrote into a shared database) is left out with a warning instead of failing
+/// the whole listing.
+fn readable(rows: impl Iterator<Item = Result<HistoryRow, HistoryError>>) -> Vec<HistoryRow> {
+    rows.filter_map(|r| match r {
+        Ok(row) => Some(row),
+        Err(e) => {
+            eprintln!("denet-agent: warning: {e}; row left out");
+            None
+        }
+    })
+    .collect()
+}
+
 fn status_from_text(backend: &'static str, id: &str, text: &str) -> Result<Status, HistoryError> {
     Status::parse(text).ok_or_else(|| HistoryError::Corrupt {
         backend,

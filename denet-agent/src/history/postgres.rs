@@ -9,8 +9,8 @@ use tokio::sync::Mutex;
 use tokio_postgres::{types::ToSql, Client, Config, NoTls, Row};
 
 use super::{
-    cmd_from_json, cmd_to_json, get_sql, migrations, select_sql, status_from_text, upsert_sql,
-    HistoryError, HistoryQuery, HistoryRow, Status,
+    cmd_from_json, cmd_to_json, get_sql, migrations, readable, select_sql, status_from_text,
+    upsert_sql, HistoryError, HistoryQuery, HistoryRow, Status,
 };
 
 const BACKEND: &str = "postgres";
@@ -202,7 +202,7 @@ impl PgHistory {
                 async move { c.query(sql.as_str(), params).await }
             })
             .await?;
-        rows.iter().map(|r| from_row(r, op)).collect()
+        Ok(readable(rows.iter().map(|r| from_row(r, op))))
     }
 }
 

@@ -12,8 +12,8 @@ use rusqlite::{
 };
 
 use super::{
-    cmd_from_json, cmd_to_json, get_sql, migrations, select_sql, status_from_text, upsert_sql,
-    HistoryError, HistoryQuery, HistoryRow, Status,
+    cmd_from_json, cmd_to_json, get_sql, migrations, readable, select_sql, status_from_text,
+    upsert_sql, HistoryError, HistoryQuery, HistoryRow, Status,
 };
 
 const BACKEND: &str = "sqlite";
@@ -115,7 +115,7 @@ impl SqliteHistory {
                 .map_err(err(op))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(err(op))?;
-            raws.into_iter().map(RawRow::into_row).collect()
+            Ok(readable(raws.into_iter().map(RawRow::into_row)))
         })
         .await
     }

@@ -39,10 +39,11 @@ fn dup(map: &MapData, name: &'static str) -> Result<MapData, TracerError> {
     MapData::from_fd(fd).map_err(map_err(name))
 }
 
-/// The MapData inside a hash map (per-CPU or not).
-fn data(map: Map, name: &'static str) -> Result<MapData, TracerError> {
-    match map {
-        Map::PerCpuHashMap(d) | Map::HashMap(d) => Ok(d),
+/// The MapData inside a hash map of the kind the agent reads it as (a per-CPU map
+/// read as a plain one would overrun the value buffer).
+fn data(map: Map, name: &'static str, per_cpu: bool) -> Result<MapData, TracerError> {
+    match (map, per_cpu) {
+        (Map::PerCpuHashMap(d), true) | (Map::HashMap(d), false) => Ok(d),
         _ => Err(TracerError::Missing(name)),
     }
 }
@@ -76,9 +77,9 @@ impl StatsMaps {
         nr_cpus: usize,
     ) -> Result<(Self, Self), TracerError> {
         let (p, s, f) = (
-            data(procs, names::PROC_STATS)?,
-            data(syscalls, names::SYSCALLS)?,
-            data(files, names::FILE_STATS)?,
+            data(procs, names::PROC_STATS, false)?,
+            data(syscalls, names::SYSCALLS, true)?,
+            data(files, names::FILE_STATS, true)?,
         );
         let mut second = Self::from_data(
             dup(&p, names::PROC_STATS)?,

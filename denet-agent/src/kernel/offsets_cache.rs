@@ -13,7 +13,7 @@
 use std::{
     fs,
     io::Write,
-    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -21,7 +21,8 @@ use denet_common::{read_event, KernelOffsets};
 
 const DIR: &str = "/run/denet-agent";
 const NOTES: &str = "/sys/kernel/notes";
-/// Bumped when what the offsets mean changes without a new agent version.
+/// Bumped when the file's layout changes. The key also holds a hash of the sources
+/// that compute the offsets (build.rs), so another build never reads this one's.
 const FORMAT: u32 = 1;
 
 /// The cache file of the running kernel build, or None when the build id is unknown.
@@ -34,7 +35,7 @@ fn path_in(dir: &Path, build_id: &str) -> PathBuf {
     dir.join(format!(
         "offsets-{build_id}-v{}-f{FORMAT}-{}.bin",
         env!("CARGO_PKG_VERSION"),
-        size_of::<KernelOffsets>()
+        env!("DENET_OFFSETS_SOURCE_HASH")
     ))
 }
 
@@ -67,20 +68,26 @@ fn trusted(meta: &fs::Metadata) -> bool {
     meta.uid() == 0 && meta.mode() & 0o022 == 0
 }
 
-/// The offsets stored at `path`, if root stored them there.
+/// The offsets stored at `path`, if root stored them there. The file is opened
+/// without following links and checked through the open descriptor.
 pub(crate) fn read(path: &Path) -> Option<KernelOffsets> {
+    use std::io::Read;
     let dir = path.parent()?;
     if !trusted(&fs::symlink_metadata(dir).ok()?) {
         return None;
     }
-    let meta = fs::symlink_metadata(path).ok()?;
-    if !meta.is_file() || !trusted(&meta) {
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    let size = size_of::<KernelOffsets>();
+    if !meta.is_file() || !trusted(&meta) || meta.len() != size as u64 {
         return None;
     }
-    let bytes = fs::read(path).ok()?;
-    if bytes.len() != size_of::<KernelOffsets>() {
-        return None;
-    }
+    let mut bytes = vec![0u8; size];
+    f.read_exact(&mut bytes).ok()?;
     read_event(&bytes)
 }
 
@@ -100,16 +107,25 @@ fn try_write(path: &Path, offsets: &KernelOffsets) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
+    let meta = fs::symlink_metadata(dir)?;
+    // Readable by every user whatever root's umask: non-root runs read it too.
+    if meta.uid() == 0 && meta.is_dir() && meta.mode() & 0o755 != 0o755 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    }
     if !trusted(&fs::symlink_metadata(dir)?) {
         return Err(std::io::ErrorKind::PermissionDenied.into());
     }
     // Written whole under a temporary name, then renamed: readers never see half.
-    let tmp = dir.join(format!(".offsets-{}.tmp", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".offsets-{}-{nanos}.tmp", std::process::id()));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .open(&tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(0o644))?;
     // SAFETY: KernelOffsets is a #[repr(C)] struct of u32s: its bytes are plain data.
     let bytes = unsafe {
         std::slice::from_raw_parts(
@@ -131,7 +147,6 @@ fn try_write(path: &Path, offsets: &KernelOffsets) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn note(kind: u32, name: &[u8], desc: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();

@@ -307,9 +307,12 @@ fn load_programs(ebpf: &mut Ebpf, needed: impl Fn(&Program) -> bool) -> Result<(
                 })
             })
             .collect();
-        workers
+        // Every worker is joined before the first error is returned.
+        let results: Vec<Result<(), TracerError>> = workers
             .into_iter()
-            .try_for_each(|w| w.join().unwrap_or(Err(TracerError::LoaderThread)))
+            .map(|w| w.join().unwrap_or(Err(TracerError::LoaderThread)))
+            .collect();
+        results.into_iter().collect::<Result<(), TracerError>>()
     })
 }
 

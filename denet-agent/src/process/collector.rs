@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use denet_common::{KernelEvent, TASK_BLOCKED_IO, TASK_RUNNABLE, TASK_RUNNING};
+use denet_common::{KernelEvent, Malformed, TASK_BLOCKED_IO, TASK_RUNNABLE, TASK_RUNNING};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -190,7 +190,13 @@ impl Collector {
                     self.report.events_received += 1;
                     self.on_event(event);
                 }
-                Err(_) => self.report.malformed_events += 1,
+                // A record with a readable header was received (its sequence number
+                // is accounted for), just not usable: count it once, as malformed.
+                Err(Malformed::UnknownKind(_) | Malformed::Short { kind: 1.., .. }) => {
+                    self.report.events_received += 1;
+                    self.report.malformed_events += 1;
+                }
+                Err(Malformed::Short { .. }) => self.report.malformed_events += 1,
             }
         }
         n
