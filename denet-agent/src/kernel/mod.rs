@@ -10,4 +10,4 @@ mod offsets_cache;
 pub mod syscall_names;
 pub mod tracer;
 
-pub use tracer::{KernelCounters, KernelTracer, TracerError, TracerOptions};
+pub use tracer::{KernelTracer, TracerOptions};
