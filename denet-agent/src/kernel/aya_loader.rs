@@ -13,23 +13,23 @@ use aya::EbpfLoader;
 
 /// A loader with no kernel BTF, built without parsing it where possible.
 pub fn without_kernel_btf() -> EbpfLoader<'static> {
-    let built = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("denet-loader".into())
         .spawn(|| {
             // The filter must be in place before `new()`; if it is not, `new()`
             // simply parses the BTF as usual.
             let _ = deny_file_opens_on_this_thread();
-            let mut loader = EbpfLoader::new();
-            loader.btf(None);
-            loader
+            loader_set_to_no_btf()
         })
         .ok()
-        .and_then(|t| t.join().ok());
-    built.unwrap_or_else(|| {
-        let mut loader = EbpfLoader::new();
-        loader.btf(None);
-        loader
-    })
+        .and_then(|t| t.join().ok())
+        .unwrap_or_else(loader_set_to_no_btf)
+}
+
+fn loader_set_to_no_btf() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    loader
 }
 
 /// Makes open/openat/openat2 fail with ENOENT for the calling thread (and threads it

@@ -157,8 +157,6 @@ fn pid_max() -> u32 {
 pub struct KernelTracer {
     // Owns the attached programs: dropping it detaches them.
     _ebpf: Ebpf,
-    /// Tracepoints with a program attached, in attach order.
-    attached: Vec<&'static str>,
     tracked: HashMap<MapData, u32, u32>,
     tracked_fast: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
@@ -279,12 +277,7 @@ fn load_programs(ebpf: &mut Ebpf, needed: impl Fn(&Program) -> bool) -> Result<(
             }
         }
     }
-    let missing = PROGRAMS
-        .iter()
-        .find(|p| needed(p) && !jobs.iter().any(|(name, _)| *name == p.name));
-    if let Some(p) = missing {
-        return Err(TracerError::Missing(p.name));
-    }
+    // A needed program missing from the object is reported by the attach loop.
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, jobs.len().max(1));
@@ -358,7 +351,6 @@ impl KernelTracer {
         // path, so they are neither loaded nor attached unless asked for.
         let needed = |p: &Program| p.needs == Needs::Always || syscall_hooks;
         load_programs(&mut ebpf, needed)?;
-        let mut attached = Vec::with_capacity(PROGRAMS.len());
         for p in PROGRAMS.iter().filter(|p| needed(p)) {
             let name = p.name;
             let program: &mut RawTracePoint = ebpf
@@ -369,7 +361,6 @@ impl KernelTracer {
             program
                 .attach(name)
                 .map_err(|source| TracerError::Program { name, source })?;
-            attached.push(name);
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(TracerError::Missing(name))
@@ -393,7 +384,6 @@ impl KernelTracer {
         stats.1.count_syscalls = options.syscalls;
         Ok(Self {
             _ebpf: ebpf,
-            attached,
             tracked,
             tracked_fast,
             counters,
@@ -425,11 +415,6 @@ impl KernelTracer {
     /// The counter maps: (for the collector, for the sampler); handed out once.
     pub fn take_stats(&mut self) -> Option<(StatsMaps, StatsMaps)> {
         self.stats.take()
-    }
-
-    /// The tracepoints this tracer has programs on, in attach order.
-    pub fn attached(&self) -> &[&'static str] {
-        &self.attached
     }
 
     /// Processes currently in the kernel's tracked set.
