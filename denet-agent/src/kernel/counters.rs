@@ -172,7 +172,9 @@ impl StatsMaps {
     pub fn take(&mut self, tgid: u32) -> Option<ProcDepth> {
         let depth = self.read(tgid);
         let _ = self.procs.remove(&tgid);
-        let _ = self.syscalls.remove(&tgid);
+        if self.count_syscalls {
+            let _ = self.syscalls.remove(&tgid);
+        }
         depth
     }
 
