@@ -498,7 +498,9 @@ pub enum KernelEvent {
 #[cfg(feature = "user")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
-    /// Shorter than its header or its kind's fixed part.
+    /// Shorter than the event header: nothing about it is known.
+    NoHeader { len: usize },
+    /// A record of `kind` shorter than that kind's fixed part.
     Short { kind: u32, len: usize },
     /// A kind this agent does not know.
     UnknownKind(u32),
@@ -510,10 +512,8 @@ impl KernelEvent {
     /// variable-length tail (argv, path) and are sent only up to its used bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
         use alloc::boxed::Box;
-        let header = read_event::<EventHeader>(bytes).ok_or(Malformed::Short {
-            kind: 0,
-            len: bytes.len(),
-        })?;
+        let header =
+            read_event::<EventHeader>(bytes).ok_or(Malformed::NoHeader { len: bytes.len() })?;
         let short = Malformed::Short {
             kind: header.kind,
             len: bytes.len(),
@@ -621,7 +621,10 @@ mod tests {
             KernelEvent::decode(bytes_of(&unknown)).err(),
             Some(Malformed::UnknownKind(99))
         );
-        assert!(KernelEvent::decode(&[1, 0]).is_err());
+        assert_eq!(
+            KernelEvent::decode(&[1, 0]).err(),
+            Some(Malformed::NoHeader { len: 2 })
+        );
         for k in 1..=9 {
             assert_eq!(EventKind::from_u32(k).map(|e| e as u32), Some(k));
         }

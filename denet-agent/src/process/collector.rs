@@ -192,11 +192,11 @@ impl Collector {
                 }
                 // A record with a readable header was received (its sequence number
                 // is accounted for), just not usable: count it once, as malformed.
-                Err(Malformed::UnknownKind(_) | Malformed::Short { kind: 1.., .. }) => {
+                Err(Malformed::UnknownKind(_) | Malformed::Short { .. }) => {
                     self.report.events_received += 1;
                     self.report.malformed_events += 1;
                 }
-                Err(Malformed::Short { .. }) => self.report.malformed_events += 1,
+                Err(Malformed::NoHeader { .. }) => self.report.malformed_events += 1,
             }
         }
         n
