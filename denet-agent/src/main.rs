@@ -42,14 +42,20 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// TCP address to listen on. Beyond loopback, --token-file is required.
-    #[arg(long, default_value = "127.0.0.1:7878", conflicts_with = "socket")]
-    listen: std::net::SocketAddr,
-    /// Listen on this Unix socket instead (created owner-only, mode 0600).
+    /// The Unix socket to listen on. As root: every local user may connect and is
+    /// identified by the kernel. Otherwise: owner-only.
+    /// Default: /run/denet-agent/agent.sock as root, else DATA_DIR/agent.sock.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// File whose first line is the bearer token every request must carry.
+    /// Also listen on this TCP address; requires --tokens.
+    #[arg(long, value_name = "ADDR", requires = "tokens")]
+    listen: Option<std::net::SocketAddr>,
+    /// For --listen: a file of `TOKEN USER` lines, each token acting as that local
+    /// user (root only where the file says root). Owner-only (mode 600).
     #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Replaced by --tokens (a token now names the user it acts as).
+    #[arg(long, value_name = "FILE", hide = true)]
     token_file: Option<PathBuf>,
     /// Directory for job traces and logs (and the default SQLite history).
     /// Default: /var/lib/denet-agent as root, else ~/.local/state/denet-agent.
@@ -383,18 +389,22 @@ fn control_channel(fd: i32) -> Result<tokio::sync::mpsc::UnboundedReceiver<run::
 }
 
 fn serve(args: ServeArgs) -> Result<i32> {
-    use denet_agent::service::{self as serve, spec::SpecDefaults, Endpoint, ServeConfig};
+    use denet_agent::service::{self as serve, spec::SpecDefaults, ServeConfig};
     note_old_flags(args.no_files, args.no_syscalls);
-    let endpoint = match args.socket {
-        Some(p) => Endpoint::Unix(p),
-        None => Endpoint::Tcp(args.listen),
-    };
-    let token = args
-        .token_file
+    if args.token_file.is_some() {
+        bail!(
+            "--token-file was replaced by --tokens FILE: one `TOKEN USER` line per token, \
+             each acting as the local user it names"
+        );
+    }
+    if args.tokens.is_some() && args.listen.is_none() {
+        bail!("--tokens is for TCP callers: give --listen ADDR too");
+    }
+    let tokens = args
+        .tokens
         .as_deref()
-        .map(denet_agent::client::cli::read_token)
+        .map(serve::identity::Tokens::load)
         .transpose()?;
-    serve::check_endpoint(&endpoint, token.as_deref())?;
     let data_dir = match args.data_dir {
         Some(d) => d,
         None if nix::unistd::geteuid().is_root() => PathBuf::from("/var/lib/denet-agent"),
@@ -403,6 +413,11 @@ fn serve(args: ServeArgs) -> Result<i32> {
             .context("no --data-dir and no HOME")?,
     };
     let data_dir = std::path::absolute(&data_dir).context("--data-dir")?;
+    let socket = match args.socket {
+        Some(p) => std::path::absolute(&p).context("--socket")?,
+        None if nix::unistd::geteuid().is_root() => PathBuf::from(serve::NODE_SOCKET),
+        None => data_dir.join("agent.sock"),
+    };
     let db = args.db.unwrap_or_else(|| {
         data_dir
             .join("history.sqlite")
@@ -428,8 +443,9 @@ fn serve(args: ServeArgs) -> Result<i32> {
         Ok(d)
     };
     let config = ServeConfig {
-        endpoint,
-        token,
+        socket,
+        listen: args.listen,
+        tokens,
         defaults: SpecDefaults {
             cwd: std::env::current_dir().context("the current directory")?,
             timeout: positive("timeout", args.timeout)?,

@@ -365,13 +365,9 @@ fn serve(agent: &Path, opts: &BenchOptions) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("denet-bench-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut child = Command::new(agent)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--require-ebpf",
-            "--data-dir",
-        ])
+        .args(["serve", "--require-ebpf", "--socket"])
+        .arg(dir.join("agent.sock"))
+        .arg("--data-dir")
         .arg(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

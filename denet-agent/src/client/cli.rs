@@ -13,8 +13,12 @@ use crate::{history::HistoryRow, service::job::JobView};
 
 #[derive(Args)]
 pub struct JobsArgs {
-    /// The service: http://HOST:PORT or unix:/path/to/socket.
-    #[arg(long, env = "DENET_SERVER", default_value = "http://127.0.0.1:7878")]
+    /// The service: unix:/path (the node service by default) or http://HOST:PORT.
+    #[arg(
+        long,
+        env = "DENET_SERVER",
+        default_value = "unix:/run/denet-agent/agent.sock"
+    )]
     server: Server,
     /// File holding the bearer token, when the service requires one.
     #[arg(long, env = "DENET_TOKEN_FILE")]
@@ -33,7 +37,8 @@ enum JobsCommand {
         /// Working directory (default: the current one).
         #[arg(long)]
         cwd: Option<PathBuf>,
-        /// Set a variable for the job, on top of the service's environment.
+        /// Set a variable for the job, on top of its environment (a user's job gets
+        /// PATH, HOME, USER, LOGNAME and SHELL; root's the service's environment).
         #[arg(long = "env", value_name = "NAME=VALUE")]
         env: Vec<String>,
         /// Stop the job after SECONDS (default: the service's, 60 min).
@@ -76,6 +81,8 @@ enum JobsCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// The job's trace (JSONL), as far as it is written, to stdout.
+    Trace { id: String },
     /// Ended jobs from the history database, newest first.
     History {
         #[arg(long)]
@@ -228,6 +235,15 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
                 }
                 write_out(&a.body, to_stderr)?;
             }
+        }
+        JobsCommand::Trace { id } => {
+            let a = client
+                .get(&format!("/jobs/{}/trace", check_id(&id)?))
+                .await?;
+            if !a.status.is_success() {
+                a.ok_json()?;
+            }
+            write_out(&a.body, false)?;
         }
         JobsCommand::History {
             name,

@@ -38,6 +38,12 @@ pub fn row(id: &str, name: &str, status: Status, end_unix_ms: i64, full: bool) -
         stuck: full,
         trace_path: format!("/var/lib/denet/{id}.jsonl"),
         error: full.then(|| "boom: ünïcode".to_owned()),
+        user: if full {
+            "ünï user".into()
+        } else {
+            "root".into()
+        },
+        uid: if full { u32::MAX - 1 } else { 0 },
     }
 }
 
@@ -82,14 +88,36 @@ pub async fn query_filters_limit_and_order(h: &History) {
         ("d", "build", Status::Succeeded, 300),
         ("e", "test", Status::Failed, 50),
     ] {
-        h.insert(&row(id, name, status, end, false)).await.unwrap();
+        let mut r = row(id, name, status, end, false);
+        // Two users: b and c belong to uid 1001.
+        if matches!(id, "b" | "c") {
+            r.uid = 1001;
+            r.user = "alice".into();
+        }
+        h.insert(&r).await.unwrap();
     }
     let ids = |rows: Vec<HistoryRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
     let q = |name: Option<&str>, status: Option<Status>, limit| HistoryQuery {
         name: name.map(str::to_owned),
         status,
         limit,
+        uid: None,
     };
+    let of_uid = |uid, name: Option<&str>| HistoryQuery {
+        name: name.map(str::to_owned),
+        uid: Some(uid),
+        ..Default::default()
+    };
+    assert_eq!(ids(h.query(&of_uid(1001, None)).await.unwrap()), ["b", "c"]);
+    assert_eq!(
+        ids(h.query(&of_uid(1001, Some("build"))).await.unwrap()),
+        ["b"]
+    );
+    assert_eq!(
+        ids(h.query(&of_uid(0, None)).await.unwrap()),
+        ["d", "a", "e"]
+    );
+    assert!(h.query(&of_uid(1002, None)).await.unwrap().is_empty());
     assert_eq!(
         ids(h.query(&q(None, None, 0)).await.unwrap()),
         ["b", "d", "c", "a", "e"]

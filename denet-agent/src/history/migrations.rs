@@ -13,10 +13,11 @@ pub struct Migration {
 }
 
 /// All migrations, versions 1, 2, … in order (a unit test checks it).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "job_history table",
-    sqlite: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "job_history table",
+        sqlite: "
         CREATE TABLE job_history (
             id              TEXT    NOT NULL PRIMARY KEY,
             name            TEXT    NOT NULL,
@@ -49,7 +50,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         CREATE INDEX job_history_status ON job_history (status);
         CREATE INDEX job_history_end_unix_ms ON job_history (end_unix_ms);
     ",
-    postgres: "
+        postgres: "
         CREATE TABLE job_history (
             id              TEXT             NOT NULL PRIMARY KEY,
             name            TEXT             NOT NULL,
@@ -82,7 +83,22 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         CREATE INDEX job_history_status ON job_history (status);
         CREATE INDEX job_history_end_unix_ms ON job_history (end_unix_ms);
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "the user each job ran as (rows from before were root's)",
+        sqlite: "
+        ALTER TABLE job_history ADD COLUMN user_name TEXT    NOT NULL DEFAULT 'root';
+        ALTER TABLE job_history ADD COLUMN uid       INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX job_history_uid ON job_history (uid);
+    ",
+        postgres: "
+        ALTER TABLE job_history ADD COLUMN user_name TEXT   NOT NULL DEFAULT 'root';
+        ALTER TABLE job_history ADD COLUMN uid       BIGINT NOT NULL DEFAULT 0;
+        CREATE INDEX job_history_uid ON job_history (uid);
+    ",
+    },
+];
 
 /// The schema version this binary writes and reads.
 pub fn latest_version() -> i64 {
@@ -131,15 +147,22 @@ mod tests {
 
     #[test]
     fn both_backends_define_every_column() {
-        for m in MIGRATIONS.iter().filter(|m| m.version == 1) {
-            for col in super::super::COLUMNS {
-                for sql in [m.sqlite, m.postgres] {
-                    assert!(
-                        sql.lines()
-                            .any(|l| l.split_whitespace().next() == Some(col)),
-                        "column {col} missing"
-                    );
-                }
+        // A column is created by version 1's CREATE TABLE or a later ADD COLUMN.
+        let defines = |sql: &str, col: &str| {
+            sql.lines().any(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                words.first() == Some(&col)
+                    || words
+                        .windows(3)
+                        .any(|w| w[0] == "ADD" && w[1] == "COLUMN" && w[2] == col)
+            })
+        };
+        for col in super::super::COLUMNS {
+            for backend in [|m: &Migration| m.sqlite, |m: &Migration| m.postgres] {
+                assert!(
+                    MIGRATIONS.iter().any(|m| defines(backend(m), col)),
+                    "column {col} missing"
+                );
             }
         }
     }

@@ -92,6 +92,10 @@ pub struct HistoryRow {
     pub stuck: bool,
     pub trace_path: String,
     pub error: Option<String>,
+    /// The local user the job ran as, and its uid (the service shows a user only
+    /// their own rows; root sees all).
+    pub user: String,
+    pub uid: u32,
 }
 
 /// Filters for [`History::query`]: exact name and status; `limit` 0 means
@@ -99,6 +103,8 @@ pub struct HistoryRow {
 #[derive(Debug, Clone, Default)]
 pub struct HistoryQuery {
     pub name: Option<String>,
+    /// Only the rows of this uid (a caller who is not root).
+    pub uid: Option<u32>,
     pub status: Option<Status>,
     pub limit: u32,
 }
@@ -118,7 +124,7 @@ impl HistoryQuery {
 
 /// The `job_history` columns, in [`HistoryRow`] field order (both backends read
 /// and write them in this order).
-pub(crate) const COLUMNS: [&str; 26] = [
+pub(crate) const COLUMNS: [&str; 28] = [
     "id",
     "name",
     "cmd",
@@ -145,6 +151,8 @@ pub(crate) const COLUMNS: [&str; 26] = [
     "stuck",
     "trace_path",
     "error",
+    "user_name",
+    "uid",
 ];
 
 /// `INSERT … ON CONFLICT (id) DO UPDATE` over all columns; `placeholder(i)` renders
@@ -164,7 +172,7 @@ pub(crate) fn upsert_sql(placeholder: impl Fn(usize) -> String) -> String {
 }
 
 /// `SELECT` of all columns with the query's filters; parameters in order: name
-/// (if set), status (if set), limit.
+/// (if set), status (if set), uid (if set), limit.
 pub(crate) fn select_sql(q: &HistoryQuery, placeholder: impl Fn(usize) -> String) -> String {
     let mut n = 0;
     let mut next = || {
@@ -177,6 +185,9 @@ pub(crate) fn select_sql(q: &HistoryQuery, placeholder: impl Fn(usize) -> String
     }
     if q.status.is_some() {
         filters.push(format!("status = {}", next()));
+    }
+    if q.uid.is_some() {
+        filters.push(format!("uid = {}", next()));
     }
     let filter = if filters.is_empty() {
         String::new()

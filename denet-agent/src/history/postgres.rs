@@ -133,7 +133,8 @@ impl PgHistory {
     pub(super) async fn insert(&self, row: &HistoryRow) -> Result<(), HistoryError> {
         let sql = upsert_sql(|i| format!("${i}"));
         let cmd = cmd_to_json(&row.cmd);
-        let params: [&(dyn ToSql + Sync); 26] = [
+        let uid = i64::from(row.uid);
+        let params: [&(dyn ToSql + Sync); 28] = [
             &row.id,
             &row.name,
             &cmd,
@@ -160,6 +161,8 @@ impl PgHistory {
             &row.stuck,
             &row.trace_path,
             &row.error,
+            &row.user,
+            &uid,
         ];
         let op = format!("inserting job {:?}", row.id);
         self.call(&op, |c| {
@@ -192,6 +195,10 @@ impl PgHistory {
         let status = q.status.map(Status::as_str);
         if let Some(status) = &status {
             params.push(status);
+        }
+        let uid = q.uid.map(i64::from);
+        if let Some(uid) = &uid {
+            params.push(uid);
         }
         params.push(&limit);
         let op = "querying jobs";
@@ -238,6 +245,15 @@ fn from_row(r: &Row, op: &str) -> Result<HistoryRow, HistoryError> {
         stuck: r.try_get(23).map_err(e)?,
         trace_path: r.try_get(24).map_err(e)?,
         error: r.try_get(25).map_err(e)?,
+        user: r.try_get(26).map_err(e)?,
+        uid: {
+            let uid: i64 = r.try_get(27).map_err(e)?;
+            u32::try_from(uid).map_err(|_| HistoryError::Corrupt {
+                backend: "postgres",
+                op: op.to_string(),
+                detail: format!("uid {uid} out of range"),
+            })?
+        },
     })
 }
 

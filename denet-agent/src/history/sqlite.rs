@@ -108,6 +108,7 @@ impl SqliteHistory {
             let mut params: Vec<Value> = Vec::new();
             params.extend(q.name.clone().map(Value::Text));
             params.extend(q.status.map(|s| Value::Text(s.as_str().into())));
+            params.extend(q.uid.map(|u| Value::Integer(i64::from(u))));
             params.push(Value::Integer(q.effective_limit()));
             let mut stmt = c.prepare_cached(&sql).map_err(err(op))?;
             let raws = stmt
@@ -266,6 +267,8 @@ fn to_values(r: &HistoryRow) -> Vec<Value> {
         Value::Integer(i64::from(r.stuck)),
         Value::Text(r.trace_path.clone()),
         r.error.clone().map_or(Value::Null, Value::Text),
+        Value::Text(r.user.clone()),
+        Value::Integer(i64::from(r.uid)),
     ]
 }
 
@@ -309,6 +312,8 @@ impl RawRow {
                 stuck: r.get(23)?,
                 trace_path: r.get(24)?,
                 error: r.get(25)?,
+                user: r.get(26)?,
+                uid: r.get(27)?,
             },
         })
     }

@@ -1,7 +1,10 @@
 //! The HTTP and WebSocket API of `denet-agent serve`. JSON in and out; every error
 //! is a JSON object `{"error": "..."}` with a 4xx or 5xx status.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap, future::IntoFuture, os::unix::fs::DirBuilderExt, sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use axum::{
@@ -10,7 +13,7 @@ use axum::{
         rejection::BytesRejection,
         ws::rejection::WebSocketUpgradeRejection,
         ws::{Message, WebSocket, WebSocketUpgrade},
-        DefaultBodyLimit, Path, Query, Request, State,
+        ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State,
     },
     http::{header, HeaderMap, StatusCode},
     middleware::{self, Next},
@@ -21,9 +24,11 @@ use axum::{
 use serde_json::{json, Value};
 
 use super::{
+    act_as,
+    identity::{Identity, Peer},
     job::{self, Job, JobView, LogStream, StreamMsg},
     spec::JobRequest,
-    Endpoint, Service, SubmitError,
+    Service, SubmitError,
 };
 use crate::{engine::Control, history::HistoryQuery};
 
@@ -51,6 +56,9 @@ impl ApiError {
     }
     fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, format!("{what} not found"))
+    }
+    fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -88,7 +96,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::map_response(errors_as_json))
-        .layer(middleware::from_fn_with_state(svc.clone(), require_token))
+        .layer(middleware::from_fn_with_state(svc.clone(), authenticate))
         .with_state(svc)
 }
 
@@ -125,34 +133,51 @@ async fn errors_as_json(resp: Response) -> Response {
     out
 }
 
-/// With a token configured, every request carries `Authorization: Bearer <token>`.
-async fn require_token(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &svc.config.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
-                .into_response();
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return resp;
+/// Who is calling: the kernel's record of a Unix socket peer, or the user a TCP
+/// caller's bearer token is mapped to. Handlers receive it as an `Identity`.
+async fn authenticate(
+    State(svc): State<Arc<Service>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let identity = match peer.unix {
+        Some((uid, _)) => match Identity::of_uid(uid) {
+            Ok(identity) => identity,
+            Err(e) => return ApiError::forbidden(e.to_string()).into_response(),
+        },
+        None => {
+            let found = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|given| svc.config.tokens.as_ref()?.identify(given).cloned());
+            match found {
+                Some(identity) => identity,
+                None => {
+                    let mut resp =
+                        ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                            .into_response();
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        header::HeaderValue::from_static("Bearer"),
+                    );
+                    return resp;
+                }
+            }
         }
+    };
+    // A service that is not root cannot act as anyone but itself.
+    let own = nix::unistd::geteuid().as_raw();
+    if own != 0 && identity.uid != own {
+        return ApiError::forbidden(format!(
+            "this service runs as uid {own} and acts for that user only"
+        ))
+        .into_response();
     }
+    req.extensions_mut().insert(identity);
     next.run(req).await
-}
-
-/// Compares without an early exit, so timing does not leak the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
-    }
-    diff == 0
 }
 
 async fn health(State(svc): State<Arc<Service>>) -> Json<Value> {
@@ -167,6 +192,7 @@ async fn health(State(svc): State<Arc<Service>>) -> Json<Value> {
 
 async fn create_job(
     State(svc): State<Arc<Service>>,
+    Extension(me): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -181,10 +207,22 @@ async fn create_job(
     }
     let req: JobRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid job request: {e}")))?;
+    let mut defaults = svc.config.defaults.clone();
+    if me.uid != nix::unistd::geteuid().as_raw() {
+        // Another user starts in their home, not in the service's directory.
+        defaults.cwd = me.home.clone();
+    }
     let spec = req
-        .validate(&svc.config.defaults)
+        .validate(&defaults)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    match svc.submit(spec) {
+    // Checked as the caller: the service never looks at a caller's path as root.
+    let who = me.clone();
+    let cwd = spec.cwd.clone();
+    tokio::task::spawn_blocking(move || act_as::check_cwd(&who, cwd))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::bad_request(format!("cwd: {e}")))?;
+    match svc.submit(spec, me) {
         Ok(job) => {
             let st = job.state().status;
             Ok((
@@ -215,14 +253,23 @@ const LIST_RECENT: u32 = 100;
 
 /// Queued, running and recent jobs, oldest first: those in memory, topped up with
 /// the latest history rows of this node up to [`LIST_RECENT`] ended jobs.
-async fn list_jobs(State(svc): State<Arc<Service>>) -> ApiResult<Json<Vec<JobView>>> {
-    let mut views: Vec<JobView> = svc.list().iter().map(|j| j.view()).collect();
+async fn list_jobs(
+    State(svc): State<Arc<Service>>,
+    Extension(me): Extension<Identity>,
+) -> ApiResult<Json<Vec<JobView>>> {
+    let mut views: Vec<JobView> = svc
+        .list()
+        .iter()
+        .filter(|j| me.may_access(j.owner.uid))
+        .map(|j| j.view())
+        .collect();
     let ended_in_memory = views.iter().filter(|v| v.end_unix_ms.is_some()).count() as u32;
     if ended_in_memory < LIST_RECENT {
         let rows = svc
             .history
             .query(&HistoryQuery {
                 limit: LIST_RECENT,
+                uid: (!me.is_root()).then_some(me.uid),
                 ..Default::default()
             })
             .await
@@ -249,34 +296,47 @@ fn checked_id(id: &str) -> ApiResult<()> {
     }
 }
 
-/// A job in memory, or its row in the history (a job from before a restart).
-async fn find_view(svc: &Service, id: &str) -> ApiResult<JobView> {
+/// A job in memory, or its row in the history (a job from before a restart); 403
+/// when it is another user's.
+async fn find_view(svc: &Service, me: &Identity, id: &str) -> ApiResult<JobView> {
     checked_id(id)?;
-    if let Some(job) = svc.get(id) {
-        return Ok(job.view());
+    let view = match svc.get(id) {
+        Some(job) => job.view(),
+        None => match svc.history.get(id).await {
+            Ok(Some(row)) => JobView::from_row(&row),
+            Ok(None) => return Err(ApiError::not_found("job")),
+            Err(e) => return Err(ApiError::internal(e)),
+        },
+    };
+    if !me.may_access(view.uid) {
+        return Err(ApiError::forbidden(format!(
+            "job {id} belongs to another user"
+        )));
     }
-    match svc.history.get(id).await {
-        Ok(Some(row)) => Ok(JobView::from_row(&row)),
-        Ok(None) => Err(ApiError::not_found("job")),
-        Err(e) => Err(ApiError::internal(e)),
-    }
+    Ok(view)
 }
 
 async fn show_job(
     State(svc): State<Arc<Service>>,
+    Extension(me): Extension<Identity>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
-    find_view(&svc, &id).await.map(Json)
+    find_view(&svc, &me, &id).await.map(Json)
 }
 
 /// A job in memory, for requests that act on it. One only in the history has ended
 /// (409); an unknown id is 404.
-async fn live_job(svc: &Service, id: &str) -> ApiResult<Arc<Job>> {
+async fn live_job(svc: &Service, me: &Identity, id: &str) -> ApiResult<Arc<Job>> {
     checked_id(id)?;
     if let Some(job) = svc.get(id) {
+        if !me.may_access(job.owner.uid) {
+            return Err(ApiError::forbidden(format!(
+                "job {id} belongs to another user"
+            )));
+        }
         return Ok(job);
     }
-    find_view(svc, id).await?;
+    find_view(svc, me, id).await?;
     Err(ApiError::new(
         StatusCode::CONFLICT,
         format!("job {id} has ended"),
@@ -292,10 +352,11 @@ fn not_running(job: &Job) -> ApiError {
 
 async fn stop_job(
     State(svc): State<Arc<Service>>,
+    Extension(me): Extension<Identity>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
-    let job = live_job(&svc, &id).await?;
+    let job = live_job(&svc, &me, &id).await?;
     let grace = match q.get("grace_s") {
         None => svc.config.kill_grace,
         Some(s) => match s.parse::<f64>() {
@@ -315,20 +376,27 @@ async fn stop_job(
 
 async fn pause_job(
     State(svc): State<Arc<Service>>,
+    Extension(me): Extension<Identity>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
-    set_paused(&svc, &id, true).await
+    set_paused(&svc, &me, &id, true).await
 }
 
 async fn resume_job(
     State(svc): State<Arc<Service>>,
+    Extension(me): Extension<Identity>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
-    set_paused(&svc, &id, false).await
+    set_paused(&svc, &me, &id, false).await
 }
 
-async fn set_paused(svc: &Service, id: &str, pause: bool) -> ApiResult<Json<JobView>> {
-    let job = live_job(svc, id).await?;
+async fn set_paused(
+    svc: &Service,
+    me: &Identity,
+    id: &str,
+    pause: bool,
+) -> ApiResult<Json<JobView>> {
+    let job = live_job(svc, me, id).await?;
     {
         let mut st = job.state();
         if st.status != job::Status::Running || st.cancel_requested {
@@ -358,8 +426,8 @@ async fn set_paused(svc: &Service, id: &str, pause: bool) -> ApiResult<Json<JobV
 }
 
 /// The job's files live under the data directory whether or not it is in memory.
-async fn job_dir(svc: &Service, id: &str) -> ApiResult<std::path::PathBuf> {
-    find_view(svc, id).await?;
+async fn job_dir(svc: &Service, me: &Identity, id: &str) -> ApiResult<std::path::PathBuf> {
+    find_view(svc, me, id).await?;
     Ok(svc.config.data_dir.join("jobs").join(id))
 }
 
@@ -380,8 +448,12 @@ async fn stream_file(path: &std::path::Path, content_type: &'static str) -> ApiR
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-async fn job_trace(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult<Response> {
-    let dir = job_dir(&svc, &id).await?;
+async fn job_trace(
+    State(svc): State<Arc<Service>>,
+    Extension(me): Extension<Identity>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let dir = job_dir(&svc, &me, &id).await?;
     stream_file(&dir.join("trace.jsonl"), "application/x-ndjson").await
 }
 
@@ -402,10 +474,11 @@ fn tail(path: &std::path::Path, max: u64) -> (String, bool, u64) {
 
 async fn job_logs(
     State(svc): State<Arc<Service>>,
+    Extension(me): Extension<Identity>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let dir = job_dir(&svc, &id).await?;
+    let dir = job_dir(&svc, &me, &id).await?;
     if let Some(s) = q.get("stream") {
         let stream = LogStream::parse(s)
             .ok_or_else(|| ApiError::bad_request(format!("stream: stdout or stderr, not {s:?}")))?;
@@ -426,6 +499,7 @@ async fn job_logs(
 
 async fn history(
     State(svc): State<Arc<Service>>,
+    Extension(me): Extension<Identity>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     for k in q.keys() {
@@ -464,6 +538,7 @@ async fn history(
             name: q.get("name").cloned(),
             status,
             limit,
+            uid: (!me.is_root()).then_some(me.uid),
         })
         .await
         .map_err(ApiError::internal)?;
@@ -472,12 +547,13 @@ async fn history(
 
 async fn job_stream(
     State(svc): State<Arc<Service>>,
+    Extension(me): Extension<Identity>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    // An unknown job is a 404 whatever the request looks like.
-    let view = find_view(&svc, &id).await?;
+    // An unknown job is a 404, another user's a 403, whatever the request looks like.
+    let view = find_view(&svc, &me, &id).await?;
     let ws = ws.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let replay = q.get("replay").is_some_and(|v| v == "1" || v == "true");
     let job = svc.get(&id);
@@ -598,36 +674,39 @@ pub async fn serve(svc: Arc<Service>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let app = router(svc.clone());
-    let shutdown = async move {
-        let _ = done_rx.await;
+    let unix = bind_unix(&svc.config.socket)?;
+    eprintln!(
+        "denet-agent serve: listening on unix:{}",
+        svc.config.socket.display()
+    );
+    let mut servers = tokio::task::JoinSet::new();
+    let (done_tx, _) = tokio::sync::watch::channel(false);
+    let stopped = |rx: tokio::sync::watch::Receiver<bool>| async move {
+        let mut rx = rx;
+        let _ = rx.wait_for(|done| *done).await;
     };
-    let server = match &svc.config.endpoint {
-        Endpoint::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr}"))?;
-            eprintln!(
-                "denet-agent serve: listening on http://{}",
-                listener.local_addr()?
-            );
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            })
-        }
-        Endpoint::Unix(path) => {
-            let listener = bind_unix(path)?;
-            eprintln!("denet-agent serve: listening on unix:{}", path.display());
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            })
-        }
-    };
+    let unix_app = app.clone().into_make_service_with_connect_info::<Peer>();
+    servers.spawn(
+        axum::serve(unix, unix_app)
+            .with_graceful_shutdown(stopped(done_tx.subscribe()))
+            .into_future(),
+    );
+    if let Some(addr) = svc.config.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        eprintln!(
+            "denet-agent serve: listening on http://{}",
+            listener.local_addr()?
+        );
+        let tcp_app = app.into_make_service_with_connect_info::<Peer>();
+        servers.spawn(
+            axum::serve(listener, tcp_app)
+                .with_graceful_shutdown(stopped(done_tx.subscribe()))
+                .into_future(),
+        );
+    }
     tokio::select! {
         _ = sigint.recv() => {}
         _ = sigterm.recv() => {}
@@ -640,21 +719,33 @@ pub async fn serve(svc: Arc<Service>) -> Result<()> {
         _ = sigint.recv() => anyhow::bail!("interrupted again: stopped without waiting for the jobs"),
         _ = sigterm.recv() => anyhow::bail!("terminated again: stopped without waiting for the jobs"),
     }
-    let _ = done_tx.send(());
+    let _ = done_tx.send(true);
     // Streams and idle connections get a moment to close.
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    if let Endpoint::Unix(path) = &svc.config.endpoint {
-        let _ = std::fs::remove_file(path);
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    let _ = std::fs::remove_file(&svc.config.socket);
     eprintln!("denet-agent serve: stopped");
     Ok(())
 }
 
-/// Binds the Unix socket with owner-only permissions (set through the umask, so it
-/// is never reachable by others, not even briefly). A stale socket is replaced; a
-/// live one (another service) is an error.
+/// Binds the Unix socket. As root (the node's service) every local user may
+/// connect: each is identified by the kernel. Otherwise it is owner-only. The mode
+/// is set through the umask, so the socket is never reachable by more, not even
+/// briefly. A stale socket is replaced; a live one (another service) is an error.
 fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
     use std::os::unix::fs::FileTypeExt;
+    let node = nix::unistd::geteuid().is_root();
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(if node { 0o755 } else { 0o700 })
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             anyhow::bail!("--socket {}: exists and is not a socket", path.display());
@@ -667,22 +758,9 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let mask = if node { 0o111 } else { 0o177 };
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     let bound = tokio::net::UnixListener::bind(path);
     nix::sys::stat::umask(old);
     bound.with_context(|| format!("binding {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(!constant_time_eq(b"", b"a"));
-        assert!(constant_time_eq(b"", b""));
-    }
 }

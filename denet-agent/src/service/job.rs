@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 use tokio::sync::{broadcast, Notify};
 
-use super::spec::JobSpec;
+use super::{identity::Identity, spec::JobSpec};
 pub use crate::history::Status;
 use crate::{engine::Control, history::HistoryRow};
 
@@ -68,6 +68,8 @@ pub struct OutputMark {
 pub struct Job {
     pub id: String,
     pub spec: JobSpec,
+    /// The user the job runs as: whoever submitted it.
+    pub owner: Identity,
     pub created_unix_ms: i64,
     pub dir: PathBuf,
     state: Mutex<JobState>,
@@ -100,11 +102,12 @@ pub fn next_piece(rest: &[u8], at_end: bool) -> Option<(usize, usize)> {
 }
 
 impl Job {
-    pub fn new(id: String, spec: JobSpec, dir: PathBuf) -> Self {
+    pub fn new(id: String, spec: JobSpec, owner: Identity, dir: PathBuf) -> Self {
         let (tx, _) = broadcast::channel(STREAM_CAPACITY);
         Job {
             id,
             spec,
+            owner,
             created_unix_ms: unix_ms(),
             dir,
             state: Mutex::new(JobState {
@@ -219,6 +222,8 @@ impl Job {
             live: st.live.clone(),
             resources: None,
             trace_path: self.trace_path().to_string_lossy().into_owned(),
+            user: self.owner.user.clone(),
+            uid: self.owner.uid,
         }
     }
 }
@@ -280,6 +285,9 @@ pub struct JobView {
     /// The history row (the trace summary's numbers) once ended.
     pub resources: Option<HistoryRow>,
     pub trace_path: String,
+    /// The user the job runs as, and its uid.
+    pub user: String,
+    pub uid: u32,
 }
 
 impl JobView {
@@ -305,6 +313,8 @@ impl JobView {
             live: None,
             resources: Some(row.clone()),
             trace_path: row.trace_path.clone(),
+            user: row.user.clone(),
+            uid: row.uid,
         }
     }
 }

@@ -1,8 +1,12 @@
-//! `denet-agent serve`: a local service that starts monitored jobs, stops, pauses and
-//! streams them, refuses duplicates, flags stuck jobs and keeps every run in a
-//! history database. Each job is a `denet-agent run` (one engine) in its own process.
+//! `denet-agent serve`: the node's service. It starts monitored jobs as the user who
+//! asked (identified by the kernel on its Unix socket, or by a token mapped to a
+//! user over TCP), stops, pauses and streams them for that user only, refuses
+//! duplicates, flags stuck jobs and keeps every run in a history database. Each job
+//! is a `denet-agent run` (one engine) in its own process, running as its owner.
 
+mod act_as;
 pub mod api;
+pub mod identity;
 pub mod job;
 pub mod spec;
 mod supervisor;
@@ -18,30 +22,31 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::{
     engine::Control,
     history::{History, HistoryRow},
 };
+use identity::Identity;
 use job::Job;
 use spec::{JobSpec, SpecDefaults};
 
 pub use supervisor::decide_status;
 
-/// Where the service listens.
-#[derive(Debug, Clone)]
-pub enum Endpoint {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
+/// The Unix socket of the node's service (a service started as root).
+pub const NODE_SOCKET: &str = "/run/denet-agent/agent.sock";
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServeConfig {
-    pub endpoint: Endpoint,
-    /// Required bearer token (always when listening beyond loopback).
-    pub token: Option<String>,
+    /// The Unix socket every local user may connect to (callers identified by the
+    /// kernel). Mode 0666 when the service runs as root, else owner-only.
+    pub socket: PathBuf,
+    /// Also listen on TCP, for callers presenting one of `tokens`.
+    pub listen: Option<SocketAddr>,
+    /// Bearer tokens, each acting as a local user; required with `listen`.
+    pub tokens: Option<identity::Tokens>,
     /// Job directories (trace, logs) live under `<data_dir>/jobs/<id>`.
     pub data_dir: PathBuf,
     /// `postgres://...` or a SQLite file path.
@@ -66,8 +71,9 @@ pub struct ServeConfig {
 #[derive(Default)]
 struct Jobs {
     by_id: HashMap<String, Arc<Job>>,
-    /// Names of queued and running jobs -> their id (a name runs once at a time).
-    active: HashMap<String, String>,
+    /// (owner uid, name) of queued and running jobs -> their id (a user's name runs
+    /// once at a time; users do not share names).
+    active: HashMap<(u32, String), String>,
     /// Ended jobs, oldest first, trimmed to `keep_finished`.
     ended: VecDeque<String>,
 }
@@ -135,7 +141,11 @@ impl Service {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<Arc<Job>, SubmitError> {
+    pub fn submit(
+        self: &Arc<Self>,
+        spec: JobSpec,
+        owner: Identity,
+    ) -> Result<Arc<Job>, SubmitError> {
         let job = {
             let mut jobs = self.jobs();
             // Checked under the jobs lock, which shutdown() sets it under: a job is
@@ -143,7 +153,8 @@ impl Service {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return Err(SubmitError::ShuttingDown);
             }
-            if let Some(id) = jobs.active.get(&spec.name) {
+            let key = (owner.uid, spec.name.clone());
+            if let Some(id) = jobs.active.get(&key) {
                 return Err(SubmitError::Duplicate {
                     name: spec.name.clone(),
                     id: id.clone(),
@@ -154,8 +165,8 @@ impl Service {
             }
             let id = job::new_id();
             let dir = self.config.data_dir.join("jobs").join(&id);
-            let job = Arc::new(Job::new(id.clone(), spec, dir));
-            jobs.active.insert(job.spec.name.clone(), id.clone());
+            let job = Arc::new(Job::new(id.clone(), spec, owner, dir));
+            jobs.active.insert(key, id.clone());
             jobs.by_id.insert(id, job.clone());
             job
         };
@@ -202,9 +213,9 @@ impl Service {
     /// the spool is replayed at the next start if the database stays down).
     async fn record(&self, job: &Job, row: &HistoryRow) {
         let spool = job.dir.join("row.json");
-        if let Err(e) = std::fs::create_dir_all(&job.dir)
-            .and_then(|()| std::fs::write(&spool, serde_json::to_vec(row).unwrap_or_default()))
-        {
+        if let Err(e) = std::fs::create_dir_all(&job.dir).and_then(|()| {
+            supervisor::write_private(&spool, &serde_json::to_vec(row).unwrap_or_default())
+        }) {
             eprintln!(
                 "denet-agent serve: job {}: cannot spool its row: {e}",
                 job.id
@@ -295,8 +306,9 @@ impl Service {
     fn job_ended(&self, job: &Job) {
         {
             let mut jobs = self.jobs();
-            if jobs.active.get(&job.spec.name) == Some(&job.id) {
-                jobs.active.remove(&job.spec.name);
+            let key = (job.owner.uid, job.spec.name.clone());
+            if jobs.active.get(&key) == Some(&job.id) {
+                jobs.active.remove(&key);
             }
             jobs.ended.push_back(job.id.clone());
             while jobs.ended.len() > self.config.keep_finished {
@@ -352,19 +364,6 @@ pub fn redact(db: &str) -> String {
     }
 }
 
-/// Checks the listening rules: beyond loopback a token is required.
-pub fn check_endpoint(endpoint: &Endpoint, token: Option<&str>) -> Result<()> {
-    if let Endpoint::Tcp(addr) = endpoint {
-        if !addr.ip().is_loopback() && token.is_none() {
-            bail!(
-                "--listen {addr} is not a loopback address: a bearer token is required \
-                 (--token-file FILE)"
-            );
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,15 +375,5 @@ mod tests {
             "postgres://denet:***@127.0.0.1/db"
         );
         assert_eq!(redact("/var/lib/x.sqlite"), "/var/lib/x.sqlite");
-    }
-
-    #[test]
-    fn token_required_beyond_loopback() {
-        let lo = Endpoint::Tcp("127.0.0.1:7878".parse().unwrap());
-        let any = Endpoint::Tcp("0.0.0.0:7878".parse().unwrap());
-        assert!(check_endpoint(&lo, None).is_ok());
-        assert!(check_endpoint(&any, None).is_err());
-        assert!(check_endpoint(&any, Some("t")).is_ok());
-        assert!(check_endpoint(&Endpoint::Unix("/tmp/s".into()), None).is_ok());
     }
 }

@@ -22,6 +22,8 @@ use tokio::{
 };
 
 use super::{
+    act_as::Become,
+    identity::Identity,
     job::{unix_ms, Job, Live, LogStream, Status, StreamMsg},
     Service,
 };
@@ -118,32 +120,38 @@ fn overdue(job: &Job, kill_grace: Duration) -> bool {
         .any(|due| now >= due)
 }
 
-/// Starts the job's agent: `denet-agent run -o DIR/trace.jsonl --control-fd 3
-/// --stdout-fd 4 --stderr-fd 5 ... -- CMD` in the job's working directory and
-/// environment; its own messages (fd 2) go to agent.log. The agent writes the trace
-/// file itself, so the trace is complete even if the service dies first.
+/// Starts the job's agent: `denet-agent run -o /dev/fd/6 --control-fd 3
+/// --stdout-fd 4 --stderr-fd 5 ... -- CMD` as the job's owner (uid, gid, groups; no
+/// capabilities), in the working directory it asked for, entered as that user; the
+/// agent's own messages (fd 2) go to agent.log. The agent writes the trace itself (to
+/// a file of the job directory the service opened for it), so the trace is complete
+/// even if the service dies first.
 async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
     use anyhow::Context;
-    // Owner-only: traces and logs carry command lines and output.
+    let owner = &job.owner;
+    // Owner-only, and the owner's: traces and logs carry command lines and output.
+    // The jobs directory above it is the service's alone, so nobody (the owner
+    // included) can put a link where the service writes.
     std::fs::DirBuilder::new()
-        .recursive(true)
         .mode(0o700)
         .create(&job.dir)
         .with_context(|| format!("creating {}", job.dir.display()))?;
-    let create = |p: &Path| File::create(p).with_context(|| format!("creating {}", p.display()));
+    chown(&job.dir, owner)?;
     write_job_file(job).context("writing job.json")?;
-    let stdout_file = create(&job.log_path(LogStream::Stdout))?;
-    let stderr_file = create(&job.log_path(LogStream::Stderr))?;
-    let agent_log = create(&job.dir.join("agent.log"))?;
+    let stdout_file = create_owned(&job.log_path(LogStream::Stdout), owner)?;
+    let stderr_file = create_owned(&job.log_path(LogStream::Stderr), owner)?;
+    let trace_file = create_owned(&job.trace_path(), owner)?;
+    let agent_log = create_owned(&job.dir.join("agent.log"), owner)?;
 
     let (ctl_r, ctl_w) = pipe_pair().context("control pipe")?;
     let (out_r, out_w) = pipe_pair().context("stdout pipe")?;
     let (err_r, err_w) = pipe_pair().context("stderr pipe")?;
+    let trace_fd = OwnedFd::from(trace_file);
     let spec = &job.spec;
+    let become_owner = Become::new(owner, &spec.cwd).context("the working directory")?;
     let mut cmd = Command::new(&svc.agent_bin);
     cmd.arg("run")
-        .arg("-o")
-        .arg(job.trace_path())
+        .args(["-o", "/dev/fd/6"])
         .args(["--control-fd", "3", "--stdout-fd", "4", "--stderr-fd", "5"])
         .arg("--timeout")
         .arg(format!("{}", spec.timeout.as_secs_f64()))
@@ -152,21 +160,39 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
         .args(&svc.config.run_flags)
         .arg("--")
         .args(&spec.cmd)
-        .current_dir(&spec.cwd)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         // Its own process group: a Ctrl-C at the service's terminal must not reach
         // the jobs directly; the service stops them itself.
         .process_group(0);
-    let fds = [ctl_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
-    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+    if owner.uid != nix::unistd::geteuid().as_raw() {
+        // Another user's job gets that user's environment, not the service's.
+        cmd.env_clear();
+        for keep in ["PATH", "LANG", "LC_ALL", "TZ"] {
+            if let Some(v) = std::env::var_os(keep) {
+                cmd.env(keep, v);
+            }
+        }
+        cmd.env("HOME", &owner.home)
+            .env("USER", &owner.user)
+            .env("LOGNAME", &owner.user)
+            .env("SHELL", &owner.shell);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    let fds = [
+        ctl_r.as_raw_fd(),
+        out_w.as_raw_fd(),
+        err_w.as_raw_fd(),
+        trace_fd.as_raw_fd(),
+    ];
+    // SAFETY: only async-signal-safe calls (fcntl, dup2, set*id, chdir) between fork
+    // and exec.
     unsafe {
         cmd.pre_exec(move || {
             // First move every source above the targets, so that moving one into
             // place cannot clobber another; the copies are close-on-exec.
-            let mut high = [0; 3];
+            let mut high = [0; 4];
             for (h, fd) in high.iter_mut().zip(fds) {
                 *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
                 if *h < 0 {
@@ -179,13 +205,13 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            Ok(())
+            become_owner.apply()
         });
     }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", svc.agent_bin.display()))?;
-    drop((ctl_r, out_w, err_w));
+    drop((ctl_r, out_w, err_w, trace_fd));
 
     let agent_err = child.stderr.take().context("agent stderr")?;
     let out_rx = pipe::Receiver::from_owned_fd(out_r).context("stdout pipe")?;
@@ -235,6 +261,29 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
     })
 }
 
+/// Creates a file of the job directory for the job's owner: never through a link,
+/// never over an existing file, owner-only.
+fn create_owned(path: &Path, owner: &Identity) -> anyhow::Result<File> {
+    use anyhow::Context;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid))
+        .with_context(|| format!("giving {} to {}", path.display(), owner.user))?;
+    Ok(file)
+}
+
+fn chown(path: &Path, owner: &Identity) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))
+        .with_context(|| format!("giving {} to {}", path.display(), owner.user))
+}
+
 /// What a job was asked to do, next to its trace: lets a restarted service write the
 /// history row of a job whose service died before recording it.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -246,6 +295,15 @@ pub(super) struct JobFile {
     pub timeout_s: f64,
     pub stuck_after_s: f64,
     pub created_unix_ms: i64,
+    /// Who submitted it (files from before users were recorded: root).
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default = "root_name")]
+    pub user: String,
+}
+
+fn root_name() -> String {
+    "root".into()
 }
 
 fn write_job_file(job: &Job) -> std::io::Result<()> {
@@ -257,8 +315,27 @@ fn write_job_file(job: &Job) -> std::io::Result<()> {
         timeout_s: job.spec.timeout.as_secs_f64(),
         stuck_after_s: job.spec.stuck_after.as_secs_f64(),
         created_unix_ms: job.created_unix_ms,
+        uid: job.owner.uid,
+        user: job.owner.user.clone(),
     };
-    std::fs::write(job.dir.join("job.json"), serde_json::to_vec_pretty(&file)?)
+    write_private(
+        &job.dir.join("job.json"),
+        &serde_json::to_vec_pretty(&file)?,
+    )
+}
+
+/// Writes one of the service's own files in a job directory: owner-only, replacing
+/// the file's content but never following a link.
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    f.write_all(bytes)
 }
 
 impl Running {
@@ -557,6 +634,8 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
         stuck: stuck_seen,
         trace_path: job.trace_path().to_string_lossy().into_owned(),
         error: ending.error.clone(),
+        user: job.owner.user.clone(),
+        uid: job.owner.uid,
     };
     if ending.never_started {
         row.status = if cancel_requested {
@@ -670,7 +749,17 @@ pub(super) async fn recover_row(svc: &Service, dir: &Path) -> Option<HistoryRow>
         timeout: Duration::from_secs_f64(file.timeout_s.max(0.0)),
         stuck_after: Duration::from_secs_f64(file.stuck_after_s.max(0.0)),
     };
-    let job = Job::new(file.id, spec, dir.to_path_buf());
+    // The user may be gone from the user database by now: the row keeps what the
+    // job file says.
+    let owner = Identity::of_uid(file.uid).unwrap_or_else(|_| Identity {
+        uid: file.uid,
+        gid: file.uid,
+        user: file.user.clone(),
+        home: PathBuf::from("/"),
+        shell: PathBuf::from("/bin/sh"),
+        groups: Vec::new(),
+    });
+    let job = Job::new(file.id, spec, owner, dir.to_path_buf());
     let until = Instant::now() + svc.config.kill_grace + Duration::from_secs(3);
     while Instant::now() < until && trace::reader::summary_at_end(&job.trace_path()).is_none() {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -66,7 +66,13 @@ async fn migrations_are_idempotent_and_rows_survive_reopen() {
         .query(
             "SELECT column_name::TEXT, data_type::TEXT FROM information_schema.columns \
              WHERE table_name = 'job_history' AND column_name = ANY($1) ORDER BY column_name",
-            &[&vec!["duration_s", "end_unix_ms", "exit_code", "stuck"]],
+            &[&vec![
+                "duration_s",
+                "end_unix_ms",
+                "exit_code",
+                "stuck",
+                "uid",
+            ]],
         )
         .await
         .unwrap()
@@ -78,6 +84,7 @@ async fn migrations_are_idempotent_and_rows_survive_reopen() {
         ("end_unix_ms", "bigint"),
         ("exit_code", "integer"),
         ("stuck", "boolean"),
+        ("uid", "bigint"),
     ];
     assert_eq!(
         types,
@@ -99,7 +106,8 @@ async fn migrations_are_idempotent_and_rows_survive_reopen() {
             "job_history_end_unix_ms",
             "job_history_name",
             "job_history_pkey",
-            "job_history_status"
+            "job_history_status",
+            "job_history_uid"
         ]
     );
 }

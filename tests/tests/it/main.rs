@@ -16,4 +16,5 @@ mod report_chromium;
 mod run_cli;
 mod run_ebpf;
 mod serve_api;
+mod shared_node;
 mod stats_cli;

@@ -1,5 +1,6 @@
 //! `denet-agent serve` over real HTTP and WebSocket: a service process is started per
-//! test on a free loopback port, driven through its API, and checked against ground
+//! test on its own Unix socket (or, where TCP is the point, a free loopback port),
+//! driven through its API, and checked against ground
 //! truth (exit codes, known CPU time, known process counts, /proc of the job's tree,
 //! the trace the job kept, the history rows).
 //!
@@ -29,30 +30,31 @@ fn workload() -> String {
 }
 
 /// A running service and what it printed.
-struct Svc {
+pub(crate) struct Svc {
     child: Option<Child>,
-    addr: String,
+    /// `unix:/path` or `HOST:PORT`, as `raw_http` takes it.
+    pub(crate) addr: String,
+    /// As the `jobs` client takes it: `unix:/path` or `http://HOST:PORT`.
+    pub(crate) server: String,
     log: Arc<Mutex<String>>,
-    client: Client,
+    pub(crate) client: Client,
 }
 
 impl Svc {
     /// Starts `denet-agent serve` with short grace and startup windows.
-    fn start(data: &Path, extra: &[&str]) -> Svc {
+    pub(crate) fn start(data: &Path, extra: &[&str]) -> Svc {
         Self::start_with(data, extra, None)
     }
 
-    fn start_with(data: &Path, extra: &[&str], token: Option<&str>) -> Svc {
+    pub(crate) fn start_with(data: &Path, extra: &[&str], token: Option<&str>) -> Svc {
         let mut cmd = Command::new(agent_bin());
-        cmd.args(["serve", "--data-dir"]).arg(data).args([
-            "--require-ebpf",
-            "--kill-grace",
-            "0.5",
-            "--startup-window",
-            "1",
-        ]);
-        if !extra.iter().any(|a| *a == "--listen" || *a == "--socket") {
-            cmd.args(["--listen", "127.0.0.1:0"]);
+        cmd.args(["serve", "--data-dir"]).arg(data);
+        if !extra.contains(&"--no-ebpf") {
+            cmd.arg("--require-ebpf");
+        }
+        cmd.args(["--kill-grace", "0.5", "--startup-window", "1"]);
+        if !extra.contains(&"--socket") {
+            cmd.arg("--socket").arg(data.with_extension("sock"));
         }
         let mut child = cmd
             .args(extra)
@@ -74,41 +76,48 @@ impl Svc {
                 log2.lock().unwrap().push_str(&format!("{line}\n"));
             }
         });
-        let addr = rx
+        // With --listen the TCP address is announced after the socket: take the last.
+        let mut addr = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("the service did not start: {}", log.lock().unwrap()));
+        if extra.contains(&"--listen") {
+            addr = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no TCP listener: {}", log.lock().unwrap()));
+        }
         let server: Server = addr.parse().unwrap();
         Svc {
             child: Some(child),
             client: Client::new(server, token.map(str::to_string)),
+            server: addr.clone(),
             addr: addr.trim_start_matches("http://").to_string(),
             log,
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
-    async fn spawn(&self, body: Value) -> String {
+    pub(crate) async fn spawn(&self, body: Value) -> String {
         let a = self.client.post("/jobs", Some(&body)).await.unwrap();
         assert_eq!(a.status, 201, "POST /jobs {body}: {:?}", a.json());
         a.json().unwrap()["id"].as_str().unwrap().to_string()
     }
 
     /// POST without a body.
-    async fn post(&self, path: &str) -> denet_agent::client::Answer {
+    pub(crate) async fn post(&self, path: &str) -> denet_agent::client::Answer {
         self.client.post(path, None).await.unwrap()
     }
 
-    async fn job(&self, id: &str) -> Value {
+    pub(crate) async fn job(&self, id: &str) -> Value {
         let a = self.client.get(&format!("/jobs/{id}")).await.unwrap();
         assert_eq!(a.status, 200, "GET /jobs/{id}");
         a.json().unwrap()
     }
 
     /// Polls until the job has a final status.
-    async fn wait_end(&self, id: &str, limit: Duration) -> Value {
+    pub(crate) async fn wait_end(&self, id: &str, limit: Duration) -> Value {
         let until = Instant::now() + limit;
         loop {
             let v = self.job(id).await;
@@ -125,7 +134,7 @@ impl Svc {
     }
 
     /// Polls until the job runs (its agent started and the command's pid is known).
-    async fn wait_running(&self, id: &str) {
+    pub(crate) async fn wait_running(&self, id: &str) {
         let until = Instant::now() + Duration::from_secs(20);
         loop {
             let v = self.job(id).await;
@@ -138,7 +147,7 @@ impl Svc {
     }
 
     /// SIGTERM, and the exit status of the service.
-    fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -170,7 +179,7 @@ impl Drop for Svc {
 
 /// A service for one test (data under a fresh scratch directory), or `None` when the
 /// test must skip (see `ebpf_ready`).
-fn service_for(test: &str, extra: &[&str]) -> Option<(PathBuf, Svc)> {
+pub(crate) fn service_for(test: &str, extra: &[&str]) -> Option<(PathBuf, Svc)> {
     if !ebpf_ready(test) {
         return None;
     }
@@ -181,9 +190,22 @@ fn service_for(test: &str, extra: &[&str]) -> Option<(PathBuf, Svc)> {
 
 /// One request on a fresh connection, written by hand (no client library to hide
 /// what goes over the wire). Returns the status and the body.
-fn raw_http(addr: &str, request: &[u8]) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+pub(crate) fn raw_http(addr: &str, request: &[u8]) -> (u16, String) {
+    trait Conn: Read + Write {}
+    impl<T: Read + Write> Conn for T {}
+    let limit = Some(Duration::from_secs(10));
+    let mut s: Box<dyn Conn> = match addr.strip_prefix("unix:") {
+        Some(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path).unwrap();
+            s.set_read_timeout(limit).unwrap();
+            Box::new(s)
+        }
+        None => {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(limit).unwrap();
+            Box::new(s)
+        }
+    };
     // The server may answer (413) before reading a huge body: ignore write errors.
     let _ = s.write_all(request);
     let mut out = Vec::new();
@@ -201,7 +223,13 @@ fn raw_http(addr: &str, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
-fn post_raw(addr: &str, path: &str, content_type: &str, body: &[u8], extra: &str) -> (u16, String) {
+pub(crate) fn post_raw(
+    addr: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    extra: &str,
+) -> (u16, String) {
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}\r\n",
         body.len()
@@ -211,7 +239,7 @@ fn post_raw(addr: &str, path: &str, content_type: &str, body: &[u8], extra: &str
     raw_http(addr, &req)
 }
 
-fn get_raw(addr: &str, path: &str, extra: &str) -> (u16, String) {
+pub(crate) fn get_raw(addr: &str, path: &str, extra: &str) -> (u16, String) {
     raw_http(
         addr,
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").as_bytes(),
@@ -675,6 +703,16 @@ async fn bad_input_gets_the_right_4xx() {
             400,
         ),
         (
+            "cwd missing",
+            br#"{"name":"a","cmd":["true"],"cwd":"/nonexistent-dir"}"#,
+            400,
+        ),
+        (
+            "cwd a file",
+            br#"{"name":"a","cmd":["true"],"cwd":"/etc/hostname"}"#,
+            400,
+        ),
+        (
             "env value not a string",
             br#"{"name":"a","cmd":["true"],"env":{"A":1}}"#,
             400,
@@ -791,33 +829,68 @@ async fn bad_input_gets_the_right_4xx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_is_required_when_configured_and_the_socket_is_owner_only() {
-    if !ebpf_ready("token_is_required_when_configured_and_the_socket_is_owner_only") {
+async fn tcp_needs_a_token_that_names_a_user_and_the_node_socket_is_open_to_all() {
+    if !ebpf_ready("tcp_needs_a_token_that_names_a_user_and_the_node_socket_is_open_to_all") {
         return;
     }
     let dir = scratch_dir("serve-auth");
-    // Beyond loopback without a token: refused at start.
-    let out = Command::new(agent_bin())
-        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.join("d0"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token is required"));
+    let serve = |args: &[&str]| {
+        Command::new(agent_bin())
+            .arg("serve")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.join("d0"))
+            .output()
+            .unwrap()
+    };
+    // TCP without tokens, tokens without TCP, the old single-token flag: refused at start.
+    for (args, says) in [
+        (&["--listen", "127.0.0.1:0"][..], "--tokens"),
+        (&["--listen", "0.0.0.0:0"][..], "--tokens"),
+        (&["--tokens", "/nonexistent"][..], "--listen"),
+        (
+            &["--listen", "127.0.0.1:0", "--token-file", "/x"][..],
+            "--tokens",
+        ),
+    ] {
+        let out = serve(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // A token file others may read, a short token, an unknown user: refused, named.
+    use std::os::unix::fs::PermissionsExt;
+    let tf = dir.join("tokens");
+    let tfs = tf.to_string_lossy().into_owned();
+    for (text, mode, says) in [
+        ("0123456789abcdef-root root\n", 0o644, "others may read it"),
+        ("short root\n", 0o600, "shorter than 16"),
+        ("0123456789abcdef-x no-such-user-denet\n", 0o600, "no entry"),
+    ] {
+        std::fs::write(&tf, text).unwrap();
+        std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = serve(&["--listen", "127.0.0.1:0", "--tokens", &tfs]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(says), "{text}: {err}");
+    }
 
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let tf = token_file.to_string_lossy().into_owned();
+    std::fs::write(&tf, "# root's token\ns3cret-token-0123456789 root\n").unwrap();
+    std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o600)).unwrap();
     let svc = Svc::start_with(
         &dir.join("d1"),
-        &["--listen", "0.0.0.0:0", "--token-file", &tf],
-        Some("s3cret-token"),
+        &["--listen", "127.0.0.1:0", "--tokens", &tfs],
+        Some("s3cret-token-0123456789"),
     );
-    let port = svc.addr.rsplit(':').next().unwrap();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = svc.addr.clone();
+    assert!(!addr.starts_with("unix:"), "{addr}");
     for (what, header) in [
         ("no token", ""),
         ("wrong token", "Authorization: Bearer nope\r\n"),
+        (
+            "a prefix of the token",
+            "Authorization: Bearer s3cret-token\r\n",
+        ),
         ("not bearer", "Authorization: Basic czNjcmV0LXRva2Vu\r\n"),
     ] {
         let (st, b) = get_raw(&addr, "/jobs", header);
@@ -831,57 +904,34 @@ async fn token_is_required_when_configured_and_the_socket_is_owner_only() {
         );
         assert_json_error(st, &b, 401, what);
     }
-    let (st, _) = get_raw(&addr, "/jobs", "Authorization: Bearer s3cret-token\r\n");
+    let (st, _) = get_raw(
+        &addr,
+        "/jobs",
+        "Authorization: Bearer s3cret-token-0123456789\r\n",
+    );
     assert_eq!(st, 200);
     let id = svc.spawn(json!({"name": "authed", "cmd": ["true"]})).await;
-    assert_eq!(
-        svc.wait_end(&id, Duration::from_secs(20)).await["status"],
-        "succeeded"
-    );
-    drop(svc);
+    let v = svc.wait_end(&id, Duration::from_secs(20)).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["user"], "root", "{v}");
 
-    // Unix socket: mode 0600, and the API works over it.
-    let sock = dir.join("api.sock");
-    let s = sock.to_string_lossy().into_owned();
-    let mut cmd = Command::new(agent_bin());
-    let mut child = cmd
-        .args(["serve", "--require-ebpf", "--socket", &s, "--data-dir"])
-        .arg(dir.join("d2"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(Instant::now() < until, "no socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    use std::os::unix::fs::PermissionsExt;
+    // The node socket (the service runs as root): every local user may connect.
+    let sock = dir.join("d1.sock");
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "socket mode {mode:o}");
-    let client = Client::new(format!("unix:{s}").parse().unwrap(), None);
+    assert_eq!(mode, 0o666, "socket mode {mode:o}");
+    let client = Client::new(format!("unix:{}", sock.display()).parse().unwrap(), None);
     let a = client
         .post("/jobs", Some(&json!({"name": "sock", "cmd": ["true"]})))
         .await
         .unwrap();
     assert_eq!(a.status, 201);
     let id = a.json().unwrap()["id"].as_str().unwrap().to_string();
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v = client
-            .get(&format!("/jobs/{id}"))
-            .await
-            .unwrap()
-            .json()
-            .unwrap();
-        if v["status"] == "succeeded" {
-            break;
-        }
-        assert!(Instant::now() < until, "{v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        svc.wait_end(&id, Duration::from_secs(20)).await["status"],
+        "succeeded"
+    );
+    let mut svc = svc;
+    assert!(svc.terminate(Duration::from_secs(20)).success());
     assert!(!sock.exists(), "the socket is removed at exit");
 }
 
@@ -1127,7 +1177,7 @@ async fn jobs_cli_drives_the_service() {
     let Some((_dir, svc)) = service_for("jobs_cli_drives_the_service", &[]) else {
         return;
     };
-    let server = format!("http://{}", svc.addr);
+    let server = svc.server.clone();
     let cli = |args: &[&str]| jobs_cli(&server, args);
 
     let (code, id, err) = cli(&[

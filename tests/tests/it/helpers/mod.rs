@@ -194,3 +194,46 @@ pub fn pg_admin_url(test: &str) -> Option<String> {
         }
     }
 }
+
+/// A local test user (created with `useradd` if missing, with a home directory);
+/// its uid. Needs root, like the eBPF tests that use it.
+pub fn test_user(name: &str) -> u32 {
+    let uid = |name: &str| {
+        Command::new("id")
+            .args(["-u", name])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+    };
+    if let Some(u) = uid(name) {
+        return u;
+    }
+    let out = Command::new("useradd")
+        .args(["--create-home", "--shell", "/bin/sh", name])
+        .output()
+        .expect("run useradd");
+    // Another test may have created it meanwhile (exit 9: already exists).
+    assert!(
+        out.status.success() || out.status.code() == Some(9),
+        "useradd {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    uid(name).unwrap_or_else(|| panic!("no uid for {name} after useradd"))
+}
+
+/// Runs the agent as `user` (through runuser, as a login-less user would run it):
+/// exit status, stdout, stderr.
+pub fn agent_as(user: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("runuser")
+        .args(["-u", user, "--"])
+        .arg(agent_bin())
+        .args(args)
+        .output()
+        .expect("run runuser");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
