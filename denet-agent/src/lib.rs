@@ -15,6 +15,7 @@ pub mod engine;
 pub mod export;
 pub mod history;
 pub(crate) mod kernel;
+pub mod node;
 pub(crate) mod process;
 pub mod report;
 pub mod service;

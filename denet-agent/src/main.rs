@@ -4,7 +4,7 @@
 // No unwrap outside tests: errors carry context instead.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -47,6 +47,13 @@ struct ServeArgs {
     /// Default: /run/denet-agent/agent.sock as root, else DATA_DIR/agent.sock.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// The node tracer's socket (as root: the service loads the kernel programs once
+    /// and every run on the node uses them). Default: tracer.sock beside --socket.
+    #[arg(long, value_name = "PATH")]
+    tracer_socket: Option<PathBuf>,
+    /// Ring buffer of the node tracer, MiB (a power of two).
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    ringbuf_mib: u32,
     /// Also listen on this TCP address; requires --tokens.
     #[arg(long, value_name = "ADDR", requires = "tokens")]
     listen: Option<std::net::SocketAddr>,
@@ -185,6 +192,19 @@ struct RunArgs {
     /// and every block request (a firehose: consider a larger --ringbuf-mib).
     #[arg(long)]
     events: bool,
+    /// The node daemon's tracer socket: when a daemon listens there, the run is
+    /// traced by its programs (no root, no loading) and written by this process.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "DENET_NODE_SOCKET",
+        default_value = denet_agent::node::TRACER_SOCKET
+    )]
+    node_socket: PathBuf,
+    /// Load programs of this run's own even when the node daemon runs (root or
+    /// file capabilities needed).
+    #[arg(long)]
+    standalone: bool,
     /// Read control requests (`stop [GRACE_MS]`, `pause`, `resume`, one per line) from
     /// this file descriptor; its end stops the run. Used by `serve` for its jobs.
     #[arg(long, value_name = "FD", hide = true)]
@@ -261,6 +281,7 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
         files: args.files,
         syscalls: args.syscalls,
         events: args.events,
+        node_socket: (!args.standalone).then_some(args.node_socket),
     })
 }
 
@@ -308,7 +329,9 @@ fn run_command(args: RunArgs) -> Result<i32> {
     }
     let mut outcome = run::run_controlled(config, control)?;
     let s = &outcome.summary;
-    eprintln!(
+    // Never fails: a job's agent may outlive its service, and with it its stderr.
+    let _ = writeln!(
+        std::io::stderr(),
         "denet-agent: {} processes, {:.3} s CPU, peak RSS {} KiB (largest process), \
          wall {:.3} s, {} events lost; trace: {}",
         s.process_count,
@@ -327,7 +350,9 @@ fn run_command(args: RunArgs) -> Result<i32> {
     let mut status = outcome.exit_status;
     if let Some(path) = report_path {
         match export::export(&out, Format::Html, &path, warn_to_stderr()) {
-            Ok(()) => eprintln!("denet-agent: report: {}", path.display()),
+            Ok(()) => {
+                let _ = writeln!(std::io::stderr(), "denet-agent: report: {}", path.display());
+            }
             Err(e) => {
                 eprintln!(
                     "denet-agent: error: writing the report {}: {e:#}",
@@ -380,7 +405,10 @@ fn control_channel(fd: i32) -> Result<tokio::sync::mpsc::UnboundedReceiver<run::
                             break;
                         }
                     }
-                    Err(e) => eprintln!("denet-agent: warning: --control-fd: {e}"),
+                    Err(e) => {
+                        let _ =
+                            writeln!(std::io::stderr(), "denet-agent: warning: --control-fd: {e}");
+                    }
                 }
             }
         })
@@ -424,7 +452,22 @@ fn serve(args: ServeArgs) -> Result<i32> {
             .to_string_lossy()
             .into_owned()
     });
+    if !args.ringbuf_mib.is_power_of_two() || args.ringbuf_mib > 1024 {
+        bail!(
+            "--ringbuf-mib must be a power of two up to 1024, got {}",
+            args.ringbuf_mib
+        );
+    }
+    let node_socket = match args.tracer_socket {
+        Some(p) => std::path::absolute(&p).context("--tracer-socket")?,
+        None => socket.with_file_name("tracer.sock"),
+    };
+    let node_socket = (nix::unistd::geteuid().is_root() && !args.no_ebpf).then_some(node_socket);
     let mut run_flags = Vec::new();
+    if let Some(s) = &node_socket {
+        run_flags.push("--node-socket".to_string());
+        run_flags.push(s.to_string_lossy().into_owned());
+    }
     for (on, flag) in [
         (args.no_ebpf, "--no-ebpf"),
         (args.require_ebpf, "--require-ebpf"),
@@ -446,6 +489,8 @@ fn serve(args: ServeArgs) -> Result<i32> {
         socket,
         listen: args.listen,
         tokens,
+        node_socket,
+        node_ringbuf_bytes: args.ringbuf_mib * 1024 * 1024,
         defaults: SpecDefaults {
             cwd: std::env::current_dir().context("the current directory")?,
             timeout: positive("timeout", args.timeout)?,

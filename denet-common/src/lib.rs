@@ -78,6 +78,10 @@ pub struct EventHeader {
     pub pid: u32,
     /// Process id (thread-group id) of that task.
     pub tgid: u32,
+    /// The run the process belongs to (see [`MAX_RUNS`]); 0 when it left the
+    /// tracked set before the event was made.
+    pub run: u32,
+    pub _pad: u32,
 }
 
 /// A tracked process created a new process (not a thread).
@@ -165,6 +169,7 @@ pub const HIST_BUCKETS: usize = 32;
 /// Per-process scheduler, block I/O and network counters, aggregated in the kernel
 /// in a per-CPU hash map keyed by tgid (the agent sums the CPUs).
 #[repr(C)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcStats {
     /// Time on a CPU, ns (from sched_switch).
@@ -385,14 +390,35 @@ pub struct KernelOffsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// Non-zero: track files (open/read/write/close per fd).
-    pub files: u32,
     /// Number of possible CPUs (bounds the per-CPU sums done in the kernel).
     pub nr_cpus: u32,
-    /// Non-zero: raw scheduler and block I/O events go to the ring buffer too.
-    pub events: u32,
-    /// Non-zero: count syscalls per process (the syscall hooks are attached).
-    pub syscalls: u32,
+    pub _pad: u32,
+}
+
+/// Runs one loaded set of programs serves at once (a run id is 1..MAX_RUNS; 0 means
+/// untracked). A standalone `run` is run 1; the node daemon hands out the others.
+pub const MAX_RUNS: u32 = 1024;
+
+/// What a run asks of the kernel side: the bits of its `RUNS` entry.
+pub mod run_flag {
+    /// The run exists (an entry without it is free).
+    pub const ACTIVE: u32 = 1;
+    /// Per-file accounting (open/read/write/close per fd).
+    pub const FILES: u32 = 2;
+    /// Per-process syscall counts.
+    pub const SYSCALLS: u32 = 4;
+    /// Raw scheduler and block I/O events through the ring buffer.
+    pub const EVENTS: u32 = 8;
+}
+
+/// Slots of each run in the per-CPU `RUN_COUNTERS` array: run `r` has slots
+/// `r * SLOTS + EMITTED` and `r * SLOTS + DROPS`.
+pub mod run_counter {
+    /// Events the kernel side made for the run (also those the ring buffer dropped).
+    pub const EMITTED: u32 = 0;
+    /// The run's events the ring buffer had no room for.
+    pub const DROPS: u32 = 1;
+    pub const SLOTS: u32 = 2;
 }
 
 /// `enum mm_counter_type` slots that make up RSS: MM_FILEPAGES, MM_ANONPAGES,
@@ -500,14 +526,28 @@ pub enum KernelEvent {
 pub enum Malformed {
     /// Shorter than the event header: nothing about it is known.
     NoHeader { len: usize },
-    /// A record of `kind` shorter than that kind's fixed part.
-    Short { kind: u32, len: usize },
-    /// A kind this agent does not know.
-    UnknownKind(u32),
+    /// A record of `kind` (of run `run`) shorter than that kind's fixed part.
+    Short { kind: u32, run: u32, len: usize },
+    /// A kind this agent does not know (in a record of run `run`).
+    UnknownKind { kind: u32, run: u32 },
 }
 
 #[cfg(feature = "user")]
 impl KernelEvent {
+    /// The header every record starts with.
+    pub fn header(&self) -> &EventHeader {
+        match self {
+            Self::Fork(e) => &e.header,
+            Self::Exec(e) => &e.header,
+            Self::Exit(e) => &e.header,
+            Self::FileOpen(e) | Self::Chdir(e) => &e.header,
+            Self::FileClose(e) => &e.header,
+            Self::FileDup(e) => &e.header,
+            Self::RawSched(e) => &e.header,
+            Self::RawBlock(e) => &e.header,
+        }
+    }
+
     /// Decodes one ring-buffer record. Exec and file-open records carry a
     /// variable-length tail (argv, path) and are sent only up to its used bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, Malformed> {
@@ -516,9 +556,13 @@ impl KernelEvent {
             read_event::<EventHeader>(bytes).ok_or(Malformed::NoHeader { len: bytes.len() })?;
         let short = Malformed::Short {
             kind: header.kind,
+            run: header.run,
             len: bytes.len(),
         };
-        let kind = EventKind::from_u32(header.kind).ok_or(Malformed::UnknownKind(header.kind))?;
+        let kind = EventKind::from_u32(header.kind).ok_or(Malformed::UnknownKind {
+            kind: header.kind,
+            run: header.run,
+        })?;
         let exec_fixed = core::mem::offset_of!(ExecEvent, argv);
         let open_fixed = core::mem::offset_of!(FileOpenEvent, path);
         Ok(match kind {
@@ -545,23 +589,23 @@ impl KernelEvent {
 // deliberate (both sides rebuilt together; the ring-buffer decoder checks lengths).
 const _: () = {
     use core::mem::{offset_of, size_of};
-    assert!(size_of::<EventHeader>() == 32 && offset_of!(EventHeader, kind) == 0);
-    assert!(size_of::<ForkEvent>() == 40 && offset_of!(ForkEvent, header) == 0);
-    assert!(size_of::<ExecEvent>() == 4400 && offset_of!(ExecEvent, argv) == 304);
+    assert!(size_of::<EventHeader>() == 40 && offset_of!(EventHeader, kind) == 0);
+    assert!(size_of::<ForkEvent>() == 48 && offset_of!(ForkEvent, header) == 0);
+    assert!(size_of::<ExecEvent>() == 4408 && offset_of!(ExecEvent, argv) == 312);
     assert!(size_of::<IoAccounting>() == 56);
-    assert!(size_of::<ExitEvent>() == 176 && offset_of!(ExitEvent, header) == 0);
+    assert!(size_of::<ExitEvent>() == 184 && offset_of!(ExitEvent, header) == 0);
     assert!(size_of::<ProcStats>() == 344);
     assert!(size_of::<SyscallCounts>() == 4 * SYSCALL_SLOTS);
     assert!(size_of::<TaskState>() == 16);
     assert!(size_of::<FileKey>() == 8);
     assert!(size_of::<FileStats>() == 32);
-    assert!(size_of::<FileOpenEvent>() == 4152 && offset_of!(FileOpenEvent, path) == 56);
-    assert!(size_of::<FileDupEvent>() == 40);
-    assert!(size_of::<SchedSpanEvent>() == 48);
-    assert!(size_of::<BlockIoEvent>() == 48);
-    assert!(size_of::<FileCloseEvent>() == 72);
+    assert!(size_of::<FileOpenEvent>() == 4160 && offset_of!(FileOpenEvent, path) == 64);
+    assert!(size_of::<FileDupEvent>() == 48);
+    assert!(size_of::<SchedSpanEvent>() == 56);
+    assert!(size_of::<BlockIoEvent>() == 56);
+    assert!(size_of::<FileCloseEvent>() == 80);
     assert!(size_of::<KernelOffsets>() == 120);
-    assert!(size_of::<Settings>() == 16);
+    assert!(size_of::<Settings>() == 8);
 };
 
 #[cfg(all(test, feature = "user"))]
@@ -594,12 +638,13 @@ mod tests {
             _ => panic!("fork not decoded"),
         }
         // A fork cut short is malformed, not a garbage fork.
-        let short = &bytes_of(&fork)[..36];
+        let short = &bytes_of(&fork)[..44];
         assert_eq!(
             KernelEvent::decode(short).err(),
             Some(Malformed::Short {
                 kind: EventKind::Fork as u32,
-                len: 36
+                run: 0,
+                len: 44
             })
         );
         // Exec records are sent up to the argv bytes used: the tail reads as zeros.
@@ -619,7 +664,7 @@ mod tests {
         };
         assert_eq!(
             KernelEvent::decode(bytes_of(&unknown)).err(),
-            Some(Malformed::UnknownKind(99))
+            Some(Malformed::UnknownKind { kind: 99, run: 0 })
         );
         assert_eq!(
             KernelEvent::decode(&[1, 0]).err(),

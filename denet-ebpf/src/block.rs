@@ -10,9 +10,11 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::RawTracePointContext,
 };
-use denet_common::{counter, BlockIoEvent, EventKind};
+use denet_common::{counter, run_flag, BlockIoEvent, EventKind};
 
-use crate::{bump, header, is_tracked, off, read_at, setting, stats, wakeup_flags, EVENTS};
+use crate::{
+    bump, dropped, header, is_tracked, off, read_at, run_of, stats, wakeup_flags, wants, EVENTS,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -81,7 +83,7 @@ pub fn block_rq_complete(ctx: RawTracePointContext) -> i32 {
     let _ = BIO_START.remove(&bio);
     // SAFETY: plain helper call without arguments.
     let lat = unsafe { bpf_ktime_get_ns() }.saturating_sub(start.ts_ns);
-    if setting!(events) != 0 {
+    if wants(run_of(start.tgid), run_flag::EVENTS) {
         let event = BlockIoEvent {
             header: header(EventKind::RawBlock, start.tid, start.tgid),
             op: start.op,
@@ -92,7 +94,7 @@ pub fn block_rq_complete(ctx: RawTracePointContext) -> i32 {
             .output::<BlockIoEvent>(&event, wakeup_flags())
             .is_err()
         {
-            bump(counter::RINGBUF_DROPS);
+            dropped(&event.header);
         }
     }
     match stats::of(start.tgid) {

@@ -15,7 +15,7 @@ use denet_common::{
     PATH_MAX,
 };
 
-use crate::{bump, header, setting, wakeup_flags, EVENTS};
+use crate::{bump, dropped, header, setting, wakeup_flags, EVENTS};
 
 #[map]
 static FILE_STATS: PerCpuHashMap<FileKey, FileStats> =
@@ -89,7 +89,7 @@ fn close_out(key: &FileKey, tid: u32, reason: u32) {
         .output::<FileCloseEvent>(&event, wakeup_flags())
         .is_err()
     {
-        bump(counter::RINGBUF_DROPS);
+        dropped(&event.header);
     }
 }
 
@@ -169,7 +169,7 @@ pub(crate) fn emit_path(
     // SAFETY: `size` is within the scratch value.
     let bytes = unsafe { core::slice::from_raw_parts(event.cast::<u8>(), size) };
     if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
-        bump(counter::RINGBUF_DROPS);
+        dropped(&hdr);
     }
 }
 
@@ -204,7 +204,7 @@ pub(crate) fn duplicated(tgid: u32, tid: u32, old_fd: u32, new_fd: u32) {
         .output::<FileDupEvent>(&event, wakeup_flags())
         .is_err()
     {
-        bump(counter::RINGBUF_DROPS);
+        dropped(&event.header);
     }
 }
 

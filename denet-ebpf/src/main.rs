@@ -32,9 +32,10 @@ mod stats;
 mod syscalls;
 
 use denet_common::{
-    counter, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, IoAccounting, KernelOffsets,
-    Settings, ARGV_MAX, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_FILENAME_TRUNCATED,
-    EXIT_GROUP_DEAD, FILENAME_MAX, RSS_COUNTERS, TRACKED_MAX_ENTRIES,
+    counter, run_counter, run_flag, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
+    IoAccounting, KernelOffsets, Settings, ARGV_MAX, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE,
+    EXEC_FILENAME_TRUNCATED, EXIT_GROUP_DEAD, FILENAME_MAX, MAX_RUNS, RSS_COUNTERS,
+    TRACKED_MAX_ENTRIES,
 };
 
 /// Struct member offsets, filled in by the agent from vmlinux BTF before loading.
@@ -72,10 +73,19 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     _pad: 0,
 };
 
-/// Tracked processes: tgid -> parent tgid.
+/// Tracked processes: tgid -> run id (the run whose tree the process is in).
 #[map]
 static TRACKED: HashMap<u32, u32> =
     HashMap::with_max_entries(TRACKED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// What each run asks for (`denet_common::run_flag` bits), indexed by run id.
+#[map]
+static RUNS: Array<u32> = Array::with_max_entries(MAX_RUNS, 0);
+
+/// Per-run event and drop counts (`denet_common::run_counter`), per CPU.
+#[map]
+static RUN_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(MAX_RUNS * run_counter::SLOTS, 0);
 
 /// Lifecycle events (fork, exec, exit); size overridden by the agent.
 #[map]
@@ -121,10 +131,8 @@ pub(crate) use off;
 /// Settings written by the agent before loading.
 #[unsafe(no_mangle)]
 pub(crate) static SETTINGS: Settings = Settings {
-    files: 0,
     nr_cpus: 1,
-    events: 0,
-    syscalls: 0,
+    _pad: 0,
 };
 
 macro_rules! setting {
@@ -151,26 +159,53 @@ pub(crate) fn bump(slot: u32) -> u64 {
 }
 
 /// The tracked set again, as an array indexed by tgid (sized to pid_max by the
-/// agent): the check every hot-path program makes first, for every task on the
-/// machine, and array lookups are inlined by the verifier where hash lookups are
-/// not. `TRACKED` stays the authoritative set the agent iterates.
+/// agent), holding the run id: the check every hot-path program makes first, for
+/// every task on the machine, and array lookups are inlined by the verifier where
+/// hash lookups are not. `TRACKED` stays the authoritative set the agent iterates.
 #[map]
 static TRACKED_FAST: Array<u32> = Array::with_max_entries(32_768, 0);
 
+/// The run `tgid` belongs to, 0 when it is not tracked.
 #[inline(always)]
-pub(crate) fn is_tracked(tgid: u32) -> bool {
+pub(crate) fn run_of(tgid: u32) -> u32 {
     match TRACKED_FAST.get(tgid) {
-        Some(v) => *v != 0,
+        Some(v) => *v,
         // A tgid beyond the array (pid_max raised after load): ask the hash map.
-        // SAFETY: only existence is checked; the value is not read.
-        None => unsafe { TRACKED.get(&tgid) }.is_some(),
+        // SAFETY: the value is copied out at once.
+        None => unsafe { TRACKED.get(&tgid) }.copied().unwrap_or(0),
     }
 }
 
 #[inline(always)]
-fn set_tracked(tgid: u32, parent: u32, on: bool) {
-    if on {
-        if TRACKED.insert(&tgid, &parent, 0).is_err() {
+pub(crate) fn is_tracked(tgid: u32) -> bool {
+    run_of(tgid) != 0
+}
+
+/// Does `run` ask for this `run_flag`?
+#[inline(always)]
+pub(crate) fn wants(run: u32, flag: u32) -> bool {
+    RUNS.get(run).is_some_and(|f| *f & flag != 0)
+}
+
+#[inline(always)]
+fn bump_run(run: u32, slot: u32) {
+    if let Some(ptr) = RUN_COUNTERS.get_ptr_mut(run * run_counter::SLOTS + slot) {
+        // SAFETY: this CPU's slot; these programs run with preemption disabled.
+        unsafe { *ptr += 1 };
+    }
+}
+
+/// An event that did not fit in the ring buffer: counted for the node and its run.
+#[inline(always)]
+pub(crate) fn dropped(hdr: &EventHeader) {
+    bump(counter::RINGBUF_DROPS);
+    bump_run(hdr.run, run_counter::DROPS);
+}
+
+#[inline(always)]
+fn set_tracked(tgid: u32, run: u32) {
+    if run != 0 {
+        if TRACKED.insert(&tgid, &run, 0).is_err() {
             bump(counter::TRACK_INSERT_ERRORS);
         }
     } else {
@@ -179,7 +214,7 @@ fn set_tracked(tgid: u32, parent: u32, on: bool) {
     }
     if let Some(slot) = TRACKED_FAST.get_ptr_mut(tgid) {
         // SAFETY: pointer to the array slot of `tgid`.
-        unsafe { *slot = u32::from(on) };
+        unsafe { *slot = run };
     }
 }
 
@@ -198,6 +233,8 @@ pub(crate) fn read_at<T: Default>(base: *const u8, off: u32) -> T {
 
 #[inline(always)]
 pub(crate) fn header(kind: EventKind, pid: u32, tgid: u32) -> EventHeader {
+    let run = run_of(tgid);
+    bump_run(run, run_counter::EMITTED);
     EventHeader {
         kind: kind as u32,
         // SAFETY: plain helper call without arguments.
@@ -207,6 +244,8 @@ pub(crate) fn header(kind: EventKind, pid: u32, tgid: u32) -> EventHeader {
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         pid,
         tgid,
+        run,
+        _pad: 0,
     }
 }
 
@@ -215,7 +254,8 @@ pub(crate) fn header(kind: EventKind, pid: u32, tgid: u32) -> EventHeader {
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let parent_tgid = (pid_tgid >> 32) as u32;
-    if !is_tracked(parent_tgid) {
+    let run = run_of(parent_tgid);
+    if run == 0 {
         return 0;
     }
     let child: *const u8 = ctx.arg(1);
@@ -226,9 +266,9 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         bump(counter::THREADS_CREATED);
         return 0;
     }
-    set_tracked(child_tgid, parent_tgid, true);
-    stats::create(child_tgid);
-    if setting!(files) != 0 {
+    set_tracked(child_tgid, run);
+    stats::create(child_tgid, run);
+    if wants(run, run_flag::FILES) {
         files::inherit(parent_tgid, child_tgid);
     }
     let event = ForkEvent {
@@ -237,7 +277,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         parent_pid: pid_tgid as u32,
     };
     if EVENTS.output::<ForkEvent>(&event, wakeup_flags()).is_err() {
-        bump(counter::RINGBUF_DROPS);
+        dropped(&event.header);
     }
     0
 }
@@ -327,7 +367,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     // SAFETY: `size` is at most size_of::<ExecEvent>() and `event` is a valid slot.
     let bytes = unsafe { core::slice::from_raw_parts(event.cast::<u8>(), size) };
     if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
-        bump(counter::RINGBUF_DROPS);
+        dropped(&hdr);
     }
     0
 }
@@ -339,18 +379,19 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_tracked(tgid) {
+    let run = run_of(tgid);
+    if run == 0 {
         return 0;
     }
     let group_dead = ctx.arg::<u64>(1) & 0xff != 0;
     let task: *const u8 = ctx.arg(0);
-    sched::thread_exit(pid_tgid as u32, tgid);
+    sched::thread_exit(pid_tgid as u32, tgid, run);
     let hdr = header(EventKind::Exit, pid_tgid as u32, tgid);
     if group_dead {
-        set_tracked(tgid, 0, false);
+        set_tracked(tgid, 0);
     }
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
-        bump(counter::RINGBUF_DROPS);
+        dropped(&hdr);
         return 0;
     };
     let event = ExitEvent {

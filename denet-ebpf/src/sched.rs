@@ -14,7 +14,9 @@ use denet_common::{
     TASK_SLEEPING,
 };
 
-use crate::{bump, header, is_tracked, off, read_at, setting, stats, wakeup_flags, EVENTS};
+use denet_common::run_flag;
+
+use crate::{bump, dropped, header, off, read_at, run_of, stats, wakeup_flags, wants, EVENTS};
 
 /// Scheduler state of every thread of the tracked processes, keyed by tid.
 #[map]
@@ -35,9 +37,9 @@ fn now() -> u64 {
 /// Charges the time since the thread's last transition to the state it leaves
 /// (and, with `--events`, reports the span).
 #[inline(always)]
-fn leave(st: &TaskState, now: u64, tgid: u32, tid: u32) {
+fn leave(st: &TaskState, now: u64, tgid: u32, tid: u32, run: u32) {
     let d = now.saturating_sub(st.since_ns);
-    if setting!(events) != 0 {
+    if wants(run, run_flag::EVENTS) {
         let event = SchedSpanEvent {
             header: header(EventKind::RawSched, tid, tgid),
             state: st.state,
@@ -48,7 +50,7 @@ fn leave(st: &TaskState, now: u64, tgid: u32, tid: u32) {
             .output::<SchedSpanEvent>(&event, wakeup_flags())
             .is_err()
         {
-            bump(counter::RINGBUF_DROPS);
+            dropped(&event.header);
         }
     }
     let Some(s) = stats::of(tgid) else { return };
@@ -86,12 +88,13 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let t = now();
     let pid_tgid = bpf_get_current_pid_tgid();
     let prev_tgid = (pid_tgid >> 32) as u32;
-    if is_tracked(prev_tgid) {
+    let prev_run = run_of(prev_tgid);
+    if prev_run != 0 {
         let prev_tid = pid_tgid as u32;
         // SAFETY: the value is copied out before the map is written again.
         if let Some(st) = unsafe { TASK_STATE.get(&prev_tid) } {
             let st = *st;
-            leave(&st, t, prev_tgid, prev_tid);
+            leave(&st, t, prev_tgid, prev_tid, prev_run);
         }
         let preempt: u64 = ctx.arg(0);
         let prev_state: u64 = ctx.arg(3);
@@ -113,12 +116,13 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     }
     let next: *const u8 = ctx.arg(2);
     let next_tgid: u32 = read_at(next, off!(task_tgid));
-    if is_tracked(next_tgid) {
+    let next_run = run_of(next_tgid);
+    if next_run != 0 {
         let next_tid: u32 = read_at(next, off!(task_pid));
         // SAFETY: copied out before the map is written again.
         if let Some(st) = unsafe { TASK_STATE.get(&next_tid) } {
             let st = *st;
-            leave(&st, t, next_tgid, next_tid);
+            leave(&st, t, next_tgid, next_tid, next_run);
         }
         enter(next_tid, next_tgid, TASK_RUNNING, t);
     }
@@ -129,7 +133,8 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
 fn wakeup(ctx: &RawTracePointContext) {
     let p: *const u8 = ctx.arg(0);
     let tgid: u32 = read_at(p, off!(task_tgid));
-    if !is_tracked(tgid) {
+    let run = run_of(tgid);
+    if run == 0 {
         return;
     }
     let tid: u32 = read_at(p, off!(task_pid));
@@ -140,7 +145,7 @@ fn wakeup(ctx: &RawTracePointContext) {
         if st.state == TASK_RUNNING || st.state == TASK_RUNNABLE {
             return;
         }
-        leave(&st, t, tgid, tid);
+        leave(&st, t, tgid, tid, run);
     }
     enter(tid, tgid, TASK_RUNNABLE, t);
 }
@@ -162,11 +167,11 @@ pub fn sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
 /// A thread exits (called from sched_process_exit, in its context): charge its
 /// running slice so far and forget it.
 #[inline(always)]
-pub(crate) fn thread_exit(tid: u32, tgid: u32) {
+pub(crate) fn thread_exit(tid: u32, tgid: u32, run: u32) {
     // SAFETY: copied out before the map is written again.
     if let Some(st) = unsafe { TASK_STATE.get(&tid) } {
         let st = *st;
-        leave(&st, now(), tgid, tid);
+        leave(&st, now(), tgid, tid, run);
     }
     let _ = TASK_STATE.remove(&tid);
 }

@@ -12,11 +12,13 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
-use denet_common::{counter, ProcStats, SyscallCounts, HIST_BUCKETS, TRACKED_MAX_ENTRIES};
+use denet_common::{
+    counter, run_flag, ProcStats, SyscallCounts, HIST_BUCKETS, TRACKED_MAX_ENTRIES,
+};
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use crate::{bump, setting};
+use crate::bump;
 
 #[map]
 pub(crate) static PROC_STATS: HashMap<u32, ProcStats> =
@@ -34,14 +36,14 @@ static ZERO_SYSCALLS: PerCpuArray<SyscallCounts> = PerCpuArray::with_max_entries
 
 /// Creates the zeroed counters of a newly tracked process.
 #[inline(always)]
-pub(crate) fn create(tgid: u32) {
+pub(crate) fn create(tgid: u32, run: u32) {
     if let Some(zero) = ZERO_STATS.get_ptr(0) {
         // SAFETY: `zero` points into a map value of the right type.
         if PROC_STATS.insert(&tgid, unsafe { &*zero }, 0).is_err() {
             bump(counter::STATS_INSERT_ERRORS);
         }
     }
-    if setting!(syscalls) == 0 {
+    if !crate::wants(run, run_flag::SYSCALLS) {
         return;
     }
     if let Some(zero) = ZERO_SYSCALLS.get_ptr(0) {

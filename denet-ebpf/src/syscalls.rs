@@ -6,9 +6,9 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
-use denet_common::{EventKind, SYSCALL_SLOTS};
+use denet_common::{run_flag, EventKind, SYSCALL_SLOTS};
 
-use crate::{files, is_tracked, off, read_at, setting, stats::SYSCALLS};
+use crate::{files, off, read_at, run_of, stats::SYSCALLS, wants};
 
 // x86_64 syscall numbers of the file accounting.
 const SYS_READ: u64 = 0;
@@ -48,12 +48,13 @@ const O_TRUNC: u32 = 0o1000;
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_tracked(tgid) {
+    let run = run_of(tgid);
+    if run == 0 {
         return 0;
     }
     let id: u64 = ctx.arg(1);
-    // With only file accounting asked for, SYSCALLS has no entries: the lookup
-    // misses and nothing is counted.
+    // A run that does not count syscalls has no SYSCALLS entries: the lookup misses
+    // and nothing is counted.
     if let Some(counts) = SYSCALLS.get_ptr_mut(&tgid) {
         let slot = id as usize;
         if slot < SYSCALL_SLOTS {
@@ -65,7 +66,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
             }
         }
     }
-    if id == SYS_CLOSE && setting!(files) != 0 {
+    if id == SYS_CLOSE && wants(run, run_flag::FILES) {
         let regs: *const u8 = ctx.arg(0);
         let fd: u64 = read_at(regs, off!(regs_di));
         files::close(tgid, pid_tgid as u32, fd as u32);
@@ -79,7 +80,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_tracked(tgid) || setting!(files) == 0 {
+    let run = run_of(tgid);
+    if run == 0 || !wants(run, run_flag::FILES) {
         return 0;
     }
     let ret = ctx.arg::<u64>(1) as i64;

@@ -24,9 +24,13 @@ use super::{
     launch::{HeldChild, LaunchError, LaunchSpec},
 };
 use crate::{
-    kernel::{KernelTracer, TracerOptions},
+    kernel::{tracer::STANDALONE_RUN, KernelTracer, TracerOptions},
+    node::{
+        link::{Finished, NodeLink},
+        protocol::{TrackRequest, PROTOCOL_VERSION},
+    },
     process::{
-        collector::{self, CollectorMsg},
+        collector::{self, CollectorMsg, RunCollector},
         files::FileTracker,
         proc_tree::ProcTree,
         procfs,
@@ -65,6 +69,9 @@ pub struct RunConfig {
     pub syscalls: bool,
     /// Raw scheduler and block I/O `event` records.
     pub events: bool,
+    /// The node tracer's socket: a run asks the node daemon there before loading
+    /// programs of its own. `None`: always load its own (`--standalone`).
+    pub node_socket: Option<PathBuf>,
 }
 
 /// How the run ended, for the caller's exit status.
@@ -78,33 +85,73 @@ pub struct RunOutcome {
     pub kernel: Option<KernelTracer>,
 }
 
+/// Who traces the run in the kernel.
+enum Tracer {
+    /// Programs this run loaded itself.
+    Own(Box<KernelTracer>),
+    /// The node daemon's programs (this run is one of its runs).
+    Node(NodeLink),
+}
+
+impl Tracer {
+    /// The header's name for it.
+    fn name(&self) -> &'static str {
+        match self {
+            Tracer::Own(_) => "own",
+            Tracer::Node(_) => "node",
+        }
+    }
+}
+
 struct Kernel {
-    tracer: Option<KernelTracer>,
+    tracer: Option<Tracer>,
     unavailable: Option<String>,
+    /// What the kernel side collects for this run (the node daemon may grant less).
+    files: bool,
+    syscalls: bool,
+    events: bool,
+}
+
+/// A message for whoever reads the agent's stderr. Never fails: a job's agent
+/// whose service died (its stderr a broken pipe) must still stop and finish its run.
+fn say(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "denet-agent: {msg}");
 }
 
 fn warn(msg: &str) {
-    eprintln!("denet-agent: warning: {msg}");
+    say(format_args!("warning: {msg}"));
 }
 
-/// Loads the eBPF programs as the mode asks, or explains why not.
-fn open_kernel(mode: EbpfMode, options: TracerOptions) -> Result<Kernel> {
+/// The node daemon when one listens (nothing to load), else programs of our own as
+/// the mode asks, or why neither.
+fn open_kernel(config: &RunConfig, options: TracerOptions) -> Result<Kernel> {
+    let mode = config.ebpf;
+    let kernel = |tracer, unavailable| Kernel {
+        tracer,
+        unavailable,
+        files: options.files,
+        syscalls: options.syscalls,
+        events: options.events,
+    };
     if mode == EbpfMode::Off {
-        return Ok(Kernel {
-            tracer: None,
-            unavailable: Some("disabled with --no-ebpf".into()),
-        });
+        return Ok(kernel(None, Some("disabled with --no-ebpf".into())));
+    }
+    if let Some(socket) = &config.node_socket {
+        if let Ok(link) = NodeLink::connect(socket) {
+            return Ok(kernel(Some(Tracer::Node(link)), None));
+        }
     }
     match KernelTracer::load(options) {
-        Ok(tracer) => Ok(Kernel {
-            tracer: Some(tracer),
-            unavailable: None,
-        }),
+        Ok(tracer) => Ok(kernel(Some(Tracer::Own(Box::new(tracer))), None)),
         Err(e) => {
             let reason = if nix::unistd::geteuid().is_root() {
                 e.to_string()
             } else {
-                format!("{e} (eBPF needs root)")
+                format!(
+                    "{e} (without root, eBPF needs the node daemon, `denet-agent serve` \
+                     as root, or file capabilities cap_bpf,cap_perfmon on the binary)"
+                )
             };
             if mode == EbpfMode::Required {
                 anyhow::bail!("eBPF is required (--require-ebpf) but unavailable: {reason}");
@@ -114,12 +161,73 @@ fn open_kernel(mode: EbpfMode, options: TracerOptions) -> Result<Kernel> {
                  shorter than the sampling interval will be missed and numbers are sampled, \
                  not exact"
             ));
-            Ok(Kernel {
-                tracer: None,
-                unavailable: Some(reason),
-            })
+            Ok(kernel(None, Some(reason)))
         }
     }
+}
+
+/// Puts the held command into the kernel's tracked set: our own programs' run, or a
+/// run of the node daemon. A daemon that refuses leaves the run to /proc sampling
+/// (or fails it, with --require-ebpf).
+fn track_command(config: &RunConfig, kernel: &mut Kernel, pid: u32, fork_ns: u64) -> Result<()> {
+    match kernel.tracer.as_mut() {
+        None => Ok(()),
+        Some(Tracer::Own(tracer)) => {
+            let flags = TracerOptions {
+                ringbuf_bytes: 0,
+                files: kernel.files,
+                syscalls: kernel.syscalls,
+                events: kernel.events,
+                shared: false,
+            }
+            .run_flags();
+            tracer
+                .open_run(STANDALONE_RUN, flags)
+                .and_then(|()| tracer.track(pid, STANDALONE_RUN, kernel.syscalls))
+                .context("adding the command to the tracked set")
+        }
+        Some(Tracer::Node(link)) => {
+            let request = TrackRequest {
+                version: PROTOCOL_VERSION,
+                pid,
+                start_boot_ns: fork_ns,
+                argv: config.launch.argv.clone(),
+                cwd: launch_cwd(config),
+                files: kernel.files,
+                syscalls: kernel.syscalls,
+                events: kernel.events,
+            };
+            match link.track(request) {
+                Ok(granted) => {
+                    kernel.files = granted.files;
+                    kernel.syscalls = granted.syscalls;
+                    kernel.events = granted.events;
+                    Ok(())
+                }
+                Err(e) => {
+                    if config.ebpf == EbpfMode::Required {
+                        return Err(e).context("eBPF is required (--require-ebpf)");
+                    }
+                    warn(&format!(
+                        "{e}; falling back to /proc sampling: processes shorter than the \
+                         sampling interval will be missed and numbers are sampled, not exact"
+                    ));
+                    kernel.tracer = None;
+                    kernel.unavailable = Some(e.to_string());
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn launch_cwd(config: &RunConfig) -> Option<String> {
+    config
+        .launch
+        .cwd
+        .clone()
+        .or_else(|| std::env::current_dir().ok())
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 fn header(config: &RunConfig, kernel: &Kernel, pid: Option<u32>, hold_ns: Option<u64>) -> Header {
@@ -147,10 +255,11 @@ fn header(config: &RunConfig, kernel: &Kernel, pid: Option<u32>, hold_ns: Option
         clock: clock::anchor(),
         hold_ns,
         ebpf: kernel.tracer.is_some(),
+        tracer: kernel.tracer.as_ref().map(Tracer::name),
         ebpf_unavailable_reason: kernel.unavailable.clone(),
-        syscalls: kernel.tracer.is_some() && config.syscalls,
-        files: kernel.tracer.is_some() && config.files,
-        events: kernel.tracer.is_some() && config.events,
+        syscalls: kernel.tracer.is_some() && kernel.syscalls,
+        files: kernel.tracer.is_some() && kernel.files,
+        events: kernel.tracer.is_some() && kernel.events,
         interval_ms: config.interval_ms,
         max_interval_ms: config.max_interval_ms,
         argv_max_bytes: denet_common::ARGV_MAX,
@@ -178,8 +287,9 @@ pub fn run_controlled(
         files: config.files,
         syscalls: config.syscalls,
         events: config.events,
+        shared: false,
     };
-    let mut kernel = open_kernel(config.ebpf, options)?;
+    let mut kernel = open_kernel(&config, options)?;
 
     let fork_ns = clock::boottime_ns();
     let held = match HeldChild::spawn(&config.launch) {
@@ -187,13 +297,10 @@ pub fn run_controlled(
         Err(e) => return start_failed(&config, &kernel, &mut out, fork_ns, &e),
     };
     let pid = held.pid();
-    let agent_pid = std::process::id();
-    if let Some(tracer) = &mut kernel.tracer {
-        // Must succeed before release, or the command would run untraced.
-        if let Err(e) = tracer.track(pid, agent_pid) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            return Err(e).context("adding the command to the tracked set");
-        }
+    // Must succeed before release, or the command would run untraced.
+    if let Err(e) = track_command(&config, &mut kernel, pid, fork_ns) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        return Err(e);
     }
     let released_ns = clock::boottime_ns();
     let exec_result = held.release();
@@ -202,7 +309,7 @@ pub fn run_controlled(
 
     let mut start_error = None;
     if let Err(e) = &exec_result {
-        eprintln!("denet-agent: {e}");
+        say(format_args!("{e}"));
         start_error = Some((e.to_string(), e.exit_status()));
     }
 
@@ -243,7 +350,7 @@ fn start_failed(
     fork_ns: u64,
     e: &LaunchError,
 ) -> Result<RunOutcome> {
-    eprintln!("denet-agent: {e}");
+    say(format_args!("{e}"));
     out.write(&header(config, kernel, None, None))?;
     let now = clock::boottime_ns();
     let summary = Summary {
@@ -284,10 +391,12 @@ async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) ->
 struct RunState {
     pid: u32,
     start_ns: u64,
-    tracer: Option<KernelTracer>,
+    tracer: Option<Tracer>,
     collector: Option<collector::CollectorHandle>,
     rx: mpsc::UnboundedReceiver<CollectorMsg>,
     proc_tree: Option<ProcTree>,
+    /// The kernel records' channel still has a sender.
+    feed_open: bool,
     live: HashSet<u32>,
     out: JsonlWriter,
     sampler: Sampler,
@@ -312,14 +421,16 @@ impl RunState {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut live = HashSet::new();
         live.insert(pid);
-        let events = kernel.tracer.as_mut().and_then(KernelTracer::take_events);
-        let (collector_stats, sampler_stats) =
-            match kernel.tracer.as_mut().and_then(KernelTracer::take_stats) {
-                Some((a, b)) => (Some(a), Some(b)),
-                None => (None, None),
-            };
-        let (collector, proc_tree) = match events {
-            Some(ring) => {
+        let mut collector = None;
+        let mut proc_tree = None;
+        let mut live_counters: Option<Box<dyn crate::process::sampler::LiveCounters>> = None;
+        match kernel.tracer.as_mut() {
+            Some(Tracer::Own(tracer)) => {
+                let (Some(ring), Some((collector_stats, sampler_stats))) =
+                    (tracer.take_events(), tracer.take_stats())
+                else {
+                    anyhow::bail!("the kernel programs' maps were handed out twice");
+                };
                 let mut tracker = Tracker::new(procfs::clock_ticks_and_page_kb().1);
                 tracker.add_root(
                     pid,
@@ -328,20 +439,23 @@ impl RunState {
                     config.launch.argv.clone(),
                 );
                 let mut files = FileTracker::default();
-                let cwd = config
-                    .launch
-                    .cwd
-                    .clone()
-                    .or_else(|| std::env::current_dir().ok());
-                if let Some(cwd) = cwd {
-                    files.set_cwd(pid, cwd.to_string_lossy().into_owned());
+                if let Some(cwd) = launch_cwd(config) {
+                    files.set_cwd(pid, cwd);
                 }
-                let handle = collector::spawn(ring, tracker, files, collector_stats, tx)
+                let handle = collector::spawn(ring, Some(collector_stats))
                     .context("starting the collector thread")?;
-                (Some(handle), None)
+                let sink = Box::new(move |msg| tx.send(msg).is_ok());
+                handle.add(STANDALONE_RUN, RunCollector::new(tracker, files, sink));
+                collector = Some(handle);
+                live_counters = Some(Box::new(sampler_stats));
             }
-            None => (None, Some(ProcTree::new(pid, std::process::id()))),
-        };
+            Some(Tracer::Node(link)) => {
+                link.start(tx)
+                    .context("starting the node tracer's reader")?;
+                live_counters = Some(link.live_counters());
+            }
+            None => proc_tree = Some(ProcTree::new(pid, std::process::id())),
+        }
         Ok(Self {
             pid,
             start_ns,
@@ -349,9 +463,10 @@ impl RunState {
             collector,
             rx,
             proc_tree,
+            feed_open: true,
             live,
             out,
-            sampler: Sampler::new(start_ns, sampler_stats),
+            sampler: Sampler::new(start_ns, live_counters),
             interval: AdaptiveInterval::new(config.interval_ms, config.max_interval_ms),
             summary: Summary {
                 kind: "summary",
@@ -385,11 +500,11 @@ impl RunState {
             }
             let timeout_check = self.next_timeout_check(deadline);
             tokio::select! {
-                msg = self.rx.recv() => {
-                    if let Some(msg) = msg {
-                        self.on_collector(msg)?;
-                    }
-                }
+                msg = self.rx.recv(), if self.feed_open => match msg {
+                    Some(msg) => self.on_collector(msg)?,
+                    // Every sender is gone (the node tracer's reader ended).
+                    None => self.feed_open = false,
+                },
                 _ = sigchld.recv() => {}
                 _ = sigint.recv() => self.forward(Signal::SIGINT),
                 _ = sigterm.recv() => self.forward(Signal::SIGTERM),
@@ -452,6 +567,25 @@ impl RunState {
     }
 
     fn on_collector(&mut self, msg: CollectorMsg) -> Result<()> {
+        if let Some(why) = &msg.failure {
+            warn(&format!(
+                "the node tracer went away ({why}): processes that end from now on are \
+                 sampled from /proc"
+            ));
+            self.summary.tracer_error.get_or_insert_with(|| {
+                format!(
+                    "the node tracer went away during the run ({why}); processes that \
+                     ended after that are sampled from /proc"
+                )
+            });
+            // What is still running is followed the way a run without eBPF does it,
+            // starting with a reading now.
+            self.tracer = None;
+            if self.proc_tree.is_none() {
+                self.proc_tree = Some(ProcTree::new(self.pid, std::process::id()));
+                self.sample()?;
+            }
+        }
         self.live.extend(msg.started);
         for info in &msg.finished {
             self.live.remove(&info.pid);
@@ -528,16 +662,20 @@ impl RunState {
         if self.root_status.is_none() || !self.no_children {
             return false;
         }
-        let Some(tracer) = &mut self.tracer else {
+        if self.tracer.is_none() {
             return true;
-        };
+        }
         // A tracked pid that no longer exists means its exit was missed (events
         // lost): forget it rather than wait for it forever. It is counted.
         let mut alive = 0;
-        for pid in tracer.tracked_pids() {
+        for pid in self.tracked_pids() {
             if kill(Pid::from_raw(pid as i32), None) == Err(nix::errno::Errno::ESRCH) {
                 self.summary.ebpf_track_errors += 1;
-                tracer.untrack(pid);
+                match &mut self.tracer {
+                    Some(Tracer::Own(t)) => t.untrack(pid),
+                    Some(Tracer::Node(link)) => link.untrack(pid),
+                    None => {}
+                }
             } else {
                 alive += 1;
             }
@@ -545,13 +683,20 @@ impl RunState {
         alive == 0
     }
 
+    /// The run's processes in the kernel's tracked set.
+    fn tracked_pids(&self) -> Vec<u32> {
+        match &self.tracer {
+            Some(Tracer::Own(t)) => t.tracked_pids(STANDALONE_RUN),
+            Some(Tracer::Node(link)) => link.tracked_pids(),
+            None => Vec::new(),
+        }
+    }
+
     /// Every process of the tree: the kernel's tracked set when there is one (it also
     /// holds processes whose fork event is still in flight), plus what we know here.
     fn tree_pids(&self) -> Vec<u32> {
         let mut pids: HashSet<u32> = self.live.clone();
-        if let Some(t) = &self.tracer {
-            pids.extend(t.tracked_pids());
-        }
+        pids.extend(self.tracked_pids());
         if let Some(tree) = &self.proc_tree {
             pids.extend(tree.discover());
         }
@@ -590,7 +735,9 @@ impl RunState {
         match self.kill_stage {
             KillStage::None => {
                 if deadline.is_some_and(|d| now >= d) {
-                    eprintln!("denet-agent: timeout reached, sending SIGTERM to the process tree");
+                    say(format_args!(
+                        "timeout reached, sending SIGTERM to the process tree"
+                    ));
                     self.summary.timed_out = true;
                     self.terminate_tree(now);
                 }
@@ -607,28 +754,48 @@ impl RunState {
 
     fn finish(mut self, start_error: Option<(String, i32)>) -> Result<RunOutcome> {
         let end_ns = clock::boottime_ns();
-        if let Some(collector) = self.collector.take() {
-            let report = collector.finish();
-            while let Ok(msg) = self.rx.try_recv() {
-                self.on_collector(msg)?;
+        let mut own = None;
+        let finished = match self.tracer.take() {
+            Some(Tracer::Own(tracer)) => {
+                let mut f = Finished::default();
+                if let Some(collector) = self.collector.take() {
+                    f.report = collector.remove(STANDALONE_RUN);
+                    collector.stop();
+                }
+                f.run = tracer
+                    .run_counters(STANDALONE_RUN)
+                    .context("reading kernel counters")?;
+                f.node = tracer.counters().context("reading kernel counters")?;
+                own = Some(*tracer);
+                Some(f)
             }
-            let counters = self
-                .tracer
-                .as_ref()
-                .map(|t| t.counters())
-                .transpose()
-                .context("reading kernel counters")?
-                .unwrap_or_default();
+            Some(Tracer::Node(link)) => match link.finish() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    warn(&format!("ending the run with the node tracer: {e}"));
+                    self.summary
+                        .tracer_error
+                        .get_or_insert_with(|| format!("ending the run with the node tracer: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        while let Ok(msg) = self.rx.try_recv() {
+            self.on_collector(msg)?;
+        }
+        if let Some(f) = finished {
             let s = &mut self.summary;
-            s.lost_events = counters
-                .events_emitted
-                .saturating_sub(report.events_received)
-                .max(counters.ringbuf_drops)
-                + report.malformed_events;
-            s.ebpf_read_errors = counters.read_errors;
-            s.ebpf_track_errors += counters.track_insert_errors;
-            s.threads_created = counters.threads_created;
-            s.ebpf_stats_errors = counters.stats_insert_errors;
+            s.lost_events = f
+                .run
+                .emitted
+                .saturating_sub(f.report.events_received)
+                .max(f.run.drops)
+                + f.report.malformed_events;
+            s.ebpf_read_errors = f.node.read_errors;
+            s.ebpf_track_errors += f.node.track_insert_errors;
+            s.threads_created = f.node.threads_created;
+            s.ebpf_stats_errors = f.node.stats_insert_errors;
         }
         if let Some(mut tree) = self.proc_tree.take() {
             for p in tree.flush(self.root_status) {
@@ -664,7 +831,7 @@ impl RunState {
         Ok(RunOutcome {
             exit_status,
             summary,
-            kernel: self.tracer.take(),
+            kernel: own,
         })
     }
 }

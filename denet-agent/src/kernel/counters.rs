@@ -10,7 +10,7 @@ use denet_common::{
 use super::tracer::{map_err, names, TracerError};
 
 /// A process's counters, summed over CPUs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProcDepth {
     pub stats: ProcStats,
     /// (syscall number, count), non-zero counts only, by number; None when
@@ -27,8 +27,10 @@ pub struct StatsMaps {
     /// its current state is not in `procs` until it leaves that state.
     task_state: Option<HashMap<MapData, u32, TaskState>>,
     nr_cpus: usize,
-    /// Syscalls are counted (else SYSCALLS stays empty).
-    pub count_syscalls: bool,
+    /// Syscalls may be counted by the loaded programs (else SYSCALLS stays empty
+    /// and is never read). Whether a given process is counted is whether it has an
+    /// entry: its run asked for it.
+    pub may_count_syscalls: bool,
 }
 
 /// A second handle on the same kernel map (for another thread).
@@ -63,33 +65,41 @@ impl StatsMaps {
                 .map_err(map_err(names::FILE_STATS))?,
             task_state: None,
             nr_cpus,
-            count_syscalls: true,
+            may_count_syscalls: true,
         })
     }
 
-    /// Two handles on the same kernel maps: one for the collector thread (exits and
-    /// files), one for the sampler.
-    pub fn pair(
+    /// Handles on the same kernel maps, one per user (the collector thread, the
+    /// sampler, the tracer's own), each able to read live scheduler states.
+    pub fn handles(
         procs: Map,
         syscalls: Map,
         files: Map,
         task_state: Map,
         nr_cpus: usize,
-    ) -> Result<(Self, Self), TracerError> {
+        count: usize,
+    ) -> Result<Vec<Self>, TracerError> {
         let (p, s, f) = (
             data(procs, names::PROC_STATS, false)?,
             data(syscalls, names::SYSCALLS, true)?,
             data(files, names::FILE_STATS, true)?,
         );
-        let mut second = Self::from_data(
-            dup(&p, names::PROC_STATS)?,
-            dup(&s, names::SYSCALLS)?,
-            dup(&f, names::FILE_STATS)?,
-            nr_cpus,
-        )?;
-        second.task_state =
-            Some(HashMap::try_from(task_state).map_err(map_err(names::TASK_STATE))?);
-        Ok((Self::from_data(p, s, f, nr_cpus)?, second))
+        let t = data(task_state, names::TASK_STATE, false)?;
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut h = Self::from_data(
+                dup(&p, names::PROC_STATS)?,
+                dup(&s, names::SYSCALLS)?,
+                dup(&f, names::FILE_STATS)?,
+                nr_cpus,
+            )?;
+            h.task_state = Some(
+                HashMap::try_from(Map::HashMap(dup(&t, names::TASK_STATE)?))
+                    .map_err(map_err(names::TASK_STATE))?,
+            );
+            out.push(h);
+        }
+        Ok(out)
     }
 
     /// Like [`Self::read`], plus the time each thread has spent so far in the state
@@ -127,11 +137,11 @@ impl StatsMaps {
 
     /// Zeroed counters for a process the agent tracks itself (the command); the
     /// kernel creates them for every process forked from it.
-    pub fn create(&mut self, tgid: u32) -> Result<(), TracerError> {
+    pub fn create(&mut self, tgid: u32, syscalls: bool) -> Result<(), TracerError> {
         self.procs
             .insert(tgid, ProcStats::default(), 0)
             .map_err(map_err(names::PROC_STATS))?;
-        if !self.count_syscalls {
+        if !(syscalls && self.may_count_syscalls) {
             return Ok(());
         }
         let counts = PerCpuValues::try_from(vec![SyscallCounts::default(); self.nr_cpus])
@@ -146,33 +156,38 @@ impl StatsMaps {
         let stats = self.procs.get(&tgid, 0).ok()?;
         Some(ProcDepth {
             stats,
-            syscalls: self.count_syscalls.then(|| self.syscall_counts(tgid)),
+            syscalls: self.syscall_counts(tgid),
         })
     }
 
-    /// (syscall number, count) of a live process, non-zero counts only.
-    fn syscall_counts(&self, tgid: u32) -> Vec<(u16, u64)> {
+    /// (syscall number, count) of a live process, non-zero counts only; None when
+    /// it is not counted.
+    fn syscall_counts(&self, tgid: u32) -> Option<Vec<(u16, u64)>> {
+        if !self.may_count_syscalls {
+            return None;
+        }
+        let per_cpu = self.syscalls.get(&tgid, 0).ok()?;
         let mut counts = [0u64; denet_common::SYSCALL_SLOTS];
-        if let Ok(per_cpu) = self.syscalls.get(&tgid, 0) {
-            for v in per_cpu.iter() {
-                for (total, c) in counts.iter_mut().zip(v.counts.iter()) {
-                    *total += u64::from(*c);
-                }
+        for v in per_cpu.iter() {
+            for (total, c) in counts.iter_mut().zip(v.counts.iter()) {
+                *total += u64::from(*c);
             }
         }
-        counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(nr, c)| (nr as u16, *c))
-            .collect()
+        Some(
+            counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(nr, c)| (nr as u16, *c))
+                .collect(),
+        )
     }
 
     /// Final counters of an exited process; its entries are deleted.
     pub fn take(&mut self, tgid: u32) -> Option<ProcDepth> {
         let depth = self.read(tgid);
         let _ = self.procs.remove(&tgid);
-        if self.count_syscalls {
+        if depth.as_ref().is_some_and(|d| d.syscalls.is_some()) {
             let _ = self.syscalls.remove(&tgid);
         }
         depth

@@ -1,15 +1,20 @@
 //! Loads and attaches the embedded eBPF programs and gives typed access to their maps.
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
     Ebpf,
 };
 use denet_common::{
-    counter, IoAccounting, KernelOffsets, Settings, FILE_STATS_MAX_ENTRIES, TRACKED_MAX_ENTRIES,
+    counter, run_counter, run_flag, IoAccounting, KernelOffsets, Settings, FILE_STATS_MAX_ENTRIES,
+    MAX_RUNS, TRACKED_MAX_ENTRIES,
 };
 
-use super::{btf::Btf, counters::StatsMaps, offsets_cache};
+use super::{
+    btf::Btf,
+    counters::{ProcDepth, StatsMaps},
+    offsets_cache,
+};
 
 /// The eBPF object built by build.rs from `denet-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/denet.bpf.o"));
@@ -19,6 +24,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/de
 pub(crate) mod names {
     pub const TRACKED: &str = "TRACKED";
     pub const TRACKED_FAST: &str = "TRACKED_FAST";
+    pub const RUNS: &str = "RUNS";
+    pub const RUN_COUNTERS: &str = "RUN_COUNTERS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
     pub const PROC_STATS: &str = "PROC_STATS";
@@ -32,6 +39,8 @@ pub(crate) mod names {
     pub const MAPS: &[&str] = &[
         TRACKED,
         TRACKED_FAST,
+        RUNS,
+        RUN_COUNTERS,
         COUNTERS,
         EVENTS,
         PROC_STATS,
@@ -91,6 +100,10 @@ pub struct TracerOptions {
     pub syscalls: bool,
     /// Raw scheduler and block I/O events through the ring buffer.
     pub events: bool,
+    /// Serve many runs (the node daemon): the maps of every feature get their full
+    /// size, and the syscall hooks are loaded (verified) but attached only while a
+    /// run needs them ([`KernelTracer::set_syscall_hooks`]).
+    pub shared: bool,
 }
 
 impl TracerOptions {
@@ -99,7 +112,25 @@ impl TracerOptions {
     pub fn syscall_hooks(&self) -> bool {
         self.files || self.syscalls
     }
+
+    /// The `run_flag` bits of a run asking for these features.
+    pub fn run_flags(&self) -> u32 {
+        let mut flags = run_flag::ACTIVE;
+        for (on, bit) in [
+            (self.files, run_flag::FILES),
+            (self.syscalls, run_flag::SYSCALLS),
+            (self.events, run_flag::EVENTS),
+        ] {
+            if on {
+                flags |= bit;
+            }
+        }
+        flags
+    }
 }
+
+/// The run a standalone `run` uses (the node daemon hands out 1..MAX_RUNS).
+pub const STANDALONE_RUN: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracerError {
@@ -134,8 +165,15 @@ pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Tra
     move |source| TracerError::Map { name, source }
 }
 
+/// One run's event counts, summed over CPUs (see `denet_common::run_counter`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunCounters {
+    pub emitted: u64,
+    pub drops: u64,
+}
+
 /// Kernel counters, summed over CPUs (see `denet_common::counter`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelCounters {
     pub events_emitted: u64,
     pub ringbuf_drops: u64,
@@ -156,13 +194,21 @@ fn pid_max() -> u32 {
 
 pub struct KernelTracer {
     // Owns the attached programs: dropping it detaches them.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     tracked: HashMap<MapData, u32, u32>,
     tracked_fast: Array<MapData, u32>,
+    runs: Array<MapData, u32>,
+    run_counters: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
-    /// Two handles on the per-process/per-file counters (collector, sampler).
+    /// The tracer's own handle on the counters: creates them for a command it
+    /// tracks, and reads live ones for the node daemon's clients.
+    own_stats: StatsMaps,
+    /// Two more handles (collector, sampler), handed out once.
     stats: Option<(StatsMaps, StatsMaps)>,
+    /// The syscall hooks while they are attached.
+    syscall_links: Vec<(&'static str, RawTracePointLinkId)>,
+    nr_cpus: usize,
 }
 
 fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, TracerError> {
@@ -309,19 +355,30 @@ fn load_programs(ebpf: &mut Ebpf, needed: impl Fn(&Program) -> bool) -> Result<(
     })
 }
 
+fn raw_tp<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut RawTracePoint, TracerError> {
+    ebpf.program_mut(name)
+        .ok_or(TracerError::Missing(name))?
+        .try_into()
+        .map_err(|source| TracerError::Program { name, source })
+}
+
 impl KernelTracer {
     /// Loads the programs with offsets from this kernel's BTF and attaches them.
     pub fn load(options: TracerOptions) -> Result<Self, TracerError> {
         let offsets = kernel_offsets()?;
         let nr_cpus =
             aya::util::nr_cpus().map_err(|(what, e)| TracerError::Btf(format!("{what}: {e}")))?;
-        let syscall_hooks = options.syscall_hooks();
         let settings = Settings {
-            files: u32::from(options.files),
             nr_cpus: nr_cpus as u32,
-            events: u32::from(options.events),
-            syscalls: u32::from(options.syscalls),
+            _pad: 0,
         };
+        let (files, syscalls) = (
+            options.files || options.shared,
+            options.syscalls || options.shared,
+        );
         // No BTF for aya: the programs carry no CO-RE relocations and raw tracepoints
         // attach by name.
         let mut ebpf = super::aya_loader::without_kernel_btf()
@@ -332,35 +389,27 @@ impl KernelTracer {
             // Maps of what is off get one entry, not room for every process.
             .map_max_entries(
                 names::FILE_STATS,
-                if options.files {
-                    FILE_STATS_MAX_ENTRIES
-                } else {
-                    1
-                },
+                if files { FILE_STATS_MAX_ENTRIES } else { 1 },
             )
             .map_max_entries(
                 names::SYSCALLS,
-                if options.syscalls {
-                    TRACKED_MAX_ENTRIES
-                } else {
-                    1
-                },
+                if syscalls { TRACKED_MAX_ENTRIES } else { 1 },
             )
             .load(OBJECT)?;
         // The syscall hooks put every syscall on the machine on the kernel's slow
-        // path, so they are neither loaded nor attached unless asked for.
-        let needed = |p: &Program| p.needs == Needs::Always || syscall_hooks;
-        load_programs(&mut ebpf, needed)?;
-        for p in PROGRAMS.iter().filter(|p| needed(p)) {
-            let name = p.name;
-            let program: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(TracerError::Missing(name))?
-                .try_into()
-                .map_err(|source| TracerError::Program { name, source })?;
-            program
-                .attach(name)
-                .map_err(|source| TracerError::Program { name, source })?;
+        // path: a standalone run neither loads nor attaches them unless asked; the
+        // node daemon loads them once and attaches them while a run needs them.
+        let syscall_hooks = options.syscall_hooks();
+        load_programs(&mut ebpf, |p| {
+            p.needs == Needs::Always || syscall_hooks || options.shared
+        })?;
+        for p in PROGRAMS.iter().filter(|p| p.needs == Needs::Always) {
+            raw_tp(&mut ebpf, p.name)?
+                .attach(p.name)
+                .map_err(|source| TracerError::Program {
+                    name: p.name,
+                    source,
+                })?;
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(TracerError::Missing(name))
@@ -369,41 +418,121 @@ impl KernelTracer {
             HashMap::try_from(take(&mut ebpf, names::TRACKED)?).map_err(map_err(names::TRACKED))?;
         let tracked_fast = Array::try_from(take(&mut ebpf, names::TRACKED_FAST)?)
             .map_err(map_err(names::TRACKED_FAST))?;
+        let runs = Array::try_from(take(&mut ebpf, names::RUNS)?).map_err(map_err(names::RUNS))?;
+        let run_counters = PerCpuArray::try_from(take(&mut ebpf, names::RUN_COUNTERS)?)
+            .map_err(map_err(names::RUN_COUNTERS))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, names::COUNTERS)?)
             .map_err(map_err(names::COUNTERS))?;
         let events =
             RingBuf::try_from(take(&mut ebpf, names::EVENTS)?).map_err(map_err(names::EVENTS))?;
-        let mut stats = StatsMaps::pair(
+        let mut handles = StatsMaps::handles(
             take(&mut ebpf, names::PROC_STATS)?,
             take(&mut ebpf, names::SYSCALLS)?,
             take(&mut ebpf, names::FILE_STATS)?,
             take(&mut ebpf, names::TASK_STATE)?,
             nr_cpus,
+            3,
         )?;
-        stats.0.count_syscalls = options.syscalls;
-        stats.1.count_syscalls = options.syscalls;
-        Ok(Self {
-            _ebpf: ebpf,
+        for h in &mut handles {
+            h.may_count_syscalls = syscalls;
+        }
+        let (Some(sampler), Some(collector), Some(own_stats)) =
+            (handles.pop(), handles.pop(), handles.pop())
+        else {
+            return Err(TracerError::Missing(names::PROC_STATS));
+        };
+        let mut tracer = Self {
+            ebpf,
             tracked,
             tracked_fast,
+            runs,
+            run_counters,
             counters,
             events: Some(events),
-            stats: Some(stats),
-        })
+            own_stats,
+            stats: Some((collector, sampler)),
+            syscall_links: Vec::new(),
+            nr_cpus,
+        };
+        if syscall_hooks && !options.shared {
+            tracer.set_syscall_hooks(true)?;
+        }
+        Ok(tracer)
     }
 
-    /// Puts `pid` into the kernel's tracked set (its forks are followed from now on)
-    /// with zeroed counters.
-    pub fn track(&mut self, pid: u32, parent: u32) -> Result<(), TracerError> {
-        if let Some((stats, _)) = &mut self.stats {
-            stats.create(pid)?;
+    /// Attaches or detaches the syscall hooks (loaded at start when `shared`).
+    pub fn set_syscall_hooks(&mut self, on: bool) -> Result<(), TracerError> {
+        if on != self.syscall_links.is_empty() {
+            return Ok(());
         }
+        if on {
+            for p in PROGRAMS.iter().filter(|p| p.needs == Needs::SyscallHooks) {
+                let link = raw_tp(&mut self.ebpf, p.name)?
+                    .attach(p.name)
+                    .map_err(|source| TracerError::Program {
+                        name: p.name,
+                        source,
+                    })?;
+                self.syscall_links.push((p.name, link));
+            }
+        } else {
+            for (name, link) in std::mem::take(&mut self.syscall_links) {
+                raw_tp(&mut self.ebpf, name)?
+                    .detach(link)
+                    .map_err(|source| TracerError::Program { name, source })?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn syscall_hooks_attached(&self) -> bool {
+        !self.syscall_links.is_empty()
+    }
+
+    /// Starts run `run` asking for `flags` (`denet_common::run_flag`), with its
+    /// event counters at zero.
+    pub fn open_run(&mut self, run: u32, flags: u32) -> Result<(), TracerError> {
+        for slot in [run_counter::EMITTED, run_counter::DROPS] {
+            let zeros = PerCpuValues::try_from(vec![0u64; self.nr_cpus])
+                .map_err(|e| TracerError::Btf(format!("per-CPU values: {e}")))?;
+            self.run_counters
+                .set(run * run_counter::SLOTS + slot, zeros, 0)
+                .map_err(map_err(names::RUN_COUNTERS))?;
+        }
+        self.runs
+            .set(run, flags | run_flag::ACTIVE, 0)
+            .map_err(map_err(names::RUNS))
+    }
+
+    /// Ends run `run`: whatever of it is still tracked is forgotten.
+    pub fn close_run(&mut self, run: u32) {
+        let _ = self.runs.set(run, 0, 0);
+        for pid in self.tracked_pids(run) {
+            self.untrack(pid);
+        }
+    }
+
+    /// Puts `pid` into the kernel's tracked set as part of `run` (its forks are
+    /// followed from now on) with zeroed counters.
+    pub fn track(&mut self, pid: u32, run: u32, syscalls: bool) -> Result<(), TracerError> {
+        if !(1..MAX_RUNS).contains(&run) {
+            return Err(TracerError::Btf(format!("run id {run} out of range")));
+        }
+        self.own_stats.create(pid, syscalls)?;
         self.tracked
-            .insert(pid, parent, 0)
+            .insert(pid, run, 0)
             .map_err(map_err(names::TRACKED))?;
         self.tracked_fast
-            .set(pid, 1, 0)
+            .set(pid, run, 0)
             .map_err(map_err(names::TRACKED_FAST))
+    }
+
+    /// The run `pid` is tracked in, 0 when none.
+    pub fn run_of(&self, pid: u32) -> u32 {
+        match self.tracked_fast.get(&pid, 0) {
+            Ok(run) => run,
+            Err(_) => self.tracked.get(&pid, 0).unwrap_or(0),
+        }
     }
 
     /// Drops a pid the kernel side failed to remove (its exit was not seen).
@@ -417,14 +546,44 @@ impl KernelTracer {
         self.stats.take()
     }
 
-    /// Processes currently in the kernel's tracked set.
-    pub fn tracked_pids(&self) -> Vec<u32> {
-        self.tracked.keys().filter_map(Result::ok).collect()
+    /// Processes of `run` currently in the kernel's tracked set.
+    pub fn tracked_pids(&self, run: u32) -> Vec<u32> {
+        self.tracked
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, r)| *r == run)
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// Live counters of processes of `run` (None for a pid that is not in it).
+    pub fn read_live(&self, run: u32, pids: &[u32], now_mono_ns: u64) -> Vec<Option<ProcDepth>> {
+        pids.iter()
+            .map(|&pid| {
+                (self.run_of(pid) == run)
+                    .then(|| self.own_stats.read_live(pid, now_mono_ns))
+                    .flatten()
+            })
+            .collect()
     }
 
     /// The lifecycle ring buffer; handed out once, to the collector.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    pub fn run_counters(&self, run: u32) -> Result<RunCounters, TracerError> {
+        let sum = |slot: u32| -> Result<u64, TracerError> {
+            let values = self
+                .run_counters
+                .get(&(run * run_counter::SLOTS + slot), 0)
+                .map_err(map_err(names::RUN_COUNTERS))?;
+            Ok(values.iter().sum())
+        };
+        Ok(RunCounters {
+            emitted: sum(run_counter::EMITTED)?,
+            drops: sum(run_counter::DROPS)?,
+        })
     }
 
     pub fn counters(&self) -> Result<KernelCounters, TracerError> {
@@ -443,6 +602,25 @@ impl KernelTracer {
             threads_created: sum(counter::THREADS_CREATED)?,
             stats_insert_errors: sum(counter::STATS_INSERT_ERRORS)?,
         })
+    }
+}
+
+impl KernelCounters {
+    /// What happened between `earlier` and `self` (a run's share of the node's
+    /// totals, as seen over its lifetime).
+    pub fn since(&self, earlier: &KernelCounters) -> KernelCounters {
+        KernelCounters {
+            events_emitted: self.events_emitted.saturating_sub(earlier.events_emitted),
+            ringbuf_drops: self.ringbuf_drops.saturating_sub(earlier.ringbuf_drops),
+            track_insert_errors: self
+                .track_insert_errors
+                .saturating_sub(earlier.track_insert_errors),
+            read_errors: self.read_errors.saturating_sub(earlier.read_errors),
+            threads_created: self.threads_created.saturating_sub(earlier.threads_created),
+            stats_insert_errors: self
+                .stats_insert_errors
+                .saturating_sub(earlier.stats_insert_errors),
+        }
     }
 }
 

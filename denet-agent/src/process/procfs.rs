@@ -120,6 +120,43 @@ pub fn children(pid: u32) -> Vec<u32> {
     out
 }
 
+/// Who a process is, from /proc/PID/status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcIdentity {
+    pub tgid: u32,
+    pub ppid: u32,
+    /// Real, effective, saved and file-system uid.
+    pub uids: [u32; 4],
+}
+
+pub fn parse_status(text: &str) -> Option<ProcIdentity> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let mut uids = [0u32; 4];
+    let mut given = field("Uid:")?.split_ascii_whitespace();
+    for u in &mut uids {
+        *u = given.next()?.parse().ok()?;
+    }
+    Some(ProcIdentity {
+        tgid: field("Tgid:")?.parse().ok()?,
+        ppid: field("PPid:")?.parse().ok()?,
+        uids,
+    })
+}
+
+pub fn status(pid: u32) -> io::Result<ProcIdentity> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_status(&text).ok_or_else(|| io::Error::other(format!("/proc/{pid}/status: unreadable")))
+}
+
+/// The process exists (a zombie counts until it is reaped).
+pub fn exists(pid: u32) -> bool {
+    fs::metadata(format!("/proc/{pid}")).is_ok()
+}
+
 /// Clock ticks per second (USER_HZ) and page size in KiB.
 pub fn clock_ticks_and_page_kb() -> (u64, u64) {
     let tck = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
@@ -136,6 +173,21 @@ pub fn clock_ticks_and_page_kb() -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_gives_ids_and_uids() {
+        let text = "Name:\tsh\nTgid:\t42\nPid:\t42\nPPid:\t7\nUid:\t1000\t1000\t0\t1000\nGid:\t1\t1\t1\t1\n";
+        assert_eq!(
+            parse_status(text),
+            Some(ProcIdentity {
+                tgid: 42,
+                ppid: 7,
+                uids: [1000, 1000, 0, 1000]
+            })
+        );
+        assert_eq!(parse_status("Tgid:\t1\n"), None);
+    }
+
 
     #[test]
     fn stat_with_spaces_and_parens_in_comm() {

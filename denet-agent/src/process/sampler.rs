@@ -39,13 +39,35 @@ impl AdaptiveInterval {
     }
 }
 
+/// Where a sample's kernel counters come from: the maps of programs the run loaded
+/// itself, or the node daemon that tracks the run.
+pub trait LiveCounters: Send {
+    /// The counters of each pid now (None for one that has none), with the time
+    /// threads have spent so far in their current scheduler state.
+    fn read_live(&mut self, pids: &[u32], now_mono_ns: u64) -> Vec<Option<ProcDepth>>;
+    /// Syscalls are counted for this run.
+    fn counts_syscalls(&self) -> bool;
+}
+
+impl LiveCounters for StatsMaps {
+    fn read_live(&mut self, pids: &[u32], now_mono_ns: u64) -> Vec<Option<ProcDepth>> {
+        pids.iter()
+            .map(|&pid| StatsMaps::read_live(self, pid, now_mono_ns))
+            .collect()
+    }
+
+    fn counts_syscalls(&self) -> bool {
+        self.may_count_syscalls
+    }
+}
+
 pub struct Sampler {
     tck: u64,
     page_kb: u64,
     prev_ticks: HashMap<u32, u64>,
     prev_ts_ns: u64,
     /// Kernel counters (eBPF mode) and their previous readings per pid.
-    kernel: Option<StatsMaps>,
+    kernel: Option<Box<dyn LiveCounters>>,
     prev_depth: HashMap<u32, ProcDepth>,
 }
 
@@ -84,7 +106,7 @@ fn delta(
 }
 
 impl Sampler {
-    pub fn new(start_boot_ns: u64, kernel: Option<StatsMaps>) -> Self {
+    pub fn new(start_boot_ns: u64, kernel: Option<Box<dyn LiveCounters>>) -> Self {
         let (tck, page_kb) = procfs::clock_ticks_and_page_kb();
         Self {
             tck,
@@ -112,6 +134,7 @@ impl Sampler {
         let mut tree_syscalls = BTreeMap::new();
         let mut depth_now = HashMap::with_capacity(pids.len());
         let mono_ns = clock::monotonic_ns();
+        let mut read = Vec::with_capacity(pids.len());
         for &pid in pids {
             let Ok(st) = procfs::read_stat(pid) else {
                 continue;
@@ -119,6 +142,15 @@ impl Sampler {
             if st.state == 'Z' || st.state == 'X' {
                 continue;
             }
+            read.push((pid, st));
+        }
+        let live_pids: Vec<u32> = read.iter().map(|(pid, _)| *pid).collect();
+        let mut depths = match &mut self.kernel {
+            Some(k) => k.read_live(&live_pids, mono_ns),
+            None => Vec::new(),
+        }
+        .into_iter();
+        for (pid, st) in read {
             let ticks = st.utime_ticks + st.stime_ticks;
             // A process first seen now counts from its start when that was inside the
             // window, else from now (its earlier CPU belongs to earlier windows).
@@ -134,15 +166,11 @@ impl Sampler {
             rss_total += rss_kb;
             threads_total += st.threads;
             ticks_now.insert(pid, ticks);
-            let delta = self
-                .kernel
-                .as_ref()
-                .and_then(|k| k.read_live(pid, mono_ns))
-                .map(|now| {
-                    let d = delta(&now, self.prev_depth.get(&pid), &mut tree_syscalls);
-                    depth_now.insert(pid, now);
-                    d
-                });
+            let delta = depths.next().flatten().map(|now| {
+                let d = delta(&now, self.prev_depth.get(&pid), &mut tree_syscalls);
+                depth_now.insert(pid, now);
+                d
+            });
             if let (Some(total), Some(d)) = (&mut tree_delta, &delta) {
                 total.add(d);
             }
@@ -167,12 +195,16 @@ impl Sampler {
             cpu_percent: round2(cpu_total),
             rss_kb: rss_total,
             delta: tree_delta,
-            syscalls: self.kernel.as_ref().filter(|k| k.count_syscalls).map(|_| {
-                tree_syscalls
-                    .into_iter()
-                    .map(|(nr, c)| (syscall_name(usize::from(nr)).into_owned(), c))
-                    .collect()
-            }),
+            syscalls: self
+                .kernel
+                .as_ref()
+                .filter(|k| k.counts_syscalls())
+                .map(|_| {
+                    tree_syscalls
+                        .into_iter()
+                        .map(|(nr, c)| (syscall_name(usize::from(nr)).into_owned(), c))
+                        .collect()
+                }),
             procs,
         };
         (sample, stats)

@@ -14,7 +14,7 @@ use denet_common::{
 
 /// Exit accounting of a process: its threads' counters summed, memory high-water
 /// marks from its address space at exit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExitStats {
     /// Tick-sampled user/system split (only its ratio is used).
     pub utime_ns: u64,
@@ -79,7 +79,7 @@ impl ExitStats {
 }
 
 /// Everything known about one process.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessInfo {
     pub pid: u32,
     /// Parent process id; `None` when the fork event was lost.

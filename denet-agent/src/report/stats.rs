@@ -123,6 +123,8 @@ pub struct Totals {
     /// Stopped on request (summary `cancelled`).
     pub cancelled: Option<bool>,
     pub error: Option<String>,
+    /// The kernel tracing failed during the run (summary `tracer_error`).
+    pub tracer_error: Option<String>,
     pub wall_ns: u64,
     pub cpu_user_ns: u64,
     pub cpu_sys_ns: u64,
@@ -435,6 +437,7 @@ impl StatsBuilder {
             totals.timed_out = s.timed_out;
             totals.cancelled = s.cancelled;
             totals.error = s.error.clone();
+            totals.tracer_error = s.tracer_error.clone();
             totals.wall_ns = s.wall_ns.unwrap_or(totals.wall_ns);
             totals.cpu_user_ns = s.cpu_user_ns.unwrap_or(totals.cpu_user_ns);
             totals.cpu_sys_ns = s.cpu_sys_ns.unwrap_or(totals.cpu_sys_ns);

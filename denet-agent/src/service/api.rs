@@ -187,6 +187,10 @@ async fn health(State(svc): State<Arc<Service>>) -> Json<Value> {
         "active_jobs": svc.active_count(),
         "db_backend": svc.history.backend(),
         "shutting_down": svc.is_shutting_down(),
+        "node_tracer": svc.node.as_ref().map(|n| json!({
+            "socket": n.socket(),
+            "active_runs": n.active_runs(),
+        })),
     }))
 }
 
@@ -726,6 +730,9 @@ pub async fn serve(svc: Arc<Service>) -> Result<()> {
     })
     .await;
     let _ = std::fs::remove_file(&svc.config.socket);
+    if let Some(node) = &svc.node {
+        let _ = std::fs::remove_file(node.socket());
+    }
     eprintln!("denet-agent serve: stopped");
     Ok(())
 }

@@ -47,6 +47,12 @@ pub struct ServeConfig {
     pub listen: Option<SocketAddr>,
     /// Bearer tokens, each acting as a local user; required with `listen`.
     pub tokens: Option<identity::Tokens>,
+    /// Load the node's kernel programs once and serve every run on the node (the
+    /// jobs' and any user's `run`) from this tracer socket. None: each job's run
+    /// loads its own (or samples /proc).
+    pub node_socket: Option<PathBuf>,
+    /// The node tracer's ring buffer, bytes.
+    pub node_ringbuf_bytes: u32,
     /// Job directories (trace, logs) live under `<data_dir>/jobs/<id>`.
     pub data_dir: PathBuf,
     /// `postgres://...` or a SQLite file path.
@@ -80,6 +86,8 @@ struct Jobs {
 
 pub struct Service {
     pub config: ServeConfig,
+    /// The node tracer, while the service runs.
+    pub node: Option<Arc<crate::node::daemon::NodeTracer>>,
     pub history: History,
     pub hostname: String,
     agent_bin: PathBuf,
@@ -116,7 +124,21 @@ impl Service {
             .await
             .with_context(|| format!("opening the history database {}", redact(&config.db)))?;
         let agent_bin = std::env::current_exe().context("locating the denet-agent binary")?;
+        let node = match &config.node_socket {
+            Some(socket) => {
+                let node =
+                    crate::node::daemon::NodeTracer::start(socket, config.node_ringbuf_bytes)
+                        .context("starting the node tracer")?;
+                eprintln!(
+                    "denet-agent serve: node tracer on unix:{} (one set of kernel programs for every run on this node)",
+                    socket.display()
+                );
+                Some(node)
+            }
+            None => None,
+        };
         let svc = Arc::new(Service {
+            node,
             slots: Arc::new(Semaphore::new(config.max_running.max(1))),
             hostname: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())

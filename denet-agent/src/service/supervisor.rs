@@ -732,6 +732,13 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
         wall_s,
         svc.config.startup_window.as_secs_f64(),
     );
+    // Said, not judged: the job itself may have gone well.
+    if let Some(te) = &t.tracer_error {
+        row.error = Some(match row.error.take() {
+            Some(e) => format!("{e}; {te}"),
+            None => te.clone(),
+        });
+    }
     row
 }
 

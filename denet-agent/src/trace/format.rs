@@ -126,6 +126,9 @@ pub struct Header {
     /// tracked), in nanoseconds.
     pub hold_ns: Option<u64>,
     pub ebpf: bool,
+    /// Whose kernel programs traced the run: "node" (the node daemon's, shared by
+    /// every run on the machine), "own" (loaded by this run); null without eBPF.
+    pub tracer: Option<&'static str>,
     /// Why eBPF is off, when it is.
     pub ebpf_unavailable_reason: Option<String>,
     /// Per-process syscall counts are collected (eBPF mode with `--syscalls`).
@@ -290,6 +293,9 @@ pub struct Summary {
     /// The agent's own peak RSS (ru_maxrss), KiB.
     pub agent_peak_rss_kb: u64,
     pub error: Option<String>,
+    /// The kernel tracing failed during the run (the node daemon went away): what
+    /// happened. Processes that ended after it are sampled from /proc.
+    pub tracer_error: Option<String>,
 }
 
 #[cfg(test)]
@@ -325,6 +331,7 @@ mod tests {
             },
             hold_ns: Some(250_000),
             ebpf: true,
+            tracer: Some("own"),
             ebpf_unavailable_reason: None,
             syscalls: true,
             files: true,

@@ -34,6 +34,8 @@ pub struct Header {
     pub clock: Option<Clock>,
     pub hold_ns: Option<u64>,
     pub ebpf: Option<bool>,
+    /// "node" or "own"; absent in traces of agents before 0.1 had the node daemon.
+    pub tracer: Option<String>,
     pub ebpf_unavailable_reason: Option<String>,
     /// Per-process syscall counts were collected (`--syscalls`).
     pub syscalls: Option<bool>,
@@ -218,6 +220,7 @@ pub struct Summary {
     pub file_count: Option<u64>,
     pub event_count: Option<u64>,
     pub error: Option<String>,
+    pub tracer_error: Option<String>,
 }
 
 /// One file descriptor of a file a process opened (`--files`), written when it closed.

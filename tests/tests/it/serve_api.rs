@@ -56,6 +56,10 @@ impl Svc {
         if !extra.contains(&"--socket") {
             cmd.arg("--socket").arg(data.with_extension("sock"));
         }
+        if !extra.contains(&"--tracer-socket") {
+            cmd.arg("--tracer-socket")
+                .arg(data.with_extension("tracer.sock"));
+        }
         let mut child = cmd
             .args(extra)
             .stdin(Stdio::null())
@@ -1340,10 +1344,6 @@ async fn a_killed_service_stops_its_jobs_and_the_next_start_records_them() {
         row["error"].as_str().unwrap().contains("service stopped"),
         "{row}"
     );
-    assert_eq!(
-        row["process_count"], 3,
-        "sh and two sleeps, from the complete trace"
-    );
     let a = svc
         .client
         .get(&format!("/jobs/{long}/trace"))
@@ -1355,6 +1355,26 @@ async fn a_killed_service_stops_its_jobs_and_the_next_start_records_them() {
         .find(|r| r["kind"] == "summary")
         .expect("the agent finished its trace");
     assert_eq!(summary["cancelled"], true);
+    // The node tracer died with the service: the trace says so, and what was still
+    // running was followed from /proc from then on (sh and the two sleeps, unless
+    // they died before the first reading).
+    assert!(
+        summary["tracer_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("node tracer went away")),
+        "{summary}"
+    );
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("node tracer went away"),
+        "{row}"
+    );
+    let procs: Vec<&Value> = trace.iter().filter(|r| r["kind"] == "process").collect();
+    assert_eq!(row["process_count"], procs.len(), "{row}");
+    assert!(procs.len() <= 3, "{procs:?}");
+    assert!(procs.iter().all(|p| p["source"] == "proc"), "{procs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,120 @@
 //! it. Real unprivileged users (`useradd`), driven through `runuser` and the real
 //! `jobs` client over the node socket; the service runs as root.
 
-use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
+use std::{
+    collections::HashSet,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use serde_json::{json, Value};
 
 use crate::{
-    helpers::{agent_as, ebpf_ready, scratch_dir, test_user},
+    helpers::{
+        agent_as, agent_bin, ebpf_ready, parse_jsonl, rel_diff, scratch_dir, test_user, u, Trace,
+        WORKLOAD,
+    },
     serve_api::Svc,
 };
+
+/// A node daemon (`serve` as root) for one test, and a directory every user may
+/// write in (like /tmp) for their traces.
+struct Node {
+    dir: PathBuf,
+    svc: Svc,
+    work: PathBuf,
+}
+
+impl Node {
+    /// `short`: the scratch directory's name (socket paths must stay short).
+    fn start(test: &str, short: &str) -> Option<Node> {
+        if !ebpf_ready(test) {
+            return None;
+        }
+        let dir = scratch_dir(short);
+        let work = dir.join("work");
+        std::fs::create_dir(&work).unwrap();
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let svc = Svc::start(&dir.join("data"), &[]);
+        Some(Node { dir, svc, work })
+    }
+
+    fn tracer_socket(&self) -> PathBuf {
+        self.dir.join("data.tracer.sock")
+    }
+
+    /// `denet-agent run ARGS -- CMD` as `user` through the node daemon; the trace
+    /// is written by the user's own agent, into the shared directory.
+    fn run_as(&self, user: &str, args: &[&str], cmd: &[&str]) -> (Trace, PathBuf) {
+        let out = self.work.join(format!(
+            "{user}-{}.jsonl",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let output = Command::new("runuser")
+            .args(["-u", user, "--"])
+            .arg(agent_bin())
+            .arg("run")
+            .arg("--node-socket")
+            .arg(self.tracer_socket())
+            .args(args)
+            .arg("-o")
+            .arg(&out)
+            .arg("--")
+            .args(cmd)
+            .current_dir(&self.work)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let text = std::fs::read_to_string(&out)
+            .unwrap_or_else(|e| panic!("no trace at {} ({e}): {stderr}", out.display()));
+        (
+            Trace {
+                status: output.status,
+                stderr,
+                records: parse_jsonl(&text),
+            },
+            out,
+        )
+    }
+}
+
+/// Exact, through the node: every record from the kernel, nothing lost.
+fn assert_exact_through_the_node(t: &Trace) {
+    let h = t.header();
+    assert_eq!(
+        (&h["ebpf"], &h["tracer"]),
+        (&json!(true), &json!("node")),
+        "{h} {}",
+        t.stderr
+    );
+    let s = t.summary();
+    assert_eq!(s["lost_events"], 0, "{s}");
+    assert_eq!(s["incomplete_processes"], 0, "{s}");
+    assert_eq!(s["tracer_error"], Value::Null, "{s}");
+    let procs = t.processes();
+    assert_eq!(u(&s["process_count"]), procs.len() as u64);
+    for p in &procs {
+        assert_eq!(p["source"], "ebpf", "{p}");
+    }
+}
+
+/// Raw-tracepoint links attached on the machine, by tracepoint (from bpftool).
+fn links(tp: &str) -> usize {
+    let out = Command::new("bpftool")
+        .args(["link", "show", "-j"])
+        .output()
+        .expect("run bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .map(|l| l.iter().filter(|l| l["tp_name"] == tp).count())
+        .unwrap_or(0)
+}
 
 /// `jobs --server unix:SOCK ARGS` as `user`.
 fn jobs_as(user: &str, svc: &Svc, args: &[&str]) -> (i32, String, String) {
@@ -37,10 +143,10 @@ async fn jobs_run_as_their_caller_and_nobody_reaches_another_users_jobs() {
     // A directory every user may write in (like /tmp), for the jobs' cwd.
     let work = dir.join("work");
     std::fs::create_dir(&work).unwrap();
-    std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let w = work.to_string_lossy().into_owned();
     let data = dir.join("data");
-    let svc = Svc::start(&data, &["--no-ebpf"]);
+    let svc = Svc::start(&data, &[]);
 
     // The exploit that used to work: `nobody` asks for a command; it runs as nobody.
     let (code, out, err) = jobs_as(
@@ -174,4 +280,382 @@ async fn jobs_run_as_their_caller_and_nobody_reaches_another_users_jobs() {
         assert_eq!(v["status"], "cancelled", "{v}");
     }
     let _ = bob;
+}
+
+#[test]
+fn an_ordinary_user_gets_the_exact_trace_through_the_node_daemon() {
+    let Some(node) = Node::start(
+        "an_ordinary_user_gets_the_exact_trace_through_the_node_daemon",
+        "node-exact",
+    ) else {
+        return;
+    };
+    let alice = test_user("denet-alice");
+
+    // 1000 short children: every one recorded, none lost.
+    let (t, out) = node.run_as(
+        "denet-alice",
+        &[],
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 1000 ]; do /bin/true; i=$((i+1)); done; id -u > uid.txt",
+        ],
+    );
+    assert_eq!(t.exit_code(), 0, "{}", t.stderr);
+    assert_exact_through_the_node(&t);
+    assert_eq!(t.processes_named("/bin/true").len(), 1000);
+    // The command ran as alice, and the trace is hers: her agent wrote it.
+    assert_eq!(
+        std::fs::read_to_string(node.work.join("uid.txt"))
+            .unwrap()
+            .trim(),
+        alice.to_string()
+    );
+    assert_eq!(std::fs::metadata(&out).unwrap().uid(), alice);
+    // The client stays small: the programs and their maps are the daemon's.
+    let agent_rss = u(&t.summary()["agent_peak_rss_kb"]);
+    assert!(agent_rss < 10 * 1024, "client peak RSS {agent_rss} KiB");
+
+    // CPU against the child's wait4 rusage (2%), as for a root run.
+    let truth = node.work.join("truth.json");
+    let tp = truth.to_str().unwrap();
+    let (t, _) = node.run_as(
+        "denet-alice",
+        &[],
+        &[WORKLOAD, "rusage-child", tp, "--", WORKLOAD, "burn", "1000"],
+    );
+    assert_eq!(t.exit_code(), 0, "{}", t.stderr);
+    assert_exact_through_the_node(&t);
+    let ru: Value = serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
+    let expected = (u(&ru["utime_ns"]) + u(&ru["stime_ns"])) as f64;
+    let burner = t
+        .processes()
+        .into_iter()
+        .find(|p| p["argv"][1] == "burn")
+        .expect("burner record");
+    let measured = (u(&burner["cpu_user_ns"]) + u(&burner["cpu_sys_ns"])) as f64;
+    assert!(
+        rel_diff(measured, expected) < 0.02,
+        "cpu {measured} ns vs rusage {expected} ns"
+    );
+
+    // Peak RSS of a 256 MiB allocation (5%, and against the child's own VmHWM).
+    let (t, _) = node.run_as(
+        "denet-alice",
+        &[],
+        &["sh", "-c", &format!("{WORKLOAD} alloc 256 50 {tp}; true")],
+    );
+    assert_exact_through_the_node(&t);
+    let peak = u(&t.processes_named("workload")[0]["peak_rss_kb"]) as f64;
+    assert!(rel_diff(peak, 256.0 * 1024.0) < 0.05, "peak {peak} KiB");
+    let hwm: Value = serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
+    assert!(rel_diff(peak, u(&hwm["vm_hwm_kb"]) as f64) < 0.05);
+
+    // Files and syscall counts through the node: exact byte counts.
+    let (t, _) = node.run_as(
+        "denet-alice",
+        &["--files", "--syscalls"],
+        &["sh", "-c", "head -c 100000 /dev/zero > zeros.bin"],
+    );
+    assert_exact_through_the_node(&t);
+    assert_eq!(
+        (&t.header()["files"], &t.header()["syscalls"]),
+        (&json!(true), &json!(true))
+    );
+    // The shell opens it, head writes to it through the inherited fd 1.
+    let written: u64 = t
+        .of_kind("file")
+        .into_iter()
+        .filter(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/zeros.bin"))
+        })
+        .map(|f| u(&f["write_bytes"]))
+        .sum();
+    assert_eq!(written, 100_000);
+    let head = t
+        .processes()
+        .into_iter()
+        .find(|p| p["argv"][0] == "head")
+        .expect("head record");
+    assert!(u(&head["syscalls"]["write"]) >= 1, "{head}");
+}
+
+#[test]
+fn a_user_cannot_get_another_users_process_tracked() {
+    let Some(node) = Node::start(
+        "a_user_cannot_get_another_users_process_tracked",
+        "node-refuse",
+    ) else {
+        return;
+    };
+    // A process of root's, which nobody will try to claim by pid.
+    let mut roots = Command::new("sleep").arg("30").spawn().unwrap();
+    let sock = node.tracer_socket();
+    // nobody speaks the protocol by hand (Python, not our client), as an attacker would.
+    let script = format!(
+        r#"
+import json, socket, subprocess, sys
+def ask(first, raw=False):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect({sock:?})
+    s.sendall(first if raw else (json.dumps(first) + "\n").encode())
+    s.settimeout(15)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()
+def track(pid, version=1):
+    return {{"track": {{"version": version, "pid": pid, "start_boot_ns": 0, "argv": [], "cwd": None, "files": False, "syscalls": False, "events": False}}}}
+print("root:", ask(track({root})))
+# Our own child, but running setuid root: not ours to trace.
+p = subprocess.Popen(["/usr/bin/passwd"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+import time; time.sleep(0.5)
+print("setuid:", ask(track(p.pid)))
+p.kill()
+q = subprocess.Popen(["sleep", "30"])
+print("version:", ask(track(q.pid, version=99)))
+print("order:", ask({{"tracked_pids": None}}))
+print("garbage:", repr(ask(b"{{not json\n", raw=True)))
+q.kill()
+"#,
+        sock = sock.to_str().unwrap(),
+        root = roots.id()
+    );
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", "/usr/bin/python3", "-c", &script])
+        .output()
+        .unwrap();
+    let _ = roots.kill();
+    let _ = roots.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |what: &str| -> Value {
+        let l = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{what}: ")))
+            .unwrap_or_else(|| panic!("no {what} line: {text}"));
+        serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: {e}: {l}"))
+    };
+    let reason = |what: &str| {
+        line(what)["refused"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        reason("root").contains("not a child of the caller"),
+        "{text}"
+    );
+    assert!(
+        reason("setuid").contains("does not belong to the caller"),
+        "{text}"
+    );
+    assert!(reason("version").contains("protocol version 99"), "{text}");
+    assert!(
+        reason("order").contains("first request must be `track`"),
+        "{text}"
+    );
+    // Garbage: the daemon just closes the connection.
+    assert!(text.contains("garbage: ''"), "{text}");
+    // None of those became a run of the node.
+    let (st, body) = crate::serve_api::get_raw(&node.svc.addr, "/health", "");
+    assert_eq!(st, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["node_tracer"]["active_runs"], 0, "{health}");
+}
+
+#[test]
+fn sixteen_concurrent_user_runs_share_one_set_of_programs() {
+    let Some(node) = Node::start(
+        "sixteen_concurrent_user_runs_share_one_set_of_programs",
+        "node-16",
+    ) else {
+        return;
+    };
+    test_user("denet-alice");
+    test_user("denet-bob");
+    let before = links("sched_process_fork");
+    assert_eq!(
+        links("sys_enter"),
+        0,
+        "no syscall hook while no run asks for one"
+    );
+    let node = std::sync::Arc::new(node);
+    // Each run forks its own number of children with its own marker in argv.
+    let runs: Vec<_> = (0..16)
+        .map(|i| {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                let user = if i % 2 == 0 { "denet-alice" } else { "denet-bob" };
+                let n = 40 + i;
+                let script = format!(
+                    "i=0; while [ $i -lt {n} ]; do /bin/echo run-{i}-marker > /dev/null; i=$((i+1)); done; sleep 2"
+                );
+                let files: &[&str] = if i == 3 { &["--files"] } else { &[] };
+                let (t, _) = node.run_as(user, files, &["sh", "-c", &script]);
+                (i, n, t)
+            })
+        })
+        .collect();
+    // While they run: the node's programs, attached once, and the syscall hooks
+    // attached once, for the one run that asked for files.
+    let until = Instant::now() + Duration::from_secs(10);
+    while links("sys_enter") == 0 {
+        assert!(
+            Instant::now() < until,
+            "the --files run never attached the hooks"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(links("sys_enter"), 1);
+    assert_eq!(
+        links("sched_process_fork"),
+        before,
+        "programs attached per run"
+    );
+    assert_eq!(before, 1);
+    for r in runs {
+        let (i, n, t) = r.join().unwrap();
+        assert_eq!(t.exit_code(), 0, "run {i}: {}", t.stderr);
+        assert_exact_through_the_node(&t);
+        // Exactly its own processes: its echoes, its shell, its sleep; no one else's.
+        let echoes = t.processes_named("/bin/echo");
+        assert_eq!(echoes.len() as u32, n, "run {i}");
+        for e in &echoes {
+            assert_eq!(e["argv"][1], format!("run-{i}-marker"), "run {i}: {e}");
+        }
+        assert_eq!(t.processes().len() as u32, n + 2, "run {i}");
+        let pids: HashSet<u64> = t.processes().iter().map(|p| u(&p["pid"])).collect();
+        let agent = u(&t.header()["agent_pid"]);
+        for p in t.processes() {
+            assert!(
+                pids.contains(&u(&p["ppid"])) || u(&p["ppid"]) == agent,
+                "run {i}: {p}"
+            );
+        }
+    }
+    // The one run with --files is over: the hooks are gone again.
+    assert_eq!(links("sys_enter"), 0);
+    assert_eq!(links("sched_process_fork"), 1);
+}
+
+#[test]
+fn a_killed_node_daemon_ends_user_runs_clearly_and_the_next_one_serves() {
+    let Some(mut node) = Node::start(
+        "a_killed_node_daemon_ends_user_runs_clearly_and_the_next_one_serves",
+        "node-kill",
+    ) else {
+        return;
+    };
+    test_user("denet-alice");
+    let node_ref = &node;
+    let (t, _) = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            node_ref.run_as(
+                "denet-alice",
+                &[],
+                &["sh", "-c", "/bin/true; sleep 1; /bin/true; sleep 1; exit 3"],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: signalling the service process this test started.
+        unsafe { libc::kill(node_ref.svc.pid() as i32, libc::SIGKILL) };
+        run.join().unwrap()
+    });
+    // The run ends as the command did, its trace readable and saying what happened.
+    assert_eq!(t.exit_code(), 3, "{}", t.stderr);
+    let s = t.summary();
+    assert!(
+        s["tracer_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("node tracer went away")),
+        "{s}"
+    );
+    assert_eq!(s["exit_code"], 3);
+    // The first /bin/true ended while the daemon lived: exact. The root is followed
+    // from /proc after.
+    assert!(
+        t.processes()
+            .iter()
+            .any(|p| p["argv"][0] == "/bin/true" && p["source"] == "ebpf"),
+        "{:?}",
+        t.processes()
+    );
+    assert!(t.stderr.contains("node tracer went away"), "{}", t.stderr);
+
+    // A new daemon on the same sockets serves the next run.
+    node.svc = Svc::start(&node.dir.join("data"), &[]);
+    let (t, _) = node.run_as("denet-alice", &[], &["sh", "-c", "/bin/true"]);
+    assert_eq!(t.exit_code(), 0, "{}", t.stderr);
+    assert_exact_through_the_node(&t);
+    assert_eq!(t.processes().len(), 2);
+}
+
+#[test]
+fn file_capabilities_let_a_user_load_the_programs_without_root() {
+    if !ebpf_ready("file_capabilities_let_a_user_load_the_programs_without_root") {
+        return;
+    }
+    test_user("denet-alice");
+    let dir = scratch_dir("filecaps");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let bin = dir.join("denet-agent");
+    std::fs::copy(agent_bin(), &bin).unwrap();
+    let st = Command::new("setcap")
+        .args(["cap_bpf,cap_perfmon+ep"])
+        .arg(&bin)
+        .status()
+        .expect("run setcap");
+    assert!(st.success());
+    let out = dir.join("caps.jsonl");
+    let output = Command::new("runuser")
+        .args(["-u", "denet-alice", "--"])
+        .arg(&bin)
+        .args(["run", "--standalone", "--require-ebpf", "-o"])
+        .arg(&out)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 200 ]; do /bin/true; i=$((i+1)); done",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let t = Trace {
+        status: output.status,
+        stderr: stderr.into_owned(),
+        records: parse_jsonl(&std::fs::read_to_string(&out).unwrap()),
+    };
+    assert_eq!(t.header()["tracer"], "own", "{}", t.stderr);
+    assert_eq!(t.summary()["lost_events"], 0);
+    assert_eq!(t.processes_named("/bin/true").len(), 200);
+    // Without the capabilities the same user gets no eBPF (and --require-ebpf fails).
+    let output = Command::new("runuser")
+        .args(["-u", "denet-alice", "--"])
+        .arg(agent_bin())
+        .args(["run", "--standalone", "--require-ebpf", "-o"])
+        .arg(dir.join("nocaps.jsonl"))
+        .args(["--", "true"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cap_bpf,cap_perfmon"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -125,12 +125,13 @@ impl Trace {
     }
 }
 
-/// Runs `denet-agent run ARGS -o FILE -- CMD` and parses the trace.
+/// Runs `denet-agent run --standalone ARGS -o FILE -- CMD` (its own programs, even
+/// if a node daemon runs on this machine) and parses the trace.
 pub fn run_agent(args: &[&str], cmd: &[&str]) -> Trace {
     let dir = scratch_dir("trace");
     let out = dir.join("trace.jsonl");
     let output = Command::new(agent_bin())
-        .arg("run")
+        .args(["run", "--standalone"])
         .args(args)
         .arg("-o")
         .arg(&out)
