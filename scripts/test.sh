@@ -3,9 +3,9 @@
 # eBPF, golden files). Run as root so the eBPF tests run; in CI (CI set) they must.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup-tests.sh
 # The job-history and serve tests (tests/tests/it/history_db.rs, serve_api.rs) create and drop their own
-# databases through this admin URL; setup.sh (as root) starts the server and
+# databases through this admin URL; setup-tests.sh (as root) starts the server and
 # creates the role. Not root and no local server: left unset, so those tests skip
 # (and fail in CI).
 if [ -n "${DENET_TEST_PG_URL:-}" ] || [ "$(id -u)" -eq 0 ] \
@@ -15,6 +15,9 @@ fi
 # One profile for everything: the agent under test is the release binary.
 cargo build --locked --release -p denet-agent -p denet-tests --bins
 export DENET_AGENT_BIN="$PWD/target/release/denet-agent"
+# The Debian package and tarball (tests/tests/it/shared_node.rs installs the package).
+cargo xtask dist >/dev/null
+export DENET_DIST_DIR="$PWD/target/dist"
 # The integration tests are one binary (tests/tests/it); its tests run one at a time,
 # since many of them time the kernel or the CPU and would disturb each other.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-1}"

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 pub struct BenchOptions {
     pub runs: usize,
     pub quick: bool,
-    /// Which part: "core", "depth", "serve", "cost" or "all".
+    /// Which part: "core", "depth", "serve", "cost", "beside", "node" or "all".
     pub suite: String,
 }
 
@@ -49,18 +49,22 @@ fn traced_argv(agent: &Path, trace: &Path, cmd: &[String]) -> Vec<String> {
     traced_argv_with(agent, trace, &[], cmd)
 }
 
-/// `denet-agent run --require-ebpf FLAGS -o TRACE -- CMD...`
+/// `denet-agent run --require-ebpf FLAGS -o TRACE -- CMD...`; `--standalone` (the
+/// run's own programs) unless FLAGS name a node daemon's socket.
 pub(crate) fn traced_argv_with(
     agent: &Path,
     trace: &Path,
     flags: &[&str],
     cmd: &[String],
 ) -> Vec<String> {
+    let standalone = (!flags.contains(&"--node-socket")).then(|| "--standalone".to_string());
     [
         agent.to_string_lossy().into_owned(),
         "run".into(),
         "--require-ebpf".into(),
     ]
+    .into_iter()
+    .chain(standalone)
     .into_iter()
     .chain(flags.iter().map(|f| f.to_string()))
     .chain([
@@ -143,6 +147,9 @@ pub fn run(root: &Path, opts: &BenchOptions) -> Result<()> {
     }
     if ["cost", "beside", "all"].contains(&opts.suite.as_str()) {
         crate::cost::run(root, &agent, opts)?;
+    }
+    if ["node", "all"].contains(&opts.suite.as_str()) {
+        crate::node::run(&agent, opts)?;
     }
     Ok(())
 }

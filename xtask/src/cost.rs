@@ -22,14 +22,20 @@ fn strings(v: &[&str]) -> Vec<String> {
 }
 
 /// Agents tracing `sleep` in the background, released and attached.
-struct Background {
+pub(crate) struct Background {
     agents: Vec<Child>,
     dir: PathBuf,
 }
 
 impl Background {
-    fn start(agent: &Path, n: usize, flags: &[&str]) -> Result<Self> {
+    /// N agents with FLAGS (their own programs unless FLAGS name a node socket).
+    pub(crate) fn start(agent: &Path, n: usize, flags: &[&str]) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("denet-bench-bg-{}", std::process::id()));
+        let standalone: &[&str] = if flags.contains(&"--node-socket") {
+            &[]
+        } else {
+            &["--standalone"]
+        };
         std::fs::create_dir_all(&dir)?;
         let mut agents = Vec::with_capacity(n);
         for i in 0..n {
@@ -38,6 +44,7 @@ impl Background {
             let child = Command::new(agent)
                 .arg("run")
                 .arg("--require-ebpf")
+                .args(standalone)
                 .args(flags)
                 .arg("-o")
                 .arg(&out)

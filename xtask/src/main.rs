@@ -1,7 +1,9 @@
-//! Project tasks: `cargo xtask build-ebpf`, `cargo xtask bench`.
+//! Project tasks: `cargo xtask build-ebpf`, `cargo xtask bench`, `cargo xtask dist`.
 
 mod bench;
 mod cost;
+mod dist;
+mod node;
 
 use std::path::PathBuf;
 
@@ -22,6 +24,9 @@ enum Task {
     BuildEbpf,
     /// Check that rustc (nightly) and bpf-linker use the same LLVM major.
     CheckToolchain,
+    /// Build what a node's administrator installs: target/dist/denet-agent_VERSION_amd64.deb
+    /// and target/dist/denet-agent-VERSION-x86_64-linux.tar.gz.
+    Dist,
     /// Overhead benchmarks (needs root): bare vs traced, interleaved; prints Markdown.
     Bench {
         /// Runs per workload and mode.
@@ -33,7 +38,8 @@ enum Task {
         /// core (run overhead), depth (everything on, with strace/perf), serve (job
         /// throughput and service memory), cost (the machine-wide cost of runs, program
         /// statistics, fixed cost), beside (only the untraced-dd-beside-N-agents table of
-        /// cost) or all.
+        /// cost), node (runs through the node daemon: fixed cost, client memory, the
+        /// machine beside 16 of them) or all.
         #[arg(long, default_value = "all")]
         suite: String,
     },
@@ -56,9 +62,11 @@ fn main() -> Result<()> {
             println!("{}", object.display());
         }
         Task::Bench { runs, quick, suite } => {
-            if !["core", "depth", "serve", "cost", "beside", "all"].contains(&suite.as_str()) {
+            if !["core", "depth", "serve", "cost", "beside", "node", "all"]
+                .contains(&suite.as_str())
+            {
                 return Err(anyhow!(
-                    "--suite must be core, depth, serve, cost, beside or all"
+                    "--suite must be core, depth, serve, cost, beside, node or all"
                 ));
             }
             bench::run(
@@ -69,6 +77,10 @@ fn main() -> Result<()> {
                     suite,
                 },
             )?;
+        }
+        Task::Dist => {
+            let (deb, tarball) = dist::dist(&root)?;
+            println!("{}\n{}", deb.display(), tarball.display());
         }
         Task::CheckToolchain => {
             ebpf_build::check_llvm_match().map_err(|e| anyhow!(e))?;

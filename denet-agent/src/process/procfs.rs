@@ -188,7 +188,6 @@ mod tests {
         assert_eq!(parse_status("Tgid:\t1\n"), None);
     }
 
-
     #[test]
     fn stat_with_spaces_and_parens_in_comm() {
         let text = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 500 0 2 0 70 30 0 0 20 0 3 0 \

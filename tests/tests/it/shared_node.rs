@@ -659,3 +659,166 @@ fn file_capabilities_let_a_user_load_the_programs_without_root() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The Debian package `cargo xtask dist` built (scripts/test.sh builds it first and
+/// sets DENET_DIST_DIR); `None` outside CI when it is missing.
+fn dist_package(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("DENET_DIST_DIR").map(PathBuf::from);
+    let deb = dir.and_then(|d| {
+        std::fs::read_dir(d)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+    });
+    if deb.is_none() {
+        if crate::helpers::in_ci() {
+            panic!("{test}: no .deb in DENET_DIST_DIR (scripts/test.sh runs `cargo xtask dist`)");
+        }
+        eprintln!("skipped {test}: no package (run `cargo xtask dist`, set DENET_DIST_DIR)");
+    }
+    deb
+}
+
+/// Removes the package and stops its daemon, also when the test fails half-way.
+struct Installed {
+    daemon: Option<std::process::Child>,
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        let _ = Command::new("dpkg")
+            .args(["--purge", "denet-agent"])
+            .output();
+    }
+}
+
+#[test]
+fn the_debian_package_installs_and_its_daemon_serves_a_user() {
+    let test = "the_debian_package_installs_and_its_daemon_serves_a_user";
+    if !ebpf_ready(test) {
+        return;
+    }
+    let Some(deb) = dist_package(test) else {
+        return;
+    };
+    test_user("denet-alice");
+    let work = scratch_dir("pkg");
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = Command::new("dpkg").arg("-i").arg(&deb).output().unwrap();
+    let mut installed = Installed { daemon: None };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string("/lib/systemd/system/denet-agent.service").unwrap();
+    // No systemd here: start what the unit starts.
+    let exec: Vec<&str> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart in the unit")
+        .split_whitespace()
+        .collect();
+    assert_eq!(exec[0], "/usr/bin/denet-agent");
+    let mut daemon = Command::new(exec[0])
+        .args(&exec[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = daemon.stderr.take().unwrap();
+    installed.daemon = Some(daemon);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut log = String::new();
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the daemon exited: {log}"))
+            .unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening on unix:/run/denet-agent/agent.sock") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    assert!(
+        log.contains("node tracer on unix:/run/denet-agent/tracer.sock"),
+        "{log}"
+    );
+
+    // An ordinary user's run, with the installed binary and its defaults.
+    let trace = work.join("pkg.jsonl");
+    let out = Command::new("runuser")
+        .args([
+            "-u",
+            "denet-alice",
+            "--",
+            "/usr/bin/denet-agent",
+            "run",
+            "-o",
+        ])
+        .arg(&trace)
+        .args(["--", "sh", "-c", "/bin/true; /bin/true"])
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Trace {
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        records: parse_jsonl(&std::fs::read_to_string(&trace).unwrap()),
+    };
+    assert_exact_through_the_node(&t);
+    assert_eq!(t.processes_named("/bin/true").len(), 2);
+
+    // And a job, through the installed client's default socket, run as the user.
+    let w = work.to_string_lossy().into_owned();
+    let jobs = |args: &[&str]| {
+        let mut all = vec!["/usr/bin/denet-agent", "jobs"];
+        all.extend_from_slice(args);
+        let out = Command::new("runuser")
+            .args(["-u", "denet-alice", "--"])
+            .args(&all)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, id, err) = jobs(&["spawn", "--name", "pkg", "--cwd", &w, "--", "id", "-un"]);
+    assert_eq!(code, Some(0), "{err}");
+    let id = id.trim().to_string();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, show, _) = jobs(&["show", &id]);
+        if show.contains("\"status\": \"succeeded\"") {
+            break;
+        }
+        assert!(Instant::now() < until, "{show}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, logs, _) = jobs(&["logs", &id]);
+    assert_eq!(logs.trim(), "denet-alice");
+
+    // Stopped cleanly; removed without a trace.
+    let mut daemon = installed.daemon.take().unwrap();
+    // SAFETY: signalling the daemon this test started.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    assert!(!Path::new("/run/denet-agent/tracer.sock").exists());
+    drop(installed);
+    assert!(!Path::new("/usr/bin/denet-agent").exists());
+}

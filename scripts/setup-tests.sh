@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Idempotent setup of what the test suite needs beyond scripts/setup.sh (which it
+# runs first): benchmark and check tools, bwa and samtools for the cost benchmark,
+# setcap and Python for the shared-node tests, dpkg-dev for the package test,
+# Chromium and a Python venv for the report tests, and (as root) a PostgreSQL server
+# with a test-only role. Never run this on a machine you only want to trace on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+log() { printf 'setup-tests: %s\n' "$*" >&2; }
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+apt_updated=0
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ $apt_updated -eq 0 ]; then
+    log "apt-get update"
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# 1. Tools used by tests and benchmarks.
+apt_install hyperfine bpftool strace bwa samtools libcap2-bin python3 passwd dpkg-dev
+# 2. Report and notebook test tools (issue 4): Debian's Chromium renders the HTML
+#    report in a test; pandas, polars and matplotlib (in a venv under target/, never
+#    the system Python) run the notebook example. The tests find them there.
+apt_install chromium python3-venv
+PYENV_DIR="${DENET_PYENV:-$(cd "$(dirname "$0")/.." && pwd)/target/pyenv}"
+PY_PACKAGES=(pandas polars matplotlib)
+if [ ! -x "$PYENV_DIR/bin/python" ]; then
+  log "creating Python venv $PYENV_DIR"
+  /usr/bin/python3 -m venv "$PYENV_DIR"
+fi
+if ! "$PYENV_DIR/bin/python" -c 'import pandas, polars, matplotlib' 2>/dev/null; then
+  log "pip install ${PY_PACKAGES[*]} into $PYENV_DIR"
+  "$PYENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+fi
+# 3. PostgreSQL for the job-history tests (tests/tests/it/history_db.rs): Debian's
+#    server, a cluster listening on 127.0.0.1:5432 (started on every run: nothing
+#    keeps it running between sessions, there is no systemd), and a login role
+#    denet/denet with CREATEDB (each test creates and drops its own database).
+#    Only as root; otherwise the PostgreSQL tests skip (fail in CI).
+if [ "$(id -u)" -eq 0 ]; then
+  apt_install postgresql
+  pg_psql() { runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+  # The newest installed cluster; create one if the package left none.
+  pg_cluster=$(pg_lsclusters -h 2>/dev/null | sort -k1,1V | tail -n1 || true)
+  if [ -z "$pg_cluster" ]; then
+    pg_ver=$(ls /usr/lib/postgresql | sort -V | tail -n1)
+    log "creating PostgreSQL $pg_ver cluster main"
+    pg_createcluster "$pg_ver" main --port 5432 >/dev/null
+    pg_cluster=$(pg_lsclusters -h | sort -k1,1V | tail -n1)
+  fi
+  read -r pg_ver pg_name pg_port pg_status _ <<<"$pg_cluster"
+  if [ "$pg_port" != 5432 ]; then
+    log "PostgreSQL cluster $pg_ver/$pg_name is on port $pg_port, not 5432 (tests use DENET_TEST_PG_URL)"
+  fi
+  if [ "$pg_status" != online ]; then
+    log "starting PostgreSQL cluster $pg_ver/$pg_name"
+    pg_ctlcluster "$pg_ver" "$pg_name" start
+  fi
+  for _ in $(seq 1 30); do
+    pg_isready -q -h 127.0.0.1 -p "$pg_port" && break
+    sleep 0.5
+  done
+  pg_isready -q -h 127.0.0.1 -p "$pg_port" || { log "PostgreSQL is not accepting connections on 127.0.0.1:$pg_port"; exit 1; }
+  if [ "$(pg_psql -p "$pg_port" -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'denet'")" != 1 ]; then
+    log "creating PostgreSQL role denet"
+    pg_psql -p "$pg_port" -c "CREATE ROLE denet LOGIN CREATEDB PASSWORD 'denet'"
+  else
+    # Keep it usable even if someone changed it.
+    pg_psql -p "$pg_port" -c "ALTER ROLE denet LOGIN CREATEDB PASSWORD 'denet'"
+  fi
+else
+  log "not root: PostgreSQL is not set up; the PostgreSQL history tests will skip (set DENET_TEST_PG_URL to use a server of your own)"
+fi
+log "ok"
