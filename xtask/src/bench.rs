@@ -65,7 +65,6 @@ pub(crate) fn traced_argv_with(
     ]
     .into_iter()
     .chain(standalone)
-    .into_iter()
     .chain(flags.iter().map(|f| f.to_string()))
     .chain([
         "-o".into(),
