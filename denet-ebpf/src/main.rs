@@ -255,7 +255,8 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let parent_tgid = (pid_tgid >> 32) as u32;
     let run = run_of(parent_tgid);
-    if run == 0 {
+    // A run that has ended takes no new processes (its id may be handed out again).
+    if run == 0 || !wants(run, run_flag::ACTIVE) {
         return 0;
     }
     let child: *const u8 = ctx.arg(1);

@@ -280,6 +280,16 @@ pub fn run_controlled(
 ) -> Result<RunOutcome> {
     // Orphaned descendants are re-parented to us, so we can follow and reap them.
     nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    // The signals are ours before the command exists: a SIGTERM that comes as soon as
+    // the header is out is forwarded, never the end of the agent.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let signals = {
+        let _entered = runtime.enter();
+        Signals::new()?
+    };
     let mut out = JsonlWriter::create(&config.out)
         .with_context(|| format!("cannot write trace to {}", config.out.display()))?;
     let options = TracerOptions {
@@ -313,13 +323,9 @@ pub fn run_controlled(
         start_error = Some((e.to_string(), e.exit_status()));
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let driven = control.is_some();
     let mut state = RunState::new(&config, pid, fork_ns, kernel, out)?;
-    if let Err(e) = runtime.block_on(state.main_loop(&config, control)) {
+    if let Err(e) = runtime.block_on(state.main_loop(&config, control, signals)) {
         // A driven run (a `serve` job) must not outlive a failure of its agent: nobody
         // could see, stop or account for the tree any more.
         if driven {
@@ -370,6 +376,24 @@ fn start_failed(
         summary,
         kernel: None,
     })
+}
+
+/// The signals the run loop handles, registered before the command starts.
+struct Signals {
+    sigchld: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Needs the runtime entered.
+    fn new() -> Result<Self> {
+        Ok(Signals {
+            sigchld: signal(SignalKind::child()).context("SIGCHLD handler")?,
+            sigint: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            sigterm: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+        })
+    }
 }
 
 /// Escalation of a timeout: SIGTERM to the whole tree, SIGKILL after the grace period.
@@ -485,10 +509,13 @@ impl RunState {
         &mut self,
         config: &RunConfig,
         mut control: Option<mpsc::UnboundedReceiver<Control>>,
+        signals: Signals,
     ) -> Result<()> {
-        let mut sigchld = signal(SignalKind::child()).context("SIGCHLD handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let Signals {
+            mut sigchld,
+            mut sigint,
+            mut sigterm,
+        } = signals;
         let deadline = config.timeout.map(|t| Instant::now() + t);
         let mut next_sample =
             tokio::time::Instant::now() + Duration::from_millis(self.interval.next_ms());

@@ -490,8 +490,12 @@ impl KernelTracer {
     }
 
     /// Starts run `run` asking for `flags` (`denet_common::run_flag`), with its
-    /// event counters at zero.
+    /// event counters at zero and nothing of an earlier run of the same id left in
+    /// the tracked set.
     pub fn open_run(&mut self, run: u32, flags: u32) -> Result<(), TracerError> {
+        for pid in self.tracked_pids(run) {
+            self.untrack(pid);
+        }
         for slot in [run_counter::EMITTED, run_counter::DROPS] {
             let zeros = PerCpuValues::try_from(vec![0u64; self.nr_cpus])
                 .map_err(|e| TracerError::Btf(format!("per-CPU values: {e}")))?;

@@ -34,6 +34,9 @@ const OUT_QUEUE: usize = 4096;
 const FIRST_REQUEST_WITHIN: Duration = Duration::from_secs(10);
 /// Most pids in one `Live` request.
 const MAX_LIVE_PIDS: usize = 100_000;
+/// Connections served at once: every run, plus some waiting for their first request
+/// (a user opening connections by the thousand must not exhaust the daemon).
+const MAX_CONNECTIONS: usize = MAX_RUNS as usize + 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -62,6 +65,7 @@ pub struct NodeTracer {
     tracer: Mutex<KernelTracer>,
     collector: CollectorHandle,
     runs: Mutex<Runs>,
+    connections: std::sync::atomic::AtomicUsize,
     socket: PathBuf,
     page_kb: u64,
 }
@@ -100,6 +104,7 @@ impl NodeTracer {
             tracer: Mutex::new(tracer),
             collector,
             runs: Mutex::new(Runs::default()),
+            connections: std::sync::atomic::AtomicUsize::new(0),
             socket: socket.to_path_buf(),
             page_kb: procfs::clock_ticks_and_page_kb().1,
         });
@@ -121,13 +126,30 @@ impl NodeTracer {
     }
 
     fn accept(self: Arc<Self>, listener: UnixListener) {
+        use std::sync::atomic::Ordering;
         for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
+            let Ok(mut stream) = stream else { continue };
+            if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                self.connections.fetch_sub(1, Ordering::SeqCst);
+                let _ = protocol::send(
+                    &mut stream,
+                    &Reply::Refused {
+                        reason: "the node tracer has too many connections".into(),
+                    },
+                );
+                continue;
+            }
             let node = self.clone();
             // A client whose thread cannot start is dropped (it sees the socket close).
-            let _ = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("denet-node-client".into())
-                .spawn(move || node.serve_client(stream));
+                .spawn(move || {
+                    node.serve_client(stream);
+                    node.connections.fetch_sub(1, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                self.connections.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 

@@ -879,7 +879,11 @@ async fn tcp_needs_a_token_that_names_a_user_and_the_node_socket_is_open_to_all(
         assert!(err.contains(says), "{text}: {err}");
     }
 
-    std::fs::write(&tf, "# root's token\ns3cret-token-0123456789 root\n").unwrap();
+    std::fs::write(
+        &tf,
+        "# root's token\ns3cret-token-0123456789 root\nnobodys-token-0123456789 nobody\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o600)).unwrap();
     let svc = Svc::start_with(
         &dir.join("d1"),
@@ -918,6 +922,30 @@ async fn tcp_needs_a_token_that_names_a_user_and_the_node_socket_is_open_to_all(
     let v = svc.wait_end(&id, Duration::from_secs(20)).await;
     assert_eq!(v["status"], "succeeded", "{v}");
     assert_eq!(v["user"], "root", "{v}");
+    // A token names the user it acts as: nobody's job runs as nobody and root's job
+    // is not nobody's to read.
+    let nobody = "Authorization: Bearer nobodys-token-0123456789\r\n";
+    let (st, b) = post_raw(
+        &addr,
+        "/jobs",
+        "application/json",
+        br#"{"name":"as-nobody","cmd":["id","-u"],"cwd":"/tmp"}"#,
+        nobody,
+    );
+    assert_eq!(st, 201, "{b}");
+    let nid: Value = serde_json::from_str(b.trim()).unwrap();
+    let nid = nid["id"].as_str().unwrap().to_string();
+    let v = svc.wait_end(&nid, Duration::from_secs(20)).await;
+    assert_eq!(
+        (v["status"].as_str(), v["uid"].as_u64()),
+        (Some("succeeded"), Some(65534)),
+        "{v}"
+    );
+    let (st, out) = get_raw(&addr, &format!("/jobs/{nid}/logs?stream=stdout"), nobody);
+    assert_eq!(st, 200, "{out}");
+    assert!(out.contains("65534\n"), "{out:?}");
+    let (st, b) = get_raw(&addr, &format!("/jobs/{id}"), nobody);
+    assert_json_error(st, &b, 403, "root's job with nobody's token");
 
     // The node socket (the service runs as root): every local user may connect.
     let sock = dir.join("d1.sock");

@@ -161,7 +161,7 @@ async fn jobs_run_as_their_caller_and_nobody_reaches_another_users_jobs() {
             "--",
             "sh",
             "-c",
-            "id; touch made-by-job",
+            "id; grep CapEff /proc/self/status; touch made-by-job",
         ],
     );
     assert_eq!(code, 0, "{err}");
@@ -176,6 +176,8 @@ async fn jobs_run_as_their_caller_and_nobody_reaches_another_users_jobs() {
     assert_eq!(code, 0, "{err}");
     assert!(logs.contains("uid=65534(nobody)"), "{logs}");
     assert!(!logs.contains("uid=0"), "{logs}");
+    // No capability left either.
+    assert!(logs.contains("CapEff:\t0000000000000000"), "{logs}");
     assert_eq!(owner_of(&work.join("made-by-job")), nobody);
     // Its directory, trace and logs are the user's.
     let job_dir = data.join("jobs").join(&x);
