@@ -466,10 +466,12 @@ impl RunState {
                 if let Some(cwd) = launch_cwd(config) {
                     files.set_cwd(pid, cwd);
                 }
-                let handle = collector::spawn(ring, Some(collector_stats))
-                    .context("starting the collector thread")?;
                 let sink = Box::new(move |msg| tx.send(msg).is_ok());
-                handle.add(STANDALONE_RUN, RunCollector::new(tracker, files, sink));
+                let run = RunCollector::new(tracker, files, sink);
+                // The run is in from the start: the command was released already.
+                let handle =
+                    collector::spawn(ring, Some(collector_stats), vec![(STANDALONE_RUN, run)])
+                        .context("starting the collector thread")?;
                 collector = Some(handle);
                 live_counters = Some(Box::new(sampler_stats));
             }

@@ -98,7 +98,8 @@ impl NodeTracer {
         let (collector_stats, _) = tracer
             .take_stats()
             .ok_or(crate::kernel::tracer::TracerError::Missing("PROC_STATS"))?;
-        let collector = collector::spawn(ring, Some(collector_stats)).map_err(NodeError::Thread)?;
+        let collector =
+            collector::spawn(ring, Some(collector_stats), Vec::new()).map_err(NodeError::Thread)?;
         let listener = bind(socket)?;
         let node = Arc::new(NodeTracer {
             tracer: Mutex::new(tracer),

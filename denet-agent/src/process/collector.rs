@@ -208,9 +208,14 @@ pub struct CollectorHandle {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Starts the collector thread on the ring buffer; runs are added with
+/// Starts the collector thread on the ring buffer with the runs it serves from the
+/// start (what the kernel already sent for them is theirs); more are added with
 /// [`CollectorHandle::add`].
-pub fn spawn(ring: RingBuf<MapData>, stats: Option<StatsMaps>) -> std::io::Result<CollectorHandle> {
+pub fn spawn(
+    ring: RingBuf<MapData>,
+    stats: Option<StatsMaps>,
+    runs: Vec<(u32, RunCollector)>,
+) -> std::io::Result<CollectorHandle> {
     let (wake_r, wake_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let (tx, rx) = mpsc::channel();
@@ -218,7 +223,7 @@ pub fn spawn(ring: RingBuf<MapData>, stats: Option<StatsMaps>) -> std::io::Resul
         ring,
         wake: wake_r,
         stats,
-        runs: HashMap::new(),
+        runs: runs.into_iter().collect(),
         commands: rx,
         unattributed: 0,
     };
