@@ -10,6 +10,7 @@
 // No unwrap outside tests: errors carry context instead.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub(crate) mod cgroup;
 pub mod client;
 pub mod engine;
 pub mod export;

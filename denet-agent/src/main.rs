@@ -54,6 +54,17 @@ struct ServeArgs {
     /// Ring buffer of the node tracer, MiB (a power of two).
     #[arg(long, default_value_t = 8, value_name = "MIB")]
     ringbuf_mib: u32,
+    /// The most memory a job may ask for (`memory_limit`), and the limit of a job that
+    /// asks for none, e.g. 64G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    job_memory_limit: Option<u64>,
+    /// The most CPUs a job may ask for (`cpus`), and the quota of one that asks for none.
+    #[arg(long, value_name = "N")]
+    job_cpus: Option<f64>,
+    /// The most processes a job may ask for (`max_pids`), and the limit of one that
+    /// asks for none.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
+    job_max_pids: Option<u64>,
     /// Also listen on this TCP address; requires --tokens.
     #[arg(long, value_name = "ADDR", requires = "tokens")]
     listen: Option<std::net::SocketAddr>,
@@ -205,6 +216,16 @@ struct RunArgs {
     /// file capabilities needed).
     #[arg(long)]
     standalone: bool,
+    /// Memory limit of the run's cgroup (page cache included), e.g. 4G, 512M: the
+    /// kernel OOM-kills in the tree beyond it, and the trace names the victims.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory_limit: Option<u64>,
+    /// CPU quota of the run's cgroup, in CPUs (e.g. 1.5).
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
+    /// Most processes (and threads) the run's cgroup may hold at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
+    max_pids: Option<u64>,
     /// Read control requests (`stop [GRACE_MS]`, `pause`, `resume`, one per line) from
     /// this file descriptor; its end stops the run. Used by `serve` for its jobs.
     #[arg(long, value_name = "FD", hide = true)]
@@ -282,7 +303,21 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
         syscalls: args.syscalls,
         events: args.events,
         node_socket: (!args.standalone).then_some(args.node_socket),
+        limits: denet_agent::engine::Limits {
+            memory_bytes: args.memory_limit,
+            cpus: match args.cpus {
+                Some(c) if !(c.is_finite() && (0.01..=4096.0).contains(&c)) => {
+                    bail!("--cpus must be a number of CPUs in [0.01, 4096], got {c}")
+                }
+                c => c,
+            },
+            max_pids: args.max_pids,
+        },
     })
+}
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    denet_agent::engine::parse_size(s)
 }
 
 fn warn_to_stderr() -> denet_agent::trace::reader::WarnFn {
@@ -492,6 +527,16 @@ fn serve(args: ServeArgs) -> Result<i32> {
         node_socket,
         node_ringbuf_bytes: args.ringbuf_mib * 1024 * 1024,
         defaults: SpecDefaults {
+            caps: denet_agent::engine::Limits {
+                memory_bytes: args.job_memory_limit,
+                cpus: match args.job_cpus {
+                    Some(c) if !(c.is_finite() && (0.01..=4096.0).contains(&c)) => {
+                        bail!("--job-cpus must be a number of CPUs in [0.01, 4096], got {c}")
+                    }
+                    c => c,
+                },
+                max_pids: args.job_max_pids,
+            },
             cwd: std::env::current_dir().context("the current directory")?,
             timeout: positive("timeout", args.timeout)?,
             stuck_after: positive("stuck-after", args.stuck_after)?,

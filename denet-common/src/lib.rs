@@ -26,6 +26,8 @@ pub enum EventKind {
     RawSched = 8,
     /// `--events` only: a block request of a tracked process completed ([`BlockIoEvent`]).
     RawBlock = 9,
+    /// The OOM killer chose a tracked process ([`OomKillEvent`]; `oom:mark_victim`).
+    OomKill = 10,
 }
 
 impl EventKind {
@@ -40,6 +42,7 @@ impl EventKind {
             7 => Self::Chdir,
             8 => Self::RawSched,
             9 => Self::RawBlock,
+            10 => Self::OomKill,
             _ => return None,
         })
     }
@@ -59,6 +62,16 @@ pub const EXEC_ARGV_TRUNCATED: u32 = 1;
 pub const EXEC_FILENAME_TRUNCATED: u32 = 2;
 /// [`ExecEvent::flags`]: argv could not be read (its pages were not resident).
 pub const EXEC_ARGV_UNREADABLE: u32 = 4;
+
+/// The OOM killer marked a tracked process as its victim (the header's pid and tgid
+/// are the victim's, not the current task's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomKillEvent {
+    pub header: EventHeader,
+    /// The victim's resident pages when it was chosen (file + anon + shmem).
+    pub rss_pages: u64,
+}
 
 /// Header common to every ring-buffer event.
 #[repr(C)]
@@ -470,7 +483,7 @@ macro_rules! plain_data {
 }
 
 plain_data!(Wire: EventHeader, ForkEvent, ExecEvent, ExitEvent, IoAccounting, FileOpenEvent,
-    FileCloseEvent, FileDupEvent, SchedSpanEvent, BlockIoEvent, KernelOffsets);
+    FileCloseEvent, FileDupEvent, SchedSpanEvent, BlockIoEvent, OomKillEvent, KernelOffsets);
 
 #[cfg(feature = "user")]
 plain_data!(aya::Pod: KernelOffsets, Settings, ProcStats, SyscallCounts, FileKey, FileStats,
@@ -518,6 +531,7 @@ pub enum KernelEvent {
     Chdir(alloc::boxed::Box<FileOpenEvent>),
     RawSched(SchedSpanEvent),
     RawBlock(BlockIoEvent),
+    OomKill(OomKillEvent),
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -545,6 +559,7 @@ impl KernelEvent {
             Self::FileDup(e) => &e.header,
             Self::RawSched(e) => &e.header,
             Self::RawBlock(e) => &e.header,
+            Self::OomKill(e) => &e.header,
         }
     }
 
@@ -581,6 +596,7 @@ impl KernelEvent {
             }
             EventKind::RawSched => Self::RawSched(read_event(bytes).ok_or(short)?),
             EventKind::RawBlock => Self::RawBlock(read_event(bytes).ok_or(short)?),
+            EventKind::OomKill => Self::OomKill(read_event(bytes).ok_or(short)?),
         })
     }
 }
@@ -604,6 +620,7 @@ const _: () = {
     assert!(size_of::<SchedSpanEvent>() == 56);
     assert!(size_of::<BlockIoEvent>() == 56);
     assert!(size_of::<FileCloseEvent>() == 80);
+    assert!(size_of::<OomKillEvent>() == 48);
     assert!(size_of::<KernelOffsets>() == 120);
     assert!(size_of::<Settings>() == 8);
 };
@@ -670,7 +687,7 @@ mod tests {
             KernelEvent::decode(&[1, 0]).err(),
             Some(Malformed::NoHeader { len: 2 })
         );
-        for k in 1..=9 {
+        for k in 1..=10 {
             assert_eq!(EventKind::from_u32(k).map(|e| e as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);

@@ -33,9 +33,9 @@ mod syscalls;
 
 use denet_common::{
     counter, run_counter, run_flag, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    IoAccounting, KernelOffsets, Settings, ARGV_MAX, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE,
-    EXEC_FILENAME_TRUNCATED, EXIT_GROUP_DEAD, FILENAME_MAX, MAX_RUNS, RSS_COUNTERS,
-    TRACKED_MAX_ENTRIES,
+    IoAccounting, KernelOffsets, OomKillEvent, Settings, ARGV_MAX, EXEC_ARGV_TRUNCATED,
+    EXEC_ARGV_UNREADABLE, EXEC_FILENAME_TRUNCATED, EXIT_GROUP_DEAD, FILENAME_MAX, MAX_RUNS,
+    RSS_COUNTERS, TRACKED_MAX_ENTRIES,
 };
 
 /// Struct member offsets, filled in by the agent from vmlinux BTF before loading.
@@ -415,17 +415,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     if group_dead {
         let mm: *const u8 = read_at(task, off!(task_mm));
         if !mm.is_null() {
-            let mut rss: u64 = 0;
-            for slot in RSS_COUNTERS {
-                let at = off!(mm_rss_stat)
-                    + slot * off!(percpu_counter_size)
-                    + off!(percpu_counter_count);
-                // percpu_counter_read_positive(): the folded count, never negative.
-                let count: i64 = read_at(mm, at);
-                if count > 0 {
-                    rss += count as u64;
-                }
-            }
+            let rss = rss_pages(mm);
             // SAFETY: the record was fully initialised by `write` above.
             unsafe {
                 let e = entry.as_mut_ptr();
@@ -436,6 +426,46 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         }
     }
     entry.submit(wakeup_flags());
+    0
+}
+
+/// Resident pages of an address space: file + anon + shmem counters, each
+/// `percpu_counter_read_positive()` (the folded count, never negative).
+#[inline(always)]
+fn rss_pages(mm: *const u8) -> u64 {
+    let mut rss: u64 = 0;
+    for slot in RSS_COUNTERS {
+        let at = off!(mm_rss_stat) + slot * off!(percpu_counter_size) + off!(percpu_counter_count);
+        let count: i64 = read_at(mm, at);
+        if count > 0 {
+            rss += count as u64;
+        }
+    }
+    rss
+}
+
+/// `mark_victim(struct task_struct *task, uid_t uid)`: the OOM killer chose `task`
+/// (of any cgroup or the whole machine). Fires in the context of the task that ran
+/// out of memory, so the victim is read from the argument.
+#[raw_tracepoint(tracepoint = "mark_victim")]
+pub fn mark_victim(ctx: RawTracePointContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    let tgid: u32 = read_at(task, off!(task_tgid));
+    if !is_tracked(tgid) {
+        return 0;
+    }
+    let pid: u32 = read_at(task, off!(task_pid));
+    let mm: *const u8 = read_at(task, off!(task_mm));
+    let event = OomKillEvent {
+        header: header(EventKind::OomKill, pid, tgid),
+        rss_pages: if mm.is_null() { 0 } else { rss_pages(mm) },
+    };
+    if EVENTS
+        .output::<OomKillEvent>(&event, wakeup_flags())
+        .is_err()
+    {
+        dropped(&event.header);
+    }
     0
 }
 

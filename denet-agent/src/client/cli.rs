@@ -47,6 +47,15 @@ enum JobsCommand {
         /// Flag the job stuck after SECONDS without CPU progress or output.
         #[arg(long, value_name = "SECONDS")]
         stuck_after: Option<f64>,
+        /// Memory limit of the job's cgroup, e.g. 4G (within the service's cap).
+        #[arg(long, value_name = "SIZE")]
+        memory_limit: Option<String>,
+        /// CPU quota of the job, in CPUs.
+        #[arg(long, value_name = "N")]
+        cpus: Option<f64>,
+        /// Most processes the job may hold at once.
+        #[arg(long, value_name = "N")]
+        max_pids: Option<u64>,
         /// Print the job's output as it comes, and exit with its exit status (128+N
         /// when killed by signal N) once it ends, like `denet-agent run`.
         #[arg(short, long)]
@@ -142,6 +151,9 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
             env,
             timeout,
             stuck_after,
+            memory_limit,
+            cpus,
+            max_pids,
             follow,
             cmd,
         } => {
@@ -162,6 +174,15 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
             }
             if let Some(t) = stuck_after {
                 body["stuck_after_s"] = json!(t);
+            }
+            if let Some(m) = memory_limit {
+                body["memory_limit"] = json!(m);
+            }
+            if let Some(c) = cpus {
+                body["cpus"] = json!(c);
+            }
+            if let Some(n) = max_pids {
+                body["max_pids"] = json!(n);
             }
             let v = client.post("/jobs", Some(&body)).await?.ok_json()?;
             let id = s(&v["id"]);

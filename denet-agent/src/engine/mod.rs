@@ -9,5 +9,6 @@ pub mod control;
 pub mod launch;
 pub mod run;
 
+pub use crate::cgroup::{parse_size, Limits};
 pub use control::Control;
 pub use run::{run, run_controlled, EbpfMode, RunConfig, RunOutcome};

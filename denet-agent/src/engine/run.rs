@@ -24,6 +24,7 @@ use super::{
     launch::{HeldChild, LaunchError, LaunchSpec},
 };
 use crate::{
+    cgroup::{Limits, RunCgroup, Usage},
     kernel::{tracer::STANDALONE_RUN, KernelTracer, TracerOptions},
     node::{
         link::{Finished, NodeLink},
@@ -38,7 +39,7 @@ use crate::{
         tracker::Tracker,
     },
     trace::{
-        format::{self as record, Header, Process, Summary},
+        format::{self as record, CgroupHeader, Header, OomVictim, Process, Summary},
         writer::JsonlWriter,
     },
 };
@@ -72,6 +73,8 @@ pub struct RunConfig {
     /// The node tracer's socket: a run asks the node daemon there before loading
     /// programs of its own. `None`: always load its own (`--standalone`).
     pub node_socket: Option<PathBuf>,
+    /// Limits of the run's cgroup.
+    pub limits: Limits,
 }
 
 /// How the run ended, for the caller's exit status.
@@ -103,9 +106,22 @@ impl Tracer {
     }
 }
 
+/// The run's cgroup.
+enum RunCg {
+    /// Made by this agent (it removes it at the end).
+    Own(RunCgroup),
+    /// Made by the node daemon (it reports the usage and removes it).
+    Node {
+        path: String,
+    },
+    None,
+}
+
 struct Kernel {
     tracer: Option<Tracer>,
     unavailable: Option<String>,
+    cgroup: RunCg,
+    cgroup_unavailable: Option<String>,
     /// What the kernel side collects for this run (the node daemon may grant less).
     files: bool,
     syscalls: bool,
@@ -130,6 +146,8 @@ fn open_kernel(config: &RunConfig, options: TracerOptions) -> Result<Kernel> {
     let kernel = |tracer, unavailable| Kernel {
         tracer,
         unavailable,
+        cgroup: RunCg::None,
+        cgroup_unavailable: None,
         files: options.files,
         syscalls: options.syscalls,
         events: options.events,
@@ -196,12 +214,17 @@ fn track_command(config: &RunConfig, kernel: &mut Kernel, pid: u32, fork_ns: u64
                 files: kernel.files,
                 syscalls: kernel.syscalls,
                 events: kernel.events,
+                limits: config.limits,
             };
             match link.track(request) {
                 Ok(granted) => {
                     kernel.files = granted.files;
                     kernel.syscalls = granted.syscalls;
                     kernel.events = granted.events;
+                    match granted.cgroup {
+                        Ok(path) => kernel.cgroup = RunCg::Node { path },
+                        Err(why) => kernel.cgroup_unavailable = Some(why),
+                    }
                     Ok(())
                 }
                 Err(e) => {
@@ -219,6 +242,42 @@ fn track_command(config: &RunConfig, kernel: &mut Kernel, pid: u32, fork_ns: u64
             }
         }
     }
+}
+
+/// A cgroup of the run's own, made by this agent (the node daemon makes its runs'):
+/// the held command is moved into it before it execs. Without the rights, the run
+/// goes on without one, unless it asked for limits.
+fn own_cgroup(config: &RunConfig, kernel: &mut Kernel, pid: u32) -> Result<()> {
+    if matches!(kernel.tracer, Some(Tracer::Node(_))) {
+        return Ok(());
+    }
+    let name = format!("denet-{}-{pid}", std::process::id());
+    let made = RunCgroup::create(&name, std::process::id(), config.limits).and_then(|cg| match cg
+        .enter(pid)
+    {
+        Ok(()) => Ok(cg),
+        Err(e) => {
+            cg.remove();
+            Err(e)
+        }
+    });
+    match made {
+        Ok(cg) => kernel.cgroup = RunCg::Own(cg),
+        Err(e) => {
+            let why = if e.is_permission() {
+                format!("{e} (a cgroup needs root, or the node daemon, which makes its runs')")
+            } else {
+                e.to_string()
+            };
+            if config.limits.any() {
+                anyhow::bail!(
+                    "the limits (--memory-limit, --cpus, --max-pids) need a cgroup: {why}"
+                );
+            }
+            kernel.cgroup_unavailable = Some(why);
+        }
+    }
+    Ok(())
 }
 
 fn launch_cwd(config: &RunConfig) -> Option<String> {
@@ -264,6 +323,18 @@ fn header(config: &RunConfig, kernel: &Kernel, pid: Option<u32>, hold_ns: Option
         max_interval_ms: config.max_interval_ms,
         argv_max_bytes: denet_common::ARGV_MAX,
         timeout_s: config.timeout.map(|t| t.as_secs_f64()),
+        cgroup: match &kernel.cgroup {
+            RunCg::Own(cg) => Some(cg.memory_path()),
+            RunCg::Node { path } => Some(path.clone()),
+            RunCg::None => None,
+        }
+        .map(|path| CgroupHeader {
+            path,
+            memory_limit_bytes: config.limits.memory_bytes,
+            cpus: config.limits.cpus,
+            max_pids: config.limits.max_pids,
+        }),
+        cgroup_unavailable_reason: kernel.cgroup_unavailable.clone(),
     }
 }
 
@@ -307,8 +378,10 @@ pub fn run_controlled(
         Err(e) => return start_failed(&config, &kernel, &mut out, fork_ns, &e),
     };
     let pid = held.pid();
-    // Must succeed before release, or the command would run untraced.
-    if let Err(e) = track_command(&config, &mut kernel, pid, fork_ns) {
+    // Must succeed before release, or the command would run untraced (or unlimited).
+    if let Err(e) = track_command(&config, &mut kernel, pid, fork_ns)
+        .and_then(|()| own_cgroup(&config, &mut kernel, pid))
+    {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         return Err(e);
     }
@@ -432,6 +505,7 @@ struct RunState {
     /// Grace between SIGTERM and SIGKILL of the escalation under way.
     grace: Duration,
     paused: bool,
+    cgroup: RunCg,
 }
 
 impl RunState {
@@ -504,6 +578,7 @@ impl RunState {
             kill_stage: KillStage::None,
             grace: config.kill_grace,
             paused: false,
+            cgroup: kernel.cgroup,
         })
     }
 
@@ -615,9 +690,24 @@ impl RunState {
                 self.sample()?;
             }
         }
+        // Processes alive at once, counted from the kernel's own fork and exit records.
+        let from_kernel = !msg.started.is_empty() || !msg.finished.is_empty();
         self.live.extend(msg.started);
+        if from_kernel {
+            let alive = self.live.len() as u64;
+            let peak = self.summary.pids_peak.get_or_insert(0);
+            *peak = (*peak).max(alive);
+        }
         for info in &msg.finished {
             self.live.remove(&info.pid);
+            if let Some(rss_kb) = info.oom_rss_kb {
+                self.summary.oom_kills += 1;
+                self.summary.oom_victims.push(OomVictim {
+                    pid: info.pid,
+                    argv: info.argv.clone(),
+                    rss_kb,
+                });
+            }
             self.write_process(&info.to_record())?;
         }
         for e in &msg.events {
@@ -710,6 +800,28 @@ impl RunState {
             }
         }
         alive == 0
+    }
+
+    /// What the run's cgroup counted: the memory peak and limit, and whose memory
+    /// ran out when processes were OOM-killed.
+    fn add_cgroup_usage(&mut self, u: &Usage) {
+        let s = &mut self.summary;
+        s.memory_peak_bytes = u.memory_peak_bytes;
+        s.memory_limit_bytes = u.memory_limit_bytes;
+        s.memory_peak_percent = match (u.memory_peak_bytes, u.memory_limit_bytes) {
+            (Some(peak), Some(limit)) if limit > 0 => {
+                Some((peak as f64 * 10_000.0 / limit as f64).round() / 100.0)
+            }
+            _ => None,
+        };
+        s.cgroup_cpu_ns = u.cpu_ns;
+        if s.oom_kills > 0 {
+            s.oom_scope = Some(if u.oom_kills.unwrap_or(0) > 0 {
+                "run_limit"
+            } else {
+                "machine"
+            });
+        }
     }
 
     /// The run's processes in the kernel's tracked set.
@@ -812,6 +924,18 @@ impl RunState {
         };
         while let Ok(msg) = self.rx.try_recv() {
             self.on_collector(msg)?;
+        }
+        let usage = match std::mem::replace(&mut self.cgroup, RunCg::None) {
+            RunCg::Own(cg) => {
+                let usage = cg.usage();
+                cg.remove();
+                Some(usage)
+            }
+            RunCg::Node { .. } => finished.as_ref().and_then(|f| f.cgroup),
+            RunCg::None => None,
+        };
+        if let Some(u) = usage {
+            self.add_cgroup_usage(&u);
         }
         if let Some(f) = finished {
             let s = &mut self.summary;

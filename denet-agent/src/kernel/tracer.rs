@@ -85,6 +85,7 @@ const PROGRAMS: &[Program] = &[
     program("block_rq_complete", 3, Needs::Always),
     program("sock_send_length", 3, Needs::Always),
     program("sock_recv_length", 3, Needs::Always),
+    program("mark_victim", 2, Needs::Always),
     program("sched_process_exit", 2, Needs::Always),
     program("sched_process_exec", 3, Needs::Always),
     program("sched_process_fork", 2, Needs::Always),

@@ -17,6 +17,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::protocol::{self, Reply, Request, TrackRequest, MAX_REQUEST_BYTES, PROTOCOL_VERSION};
 use crate::{
+    cgroup::RunCgroup,
     engine::clock,
     kernel::{KernelTracer, TracerOptions},
     process::{
@@ -207,6 +208,10 @@ impl NodeTracer {
             files: track.files,
             syscalls: track.syscalls,
             events: track.events,
+            cgroup: match &run.cgroup {
+                Ok(cg) => Ok(cg.memory_path()),
+                Err(why) => Err(why.clone()),
+            },
         });
         let finished = self.answer(&mut reader, &tx, run.id);
         let report = self.collector.remove(run.id);
@@ -217,12 +222,14 @@ impl NodeTracer {
                 tracer.counters().unwrap_or_default(),
             )
         };
+        let cgroup = run.cgroup.as_ref().ok().map(RunCgroup::usage);
         self.close_run(&run);
         if finished {
             let _ = tx.send(Reply::Finished {
                 report,
                 run: run_counters,
                 node: node_now.since(&node_at_start),
+                cgroup,
             });
         }
         drop(tx);
@@ -284,6 +291,23 @@ impl NodeTracer {
             ));
         }
         check_owner(t.pid, peer)?;
+        // The run's cgroup, inside the caller's (a manager's limits still hold), and
+        // the held command in it before it execs.
+        let cgroup =
+            RunCgroup::create(&format!("denet-{}-{}", peer.pid, t.pid), peer.pid, t.limits)
+                .and_then(|cg| match cg.enter(t.pid) {
+                    Ok(()) => Ok(cg),
+                    Err(e) => {
+                        cg.remove();
+                        Err(e)
+                    }
+                })
+                .map_err(|e| e.to_string());
+        if let Err(why) = &cgroup {
+            if t.limits.any() {
+                return Err(format!("the limits need a cgroup: {why}"));
+            }
+        }
         let hooks = t.files || t.syscalls;
         let id = {
             let mut runs = lock(&self.runs);
@@ -296,7 +320,7 @@ impl NodeTracer {
             }
             id
         };
-        let run = OpenRun { id, hooks };
+        let run = OpenRun { id, hooks, cgroup };
         let mut tracker = Tracker::new(self.page_kb);
         tracker.add_root(t.pid, peer.pid, t.start_boot_ns, t.argv.clone());
         let mut files = FileTracker::default();
@@ -339,6 +363,9 @@ impl NodeTracer {
     }
 
     fn close_run(&self, run: &OpenRun) {
+        if let Ok(cg) = &run.cgroup {
+            cg.remove();
+        }
         let mut tracer = lock(&self.tracer);
         tracer.close_run(run.id);
         let mut runs = lock(&self.runs);
@@ -357,6 +384,7 @@ impl NodeTracer {
 struct OpenRun {
     id: u32,
     hooks: bool,
+    cgroup: Result<RunCgroup, String>,
 }
 
 /// A process the caller may have tracked: its own child (held before exec), and

@@ -18,6 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::protocol::{self, Reply, Request, TrackRequest, MAX_REPLY_BYTES};
 use crate::{
+    cgroup::Usage,
     kernel::{
         counters::ProcDepth,
         tracer::{KernelCounters, RunCounters},
@@ -48,11 +49,13 @@ pub enum LinkError {
 }
 
 /// What the daemon granted.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Granted {
     pub files: bool,
     pub syscalls: bool,
     pub events: bool,
+    /// The run's cgroup, or why it has none.
+    pub cgroup: Result<String, String>,
 }
 
 /// A run's totals, as the daemon counted them.
@@ -61,6 +64,7 @@ pub struct Finished {
     pub report: CollectorReport,
     pub run: RunCounters,
     pub node: KernelCounters,
+    pub cgroup: Option<Usage>,
 }
 
 struct Shared {
@@ -140,17 +144,19 @@ impl NodeLink {
                 files,
                 syscalls,
                 events,
+                cgroup,
                 ..
             } => {
                 let granted = Granted {
                     files,
                     syscalls,
                     events,
+                    cgroup,
                 };
                 if let Some(shared) = Arc::get_mut(&mut self.shared) {
                     shared.syscalls = syscalls;
                 }
-                self.granted = Some(granted);
+                self.granted = Some(granted.clone());
                 Ok(granted)
             }
             Reply::Refused { reason } => Err(LinkError::Refused(reason)),
@@ -220,7 +226,17 @@ impl NodeLink {
             let _ = t.join();
         }
         match reply? {
-            Reply::Finished { report, run, node } => Ok(Finished { report, run, node }),
+            Reply::Finished {
+                report,
+                run,
+                node,
+                cgroup,
+            } => Ok(Finished {
+                report,
+                run,
+                node,
+                cgroup,
+            }),
             _ => Err(LinkError::Unexpected),
         }
     }

@@ -6,6 +6,7 @@
 use std::io::{BufRead, Write};
 
 use crate::{
+    cgroup::{Limits, Usage},
     kernel::{
         counters::ProcDepth,
         tracer::{KernelCounters, RunCounters},
@@ -49,6 +50,9 @@ pub struct TrackRequest {
     pub files: bool,
     pub syscalls: bool,
     pub events: bool,
+    /// Limits of the run's cgroup (the daemon makes it).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// What the daemon sends.
@@ -61,6 +65,8 @@ pub enum Reply {
         files: bool,
         syscalls: bool,
         events: bool,
+        /// The run's cgroup (its memory directory), or why it has none.
+        cgroup: Result<String, String>,
     },
     /// Not tracked, and why (not the caller's child, not the caller's, ...).
     Refused {
@@ -81,6 +87,8 @@ pub enum Reply {
         run: RunCounters,
         /// The node's error counters over the run's lifetime (node-wide).
         node: KernelCounters,
+        /// What the run's cgroup counted (none without one).
+        cgroup: Option<Usage>,
     },
 }
 
@@ -147,6 +155,7 @@ mod tests {
             files: true,
             syscalls: false,
             events: false,
+            limits: Limits::default(),
         });
         send(&mut wire, &track).unwrap();
         let mut batch = CollectorMsg::default();

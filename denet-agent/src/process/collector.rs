@@ -103,6 +103,7 @@ impl RunCollector {
             }
             KernelEvent::Exec(ev) => self.tracker.on_exec(&ev),
             KernelEvent::Exit(ev) => self.tracker.on_exit(&ev, &mut self.exited),
+            KernelEvent::OomKill(ev) => self.tracker.on_oom(&ev),
             KernelEvent::FileOpen(ev) => self.files.on_open(&ev),
             KernelEvent::Chdir(ev) => self.files.on_chdir(&ev),
             KernelEvent::FileDup(ev) => self.files.on_dup(&ev),

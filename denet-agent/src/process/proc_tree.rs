@@ -129,6 +129,8 @@ impl ProcTree {
             exit_code,
             signal,
             core_dumped,
+            // Not known without the kernel's programs.
+            oom_killed: None,
             cpu_user_ns: Some(ns(s.stat.utime_ticks)),
             cpu_sys_ns: Some(ns(s.stat.stime_ticks)),
             peak_rss_kb: s.hwm_kb,

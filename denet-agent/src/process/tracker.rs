@@ -9,7 +9,8 @@ use crate::{
     trace::format::{decode_wait_status, DepthFields, Process},
 };
 use denet_common::{
-    ExecEvent, ExitEvent, ForkEvent, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXIT_GROUP_DEAD,
+    ExecEvent, ExitEvent, ForkEvent, OomKillEvent, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE,
+    EXIT_GROUP_DEAD,
 };
 
 /// Exit accounting of a process: its threads' counters summed, memory high-water
@@ -96,6 +97,8 @@ pub struct ProcessInfo {
     pub stats: ExitStats,
     /// Scheduler, block I/O, network and syscall counters, collected at exit.
     pub depth: Option<ProcDepth>,
+    /// The OOM killer chose it: its resident KiB then.
+    pub oom_rss_kb: Option<u64>,
 }
 
 /// Splits NUL-separated argv bytes as in /proc/PID/cmdline.
@@ -211,6 +214,12 @@ impl Tracker {
         }
     }
 
+    /// The OOM killer chose the process (its exit follows, by SIGKILL).
+    pub fn on_oom(&mut self, ev: &OomKillEvent) {
+        let page_kb = self.page_kb;
+        self.entry(ev.header.tgid).oom_rss_kb = Some(ev.rss_pages * page_kb);
+    }
+
     /// At the end of a run: processes whose exit was never seen (events lost).
     pub fn flush(&mut self) -> Vec<ProcessInfo> {
         let mut rest: Vec<ProcessInfo> = self.live.drain().map(|(_, p)| p).collect();
@@ -250,6 +259,7 @@ impl ProcessInfo {
             exit_code,
             signal,
             core_dumped,
+            oom_killed: Some(p.oom_rss_kb.is_some()),
             cpu_user_ns: v(user),
             cpu_sys_ns: v(sys),
             peak_rss_kb: v(s.peak_rss_kb),

@@ -192,6 +192,7 @@ impl Job {
         v.timeout_s = Some(self.spec.timeout.as_secs_f64());
         v.agent_pid = st.agent_pid;
         v.pid = st.pid;
+        v.limits = Some(self.spec.limits);
         v
     }
 
@@ -224,6 +225,7 @@ impl Job {
             trace_path: self.trace_path().to_string_lossy().into_owned(),
             user: self.owner.user.clone(),
             uid: self.owner.uid,
+            limits: Some(self.spec.limits),
         }
     }
 }
@@ -288,6 +290,10 @@ pub struct JobView {
     /// The user the job runs as, and its uid.
     pub user: String,
     pub uid: u32,
+    /// The limits of its cgroup (what it asked for within the service's caps);
+    /// null for a job known only from the history.
+    #[serde(default)]
+    pub limits: Option<crate::cgroup::Limits>,
 }
 
 impl JobView {
@@ -315,6 +321,7 @@ impl JobView {
             trace_path: row.trace_path.clone(),
             user: row.user.clone(),
             uid: row.uid,
+            limits: None,
         }
     }
 }

@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+use crate::cgroup::{parse_size, Limits};
+
 /// Bounds on a request, beyond the HTTP body limit.
 pub const MAX_NAME_BYTES: usize = 128;
 pub const MAX_ARGS: usize = 4096;
@@ -27,6 +29,23 @@ pub struct JobRequest {
     /// Raise the `stuck` flag after this long without CPU progress or output.
     #[serde(default)]
     pub stuck_after_s: Option<f64>,
+    /// Memory limit of the job's cgroup: bytes, or a size such as "4G".
+    #[serde(default)]
+    pub memory_limit: Option<Size>,
+    /// CPU quota, in CPUs.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Most processes and threads at once.
+    #[serde(default)]
+    pub max_pids: Option<u64>,
+}
+
+/// A size given as a byte count or as text with a unit ("512M", "4G").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
 }
 
 /// A validated job request, with the service defaults applied.
@@ -39,6 +58,8 @@ pub struct JobSpec {
     pub cwd: PathBuf,
     pub timeout: Duration,
     pub stuck_after: Duration,
+    /// Limits of the job's cgroup.
+    pub limits: Limits,
 }
 
 /// Defaults a request falls back on.
@@ -47,6 +68,8 @@ pub struct SpecDefaults {
     pub cwd: PathBuf,
     pub timeout: Duration,
     pub stuck_after: Duration,
+    /// The most a job may ask for, and what a job that asks for nothing gets.
+    pub caps: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,9 +121,64 @@ fn seconds(field: &'static str, v: Option<f64>, default: Duration) -> Result<Dur
     }
 }
 
+/// The job's limits: what it asked for within the service's caps, else the caps.
+fn limits(req: &JobRequest, caps: &Limits) -> Result<Limits, SpecError> {
+    let memory = match &req.memory_limit {
+        None => None,
+        Some(Size::Bytes(b)) => {
+            Some(parse_size(&b.to_string()).map_err(|e| bad("memory_limit", e))?)
+        }
+        Some(Size::Text(t)) => Some(parse_size(t).map_err(|e| bad("memory_limit", e))?),
+    };
+    if let Some(c) = req.cpus {
+        if !(c.is_finite() && (0.01..=4096.0).contains(&c)) {
+            return Err(bad(
+                "cpus",
+                format!("a number of CPUs in [0.01, 4096], got {c}"),
+            ));
+        }
+    }
+    if let Some(n) = req.max_pids {
+        if !(1..=4_194_304).contains(&n) {
+            return Err(bad("max_pids", format!("in [1, 4194304], got {n}")));
+        }
+    }
+    let within = |field: &'static str,
+                  asked: Option<f64>,
+                  cap: Option<f64>,
+                  show: &dyn Fn(f64) -> String| {
+        match (asked, cap) {
+            (Some(a), Some(c)) if a > c => Err(bad(
+                field,
+                format!("{} is above this service's cap of {}", show(a), show(c)),
+            )),
+            (Some(a), _) => Ok(Some(a)),
+            (None, c) => Ok(c),
+        }
+    };
+    Ok(Limits {
+        memory_bytes: within(
+            "memory_limit",
+            memory.map(|m| m as f64),
+            caps.memory_bytes.map(|m| m as f64),
+            &|v| format!("{} bytes", v as u64),
+        )?
+        .map(|v| v as u64),
+        cpus: within("cpus", req.cpus, caps.cpus, &|v| format!("{v} CPUs"))?,
+        max_pids: within(
+            "max_pids",
+            req.max_pids.map(|n| n as f64),
+            caps.max_pids.map(|n| n as f64),
+            &|v| format!("{}", v as u64),
+        )?
+        .map(|v| v as u64),
+    })
+}
+
 impl JobRequest {
     pub fn validate(self, defaults: &SpecDefaults) -> Result<JobSpec, SpecError> {
         valid_name(&self.name)?;
+        let limits = limits(&self, &defaults.caps)?;
         if self.cmd.is_empty() {
             return Err(bad("cmd", "must be a non-empty array of strings"));
         }
@@ -140,6 +218,7 @@ impl JobRequest {
             }
         };
         Ok(JobSpec {
+            limits,
             name: self.name,
             cmd: self.cmd,
             env: self.env.into_iter().collect(),
@@ -156,6 +235,11 @@ mod tests {
 
     fn defaults() -> SpecDefaults {
         SpecDefaults {
+            caps: Limits {
+                memory_bytes: Some(8 << 30),
+                cpus: Some(2.0),
+                max_pids: None,
+            },
             cwd: PathBuf::from("/"),
             timeout: Duration::from_secs(3600),
             stuck_after: Duration::from_secs(300),
@@ -178,6 +262,62 @@ mod tests {
         let spec = parse(r#"{"name":"x","cmd":["true"]}"#).unwrap();
         assert_eq!(spec.cwd, PathBuf::from("/"));
         assert_eq!(spec.timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn limits_within_the_caps_else_the_caps() {
+        let spec =
+            parse(r#"{"name":"x","cmd":["true"],"memory_limit":"512M","cpus":1.5,"max_pids":64}"#)
+                .unwrap();
+        assert_eq!(
+            spec.limits,
+            Limits {
+                memory_bytes: Some(512 << 20),
+                cpus: Some(1.5),
+                max_pids: Some(64)
+            }
+        );
+        let spec = parse(r#"{"name":"x","cmd":["true"],"memory_limit":1073741824}"#).unwrap();
+        assert_eq!(spec.limits.memory_bytes, Some(1 << 30));
+        // Nothing asked: the caps.
+        let spec = parse(r#"{"name":"x","cmd":["true"]}"#).unwrap();
+        assert_eq!(
+            (
+                spec.limits.memory_bytes,
+                spec.limits.cpus,
+                spec.limits.max_pids
+            ),
+            (Some(8 << 30), Some(2.0), None)
+        );
+        for (body, want) in [
+            (
+                r#"{"name":"x","cmd":["true"],"memory_limit":"16G"}"#,
+                "memory_limit: 17179869184 bytes is above this service's cap",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"cpus":3}"#,
+                "cpus: 3 CPUs is above",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"cpus":0}"#,
+                "cpus: a number of CPUs",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"max_pids":0}"#,
+                "max_pids: in [1",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"memory_limit":"lots"}"#,
+                "memory_limit: \"lots\": unknown unit",
+            ),
+            (
+                r#"{"name":"x","cmd":["true"],"memory_limit":100}"#,
+                "memory_limit: \"100\": at least 1 MiB",
+            ),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.contains(want), "{body}: {e}");
+        }
     }
 
     #[test]

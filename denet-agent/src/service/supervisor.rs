@@ -158,6 +158,7 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
         .arg("--kill-grace")
         .arg(format!("{}", svc.config.kill_grace.as_secs_f64()))
         .args(&svc.config.run_flags)
+        .args(limit_args(&spec.limits))
         .arg("--")
         .args(&spec.cmd)
         .stdin(Stdio::null())
@@ -259,6 +260,21 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
         agent_done,
         kill_grace: svc.config.kill_grace,
     })
+}
+
+/// The `run` flags of a job's limits.
+fn limit_args(l: &crate::cgroup::Limits) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(b) = l.memory_bytes {
+        args.extend(["--memory-limit".to_string(), b.to_string()]);
+    }
+    if let Some(c) = l.cpus {
+        args.extend(["--cpus".to_string(), c.to_string()]);
+    }
+    if let Some(n) = l.max_pids {
+        args.extend(["--max-pids".to_string(), n.to_string()]);
+    }
+    args
 }
 
 /// Creates a file of the job directory for the job's owner: never through a link,
@@ -749,6 +765,7 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
 pub(super) async fn recover_row(svc: &Service, dir: &Path) -> Option<HistoryRow> {
     let file: JobFile = serde_json::from_slice(&std::fs::read(dir.join("job.json")).ok()?).ok()?;
     let spec = super::spec::JobSpec {
+        limits: Default::default(),
         name: file.name,
         cmd: file.cmd,
         env: Vec::new(),

@@ -141,6 +141,28 @@ pub struct Header {
     pub max_interval_ms: u64,
     pub argv_max_bytes: usize,
     pub timeout_s: Option<f64>,
+    /// The run's own cgroup (v1), or the one it was left in; null without one.
+    pub cgroup: Option<CgroupHeader>,
+    /// Why the run has no cgroup of its own, when it has none.
+    pub cgroup_unavailable_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupHeader {
+    /// The memory controller's directory of the run's cgroup.
+    pub path: String,
+    pub memory_limit_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub max_pids: Option<u64>,
+}
+
+/// A process the OOM killer chose.
+#[derive(Debug, Clone, Serialize)]
+pub struct OomVictim {
+    pub pid: u32,
+    pub argv: Vec<String>,
+    /// Resident KiB when it was chosen.
+    pub rss_kb: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -158,6 +180,8 @@ pub struct Process {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub core_dumped: bool,
+    /// The kernel's OOM killer chose this process (null: not known, /proc mode).
+    pub oom_killed: Option<bool>,
     pub cpu_user_ns: Option<u64>,
     pub cpu_sys_ns: Option<u64>,
     pub peak_rss_kb: Option<u64>,
@@ -296,6 +320,25 @@ pub struct Summary {
     /// The kernel tracing failed during the run (the node daemon went away): what
     /// happened. Processes that ended after it are sampled from /proc.
     pub tracer_error: Option<String>,
+    /// Processes of the run the OOM killer chose (from the kernel's `mark_victim`).
+    pub oom_kills: u64,
+    pub oom_victims: Vec<OomVictim>,
+    /// Whose memory ran out when there were OOM kills: "run_limit" (the run's own
+    /// cgroup limit: its cgroup counted the kills) or "machine"; null without kills.
+    pub oom_scope: Option<&'static str>,
+    /// The run cgroup's peak memory, bytes, page cache included (cgroup v1
+    /// `memory.max_usage_in_bytes`); null without a cgroup.
+    pub memory_peak_bytes: Option<u64>,
+    /// The run's memory limit, bytes; null without one.
+    pub memory_limit_bytes: Option<u64>,
+    /// `memory_peak_bytes` as a percentage of `memory_limit_bytes`.
+    pub memory_peak_percent: Option<f64>,
+    /// Most of the run's processes alive at once (from the kernel's fork and exit
+    /// events; null without eBPF).
+    pub pids_peak: Option<u64>,
+    /// CPU time of everything that ran in the run's cgroup, ns (`cpuacct.usage`):
+    /// the per-process sums' check, including anything the tree lost sight of.
+    pub cgroup_cpu_ns: Option<u64>,
 }
 
 #[cfg(test)]
@@ -340,6 +383,13 @@ mod tests {
             max_interval_ms: 1000,
             argv_max_bytes: 4096,
             timeout_s: Some(60.0),
+            cgroup: Some(CgroupHeader {
+                path: "/sys/fs/cgroup/memory/denet-100-101".into(),
+                memory_limit_bytes: Some(1 << 30),
+                cpus: None,
+                max_pids: Some(64),
+            }),
+            cgroup_unavailable_reason: None,
         };
         let info = ProcessInfo {
             pid: 102,
@@ -389,10 +439,13 @@ mod tests {
                 },
                 syscalls: Some(vec![(0, 8), (1, 1), (231, 1)]),
             }),
+            oom_rss_kb: None,
         };
+        // Chosen by the OOM killer (SIGKILL).
         let killed = ProcessInfo {
             pid: 103,
-            exit_status_raw: Some(0x80 | 11),
+            exit_status_raw: Some(9),
+            oom_rss_kb: Some(1024),
             ..info.clone()
         };
         let sample = Sample {
@@ -436,6 +489,18 @@ mod tests {
             agent_cpu_user_ns: 2_000_000,
             agent_cpu_sys_ns: 1_000_000,
             agent_peak_rss_kb: 9000,
+            oom_kills: 1,
+            oom_victims: vec![OomVictim {
+                pid: 103,
+                argv: vec!["/bin/true".into()],
+                rss_kb: 1024,
+            }],
+            oom_scope: Some("run_limit"),
+            memory_peak_bytes: Some(536_870_912),
+            memory_limit_bytes: Some(1 << 30),
+            memory_peak_percent: Some(50.0),
+            pids_peak: Some(2),
+            cgroup_cpu_ns: Some(1_600_000),
             ..Default::default()
         };
         let dir = std::env::temp_dir().join(format!("denet-golden-{}", std::process::id()));

@@ -47,6 +47,8 @@ pub struct Header {
     pub max_interval_ms: Option<u64>,
     pub argv_max_bytes: Option<u64>,
     pub timeout_s: Option<f64>,
+    pub cgroup: Option<CgroupHeader>,
+    pub cgroup_unavailable_reason: Option<String>,
 }
 
 impl Header {
@@ -81,6 +83,8 @@ pub struct Process {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub core_dumped: bool,
+    /// Absent in traces before OOM kills were named.
+    pub oom_killed: Option<bool>,
     pub cpu_user_ns: Option<u64>,
     pub cpu_sys_ns: Option<u64>,
     pub peak_rss_kb: Option<u64>,
@@ -221,6 +225,16 @@ pub struct Summary {
     pub event_count: Option<u64>,
     pub error: Option<String>,
     pub tracer_error: Option<String>,
+    #[serde(default)]
+    pub oom_kills: Option<u64>,
+    #[serde(default)]
+    pub oom_victims: Vec<OomVictim>,
+    pub oom_scope: Option<String>,
+    pub memory_peak_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_peak_percent: Option<f64>,
+    pub pids_peak: Option<u64>,
+    pub cgroup_cpu_ns: Option<u64>,
 }
 
 /// One file descriptor of a file a process opened (`--files`), written when it closed.
@@ -290,6 +304,7 @@ mod tests {
         assert_eq!(h.hostname.as_deref(), Some("node1"));
         assert_eq!(h.files, Some(true));
         assert_eq!(h.syscalls, Some(true));
+        assert_eq!(h.cgroup.as_ref().and_then(|c| c.max_pids), Some(64));
         let mut kinds = Vec::new();
         while let Some(rec) = reader.next_record().expect("golden record") {
             match &rec {
@@ -302,8 +317,9 @@ mod tests {
                         .is_some_and(|s| s["read"] == 8 && s["exit_group"] == 1));
                 }
                 Record::Process(p) => {
-                    assert_eq!(p.signal, Some(11));
-                    assert!(p.core_dumped);
+                    assert_eq!(p.signal, Some(9));
+                    assert!(!p.core_dumped);
+                    assert_eq!(p.oom_killed, Some(true));
                 }
                 Record::File(f) => {
                     assert_eq!(f.path.as_deref(), Some("/data/out.txt"));
@@ -315,7 +331,13 @@ mod tests {
                     assert_eq!(s.procs.len(), 1);
                     assert_eq!(s.procs[0].syscall_count, Some(12));
                 }
-                Record::Summary(s) => assert_eq!(s.exit_code, Some(2)),
+                Record::Summary(s) => {
+                    assert_eq!(s.exit_code, Some(2));
+                    assert_eq!(s.oom_kills, Some(1));
+                    assert_eq!(s.oom_victims[0].pid, 103);
+                    assert_eq!(s.oom_scope.as_deref(), Some("run_limit"));
+                    assert_eq!(s.memory_peak_percent, Some(50.0));
+                }
                 Record::Event(_) => {}
             }
             kinds.push(std::mem::discriminant(&rec));
@@ -328,4 +350,22 @@ mod tests {
             reader.warnings()
         );
     }
+}
+
+/// The header's `cgroup`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct CgroupHeader {
+    pub path: String,
+    pub memory_limit_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub max_pids: Option<u64>,
+}
+
+/// One of the summary's `oom_victims`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct OomVictim {
+    pub pid: u32,
+    #[serde(default)]
+    pub argv: Vec<String>,
+    pub rss_kb: u64,
 }

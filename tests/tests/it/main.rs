@@ -11,6 +11,7 @@ mod export_formats;
 mod golden_schema;
 mod history_db;
 mod machine_cost;
+mod memory_limits;
 mod notebook_example;
 mod report_chromium;
 mod run_cli;

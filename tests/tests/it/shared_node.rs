@@ -146,7 +146,7 @@ async fn jobs_run_as_their_caller_and_nobody_reaches_another_users_jobs() {
     std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let w = work.to_string_lossy().into_owned();
     let data = dir.join("data");
-    let svc = Svc::start(&data, &[]);
+    let svc = Svc::start(&data, &["--job-memory-limit", "8G"]);
 
     // The exploit that used to work: `nobody` asks for a command; it runs as nobody.
     let (code, out, err) = jobs_as(
@@ -269,6 +269,60 @@ async fn jobs_run_as_their_caller_and_nobody_reaches_another_users_jobs() {
     assert_ne!(code, 0);
     assert!(err.contains("cwd") && err.contains("400"), "{err}");
 
+    // A job with a memory limit: its cgroup, made by the daemon, OOM-kills in it
+    // and the job's trace names the victim.
+    let (code, out, err) = jobs_as(
+        "denet-alice",
+        &svc,
+        &[
+            "spawn",
+            "--name",
+            "big",
+            "--cwd",
+            &w,
+            "--memory-limit",
+            "100M",
+            "--",
+            WORKLOAD,
+            "alloc",
+            "300",
+            "50",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let big = out.trim().to_string();
+    let v = svc.wait_end(&big, Duration::from_secs(30)).await;
+    assert_eq!(v["signal"], 9, "{v}");
+    let (_, trace, _) = jobs_as("denet-alice", &svc, &["trace", &big]);
+    let recs = parse_jsonl(&trace);
+    let s = recs.iter().find(|r| r["kind"] == "summary").unwrap();
+    assert_eq!(
+        (&s["oom_kills"], &s["oom_scope"]),
+        (&json!(1), &json!("run_limit")),
+        "{s}"
+    );
+    // Above the service's cap: 400, and nothing runs.
+    let (code, _, err) = jobs_as(
+        "denet-alice",
+        &svc,
+        &[
+            "spawn",
+            "--name",
+            "huge",
+            "--cwd",
+            &w,
+            "--memory-limit",
+            "64G",
+            "--",
+            "true",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("memory_limit") && err.contains("cap") && err.contains("400"),
+        "{err}"
+    );
+
     // Alice may stop her own job; root may stop anyone's.
     let (code, _, err) = jobs_as("denet-alice", &svc, &["stop", &alice_job]);
     assert_eq!(code, 0, "{err}");
@@ -353,6 +407,24 @@ fn an_ordinary_user_gets_the_exact_trace_through_the_node_daemon() {
     assert!(rel_diff(peak, 256.0 * 1024.0) < 0.05, "peak {peak} KiB");
     let hwm: Value = serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
     assert!(rel_diff(peak, u(&hwm["vm_hwm_kb"]) as f64) < 0.05);
+
+    // Her own limit: the daemon made the run's cgroup, and the OOM kill is named.
+    let (t, _) = node.run_as(
+        "denet-alice",
+        &["--memory-limit", "100M"],
+        &["sh", "-c", &format!("{WORKLOAD} alloc 300 50; true")],
+    );
+    assert_exact_through_the_node(&t);
+    let s = t.summary();
+    assert_eq!(
+        (&s["oom_kills"], &s["oom_scope"]),
+        (&json!(1), &json!("run_limit")),
+        "{s}"
+    );
+    assert_eq!(s["oom_victims"][0]["argv"][1], "alloc");
+    assert_eq!(s["memory_limit_bytes"], 100 << 20);
+    let cg = t.header()["cgroup"]["path"].as_str().unwrap().to_string();
+    assert!(!Path::new(&cg).exists(), "the daemon removed {cg}");
 
     // Files and syscall counts through the node: exact byte counts.
     let (t, _) = node.run_as(
@@ -644,6 +716,22 @@ fn file_capabilities_let_a_user_load_the_programs_without_root() {
     assert_eq!(t.header()["tracer"], "own", "{}", t.stderr);
     assert_eq!(t.summary()["lost_events"], 0);
     assert_eq!(t.processes_named("/bin/true").len(), 200);
+    // A user's standalone run cannot make a cgroup: asked for limits, it refuses.
+    let output = Command::new("runuser")
+        .args(["-u", "denet-alice", "--"])
+        .arg(&bin)
+        .args(["run", "--standalone", "--memory-limit", "1G", "-o"])
+        .arg(dir.join("limits.jsonl"))
+        .args(["--", "true"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("need a cgroup"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // Without the capabilities the same user gets no eBPF (and --require-ebpf fails).
     let output = Command::new("runuser")
         .args(["-u", "denet-alice", "--"])

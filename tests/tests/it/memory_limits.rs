@@ -1,0 +1,144 @@
+//! A cgroup per run: the tree's exact memory peak, the limits a run asks for, and
+//! OOM kills named (the kernel's `mark_victim`, confirmed by the cgroup's own OOM
+//! counter). cgroup v1, as on this machine kind; root (the run makes its cgroup).
+
+use serde_json::Value;
+
+use crate::helpers::{ebpf_ready, run_agent, u, Trace, WORKLOAD};
+
+fn summary_u(t: &Trace, key: &str) -> u64 {
+    u(&t.summary()[key])
+}
+
+#[test]
+fn a_run_over_its_memory_limit_names_the_oom_victim() {
+    if !ebpf_ready("a_run_over_its_memory_limit_names_the_oom_victim") {
+        return;
+    }
+    let t = run_agent(
+        &["--memory-limit", "100M"],
+        &[
+            "sh",
+            "-c",
+            &format!("{WORKLOAD} alloc 300 50; echo status=$?"),
+        ],
+    );
+    assert_eq!(t.exit_code(), 0, "{}", t.stderr);
+    let h = t.header();
+    let cg = &h["cgroup"];
+    assert_eq!(cg["memory_limit_bytes"], 100 << 20, "{h}");
+    let path = cg["path"].as_str().unwrap();
+    assert!(
+        !std::path::Path::new(path).exists(),
+        "the cgroup is removed: {path}"
+    );
+    let s = t.summary();
+    assert_eq!(s["oom_kills"], 1, "{s}");
+    assert_eq!(s["oom_scope"], "run_limit", "{s}");
+    let victim = &s["oom_victims"][0];
+    assert_eq!(victim["argv"][1], "alloc", "{s}");
+    // Chosen with about the limit resident (it was touching 300 MiB; RSS also counts
+    // the program's mapped files, which the cgroup may have charged elsewhere).
+    let rss = u(&victim["rss_kb"]) as f64;
+    assert!((80.0 * 1024.0..=110.0 * 1024.0).contains(&rss), "{victim}");
+    assert_eq!(summary_u(&t, "memory_limit_bytes"), 100 << 20);
+    // The cgroup's peak is the limit (page cache included), within 2%.
+    let peak = summary_u(&t, "memory_peak_bytes") as f64;
+    assert!(
+        peak >= 0.98 * (100 << 20) as f64 && peak <= (100 << 20) as f64,
+        "{s}"
+    );
+    assert!(s["memory_peak_percent"].as_f64().unwrap() >= 98.0, "{s}");
+    // The records say who it was, by the kernel's SIGKILL, and who it was not.
+    let procs = t.processes();
+    let w = procs.iter().find(|p| p["argv"][1] == "alloc").unwrap();
+    assert_eq!(
+        (&w["oom_killed"], &w["signal"]),
+        (&Value::Bool(true), &Value::from(9))
+    );
+    assert_eq!(u(&w["pid"]), u(&victim["pid"]));
+    let sh = t.root();
+    assert_eq!(sh["oom_killed"], false);
+    assert_eq!(s["pids_peak"], 2, "{s}");
+}
+
+#[test]
+fn the_memory_peak_of_a_known_allocation_without_a_limit() {
+    if !ebpf_ready("the_memory_peak_of_a_known_allocation_without_a_limit") {
+        return;
+    }
+    let t = run_agent(
+        &[],
+        &["sh", "-c", &format!("{WORKLOAD} alloc 256 50; true")],
+    );
+    assert_eq!(t.exit_code(), 0, "{}", t.stderr);
+    let s = t.summary();
+    assert_eq!(s["memory_limit_bytes"], Value::Null);
+    assert_eq!(s["memory_peak_percent"], Value::Null);
+    assert_eq!(
+        (&s["oom_kills"], &s["oom_scope"]),
+        (&Value::from(0), &Value::Null)
+    );
+    // 256 MiB touched, plus the programs' own pages and page cache: at most 32 MiB more.
+    let peak = summary_u(&t, "memory_peak_bytes");
+    assert!(
+        (256 << 20..(256 + 32) << 20).contains(&peak),
+        "memory_peak_bytes {peak}"
+    );
+    // The cgroup's CPU covers the tree's (within 10 ms: the agent's own accounting
+    // and the kernel's tick rounding differ).
+    let tree = summary_u(&t, "cpu_user_ns") + summary_u(&t, "cpu_sys_ns");
+    let cg = summary_u(&t, "cgroup_cpu_ns");
+    assert!(cg + 10_000_000 >= tree, "cgroup {cg} ns, tree {tree} ns");
+    assert!(t.processes().iter().all(|p| p["oom_killed"] == false));
+}
+
+#[test]
+fn max_pids_and_cpus_are_enforced() {
+    if !ebpf_ready("max_pids_and_cpus_are_enforced") {
+        return;
+    }
+    // Eight background sleeps, but the cgroup holds at most 4 tasks: sh and 3.
+    let t = run_agent(
+        &["--max-pids", "4"],
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8; do sleep 0.5 & done 2>/dev/null; wait; true",
+        ],
+    );
+    assert_eq!(t.header()["cgroup"]["max_pids"], 4);
+    let sleeps = t.processes_named("sleep").len();
+    assert_eq!(sleeps, 3, "{:?}", t.processes());
+    assert!(u(&t.summary()["pids_peak"]) <= 4);
+
+    // Half a CPU: a 600 ms busy loop takes at least twice as long in wall time.
+    let t = run_agent(&["--cpus", "0.5"], &[WORKLOAD, "burn", "600"]);
+    assert_eq!(t.exit_code(), 0, "{}", t.stderr);
+    let s = t.summary();
+    let cpu = (u(&s["cpu_user_ns"]) + u(&s["cpu_sys_ns"])) as f64;
+    let wall = u(&s["wall_ns"]) as f64;
+    assert!(cpu / wall <= 0.6, "cpu {cpu} over wall {wall}");
+}
+
+#[test]
+fn bad_limits_are_refused() {
+    let agent = crate::helpers::agent_bin();
+    for (args, says) in [
+        (&["--memory-limit", "lots"][..], "unknown unit"),
+        (&["--memory-limit", "100k"][..], "at least 1 MiB"),
+        (&["--cpus", "0"][..], "--cpus must be"),
+        (&["--cpus", "nan"][..], "--cpus must be"),
+        (&["--max-pids", "0"][..], "max-pids"),
+    ] {
+        let out = std::process::Command::new(&agent)
+            .arg("run")
+            .args(args)
+            .args(["-o", "/dev/null", "--", "true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
