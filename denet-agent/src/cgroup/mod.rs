@@ -14,7 +14,7 @@ use std::{
 };
 
 const ROOT: &str = "/sys/fs/cgroup";
-const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "cpuacct"];
+const CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "cpuacct", "blkio"];
 /// CFS period for `--cpus` (the kernel's default, 100 ms).
 const CFS_PERIOD_US: u64 = 100_000;
 
@@ -45,6 +45,10 @@ pub struct Usage {
     pub oom_kills: Option<u64>,
     /// `cpuacct.usage`: CPU time of every task ever in the cgroup, ns.
     pub cpu_ns: Option<u64>,
+    /// Bytes read from and written to block devices by the cgroup's tasks
+    /// (`blkio.throttle.io_service_bytes`, summed over devices).
+    pub blk_read_bytes: Option<u64>,
+    pub blk_write_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +113,9 @@ fn read_u64(path: &Path) -> Option<u64> {
 pub struct RunCgroup {
     dirs: Vec<(&'static str, PathBuf)>,
     pub limits: Limits,
+    /// Made for the run (and removed after it); false: the cgroup the run was left
+    /// in, a manager's, only read.
+    pub own: bool,
 }
 
 impl RunCgroup {
@@ -128,6 +135,7 @@ impl RunCgroup {
         let mut cg = RunCgroup {
             dirs: Vec::new(),
             limits,
+            own: true,
         };
         for controller in CONTROLLERS {
             let parent = Path::new(ROOT)
@@ -151,6 +159,35 @@ impl RunCgroup {
             return Err(e);
         }
         Ok(cg)
+    }
+
+    /// The cgroup `pid` is in, to read, not to change: where a run may not make one
+    /// (a manager owns it), what it counts still covers the run.
+    pub fn enclosing(pid: u32) -> Result<RunCgroup, CgroupError> {
+        if !Path::new(ROOT).join("memory/memory.limit_in_bytes").exists() {
+            return Err(CgroupError::NoV1);
+        }
+        let mut dirs = Vec::new();
+        for controller in CONTROLLERS {
+            let dir = Path::new(ROOT)
+                .join(controller)
+                .join(cgroup_of(pid, controller)?.trim_start_matches('/'));
+            dirs.push((controller, dir));
+        }
+        let limit = dirs
+            .iter()
+            .find(|(c, _)| *c == "memory")
+            .and_then(|(_, d)| read_u64(&d.join("memory.limit_in_bytes")))
+            // v1 reports "no limit" as a huge page-rounded number.
+            .filter(|&b| b < (1 << 62));
+        Ok(RunCgroup {
+            dirs,
+            limits: Limits {
+                memory_bytes: limit,
+                ..Limits::default()
+            },
+            own: false,
+        })
     }
 
     fn dir(&self, controller: &str) -> Option<&Path> {
@@ -211,12 +248,33 @@ impl RunCgroup {
             cpu_ns: self
                 .dir("cpuacct")
                 .and_then(|d| read_u64(&d.join("cpuacct.usage"))),
+            blk_read_bytes: self.blkio("Read"),
+            blk_write_bytes: self.blkio("Write"),
         }
+    }
+
+    /// `blkio.throttle.io_service_bytes` lines `MAJ:MIN Read N`, summed.
+    fn blkio(&self, op: &str) -> Option<u64> {
+        let text =
+            std::fs::read_to_string(self.dir("blkio")?.join("blkio.throttle.io_service_bytes"))
+                .ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| {
+                    let mut w = l.split_whitespace();
+                    let (_dev, kind, n) = (w.next()?, w.next()?, w.next()?);
+                    (kind == op).then(|| n.parse::<u64>().ok()).flatten()
+                })
+                .sum(),
+        )
     }
 
     /// Removes the cgroup once its tasks are gone (the kernel may take a moment to
     /// let go of a memory cgroup whose last task just exited).
     pub fn remove(&self) {
+        if !self.own {
+            return;
+        }
         let deadline = Instant::now() + Duration::from_secs(2);
         for (_, dir) in self.dirs.iter().rev() {
             while dir.exists() {

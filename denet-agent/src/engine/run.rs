@@ -108,7 +108,8 @@ impl Tracer {
 
 /// The run's cgroup.
 enum RunCg {
-    /// Made by this agent (it removes it at the end).
+    /// Made by this agent (it removes it at the end), or the one it was left in
+    /// (read only; `RunCgroup::own` says which).
     Own(RunCgroup),
     /// Made by the node daemon (it reports the usage and removes it).
     Node {
@@ -275,6 +276,13 @@ fn own_cgroup(config: &RunConfig, kernel: &mut Kernel, pid: u32) -> Result<()> {
                 );
             }
             kernel.cgroup_unavailable = Some(why);
+            // Not ours to make: the cgroup the run is in (a manager's) still counts
+            // it, alongside whatever else runs there; read it, change nothing.
+            if e.is_permission() {
+                if let Ok(cg) = RunCgroup::enclosing(std::process::id()) {
+                    kernel.cgroup = RunCg::Own(cg);
+                }
+            }
         }
     }
     Ok(())
@@ -324,15 +332,16 @@ fn header(config: &RunConfig, kernel: &Kernel, pid: Option<u32>, hold_ns: Option
         argv_max_bytes: denet_common::ARGV_MAX,
         timeout_s: config.timeout.map(|t| t.as_secs_f64()),
         cgroup: match &kernel.cgroup {
-            RunCg::Own(cg) => Some(cg.memory_path()),
-            RunCg::Node { path } => Some(path.clone()),
+            RunCg::Own(cg) => Some((cg.memory_path(), cg.own, cg.limits)),
+            RunCg::Node { path } => Some((path.clone(), true, config.limits)),
             RunCg::None => None,
         }
-        .map(|path| CgroupHeader {
+        .map(|(path, own, limits)| CgroupHeader {
             path,
-            memory_limit_bytes: config.limits.memory_bytes,
-            cpus: config.limits.cpus,
-            max_pids: config.limits.max_pids,
+            own,
+            memory_limit_bytes: limits.memory_bytes,
+            cpus: limits.cpus,
+            max_pids: limits.max_pids,
         }),
         cgroup_unavailable_reason: kernel.cgroup_unavailable.clone(),
     }
@@ -815,6 +824,8 @@ impl RunState {
             _ => None,
         };
         s.cgroup_cpu_ns = u.cpu_ns;
+        s.cgroup_blk_read_bytes = u.blk_read_bytes;
+        s.cgroup_blk_write_bytes = u.blk_write_bytes;
         if s.oom_kills > 0 {
             s.oom_scope = Some(if u.oom_kills.unwrap_or(0) > 0 {
                 "run_limit"

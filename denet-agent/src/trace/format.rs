@@ -151,6 +151,9 @@ pub struct Header {
 pub struct CgroupHeader {
     /// The memory controller's directory of the run's cgroup.
     pub path: String,
+    /// Made for the run; false: the cgroup the run was left in (a manager's, where
+    /// it may not make one), read only, so its numbers include whatever else ran there.
+    pub own: bool,
     pub memory_limit_bytes: Option<u64>,
     pub cpus: Option<f64>,
     pub max_pids: Option<u64>,
@@ -339,6 +342,10 @@ pub struct Summary {
     /// CPU time of everything that ran in the run's cgroup, ns (`cpuacct.usage`):
     /// the per-process sums' check, including anything the tree lost sight of.
     pub cgroup_cpu_ns: Option<u64>,
+    /// Block device bytes read and written by everything in the run's cgroup
+    /// (`blkio.throttle.io_service_bytes`).
+    pub cgroup_blk_read_bytes: Option<u64>,
+    pub cgroup_blk_write_bytes: Option<u64>,
 }
 
 #[cfg(test)]
@@ -385,6 +392,7 @@ mod tests {
             timeout_s: Some(60.0),
             cgroup: Some(CgroupHeader {
                 path: "/sys/fs/cgroup/memory/denet-100-101".into(),
+                own: true,
                 memory_limit_bytes: Some(1 << 30),
                 cpus: None,
                 max_pids: Some(64),
@@ -501,6 +509,8 @@ mod tests {
             memory_peak_percent: Some(50.0),
             pids_peak: Some(2),
             cgroup_cpu_ns: Some(1_600_000),
+            cgroup_blk_read_bytes: Some(4096),
+            cgroup_blk_write_bytes: Some(0),
             ..Default::default()
         };
         let dir = std::env::temp_dir().join(format!("denet-golden-{}", std::process::id()));

@@ -235,6 +235,8 @@ pub struct Summary {
     pub memory_peak_percent: Option<f64>,
     pub pids_peak: Option<u64>,
     pub cgroup_cpu_ns: Option<u64>,
+    pub cgroup_blk_read_bytes: Option<u64>,
+    pub cgroup_blk_write_bytes: Option<u64>,
 }
 
 /// One file descriptor of a file a process opened (`--files`), written when it closed.
@@ -356,6 +358,7 @@ mod tests {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct CgroupHeader {
     pub path: String,
+    pub own: Option<bool>,
     pub memory_limit_bytes: Option<u64>,
     pub cpus: Option<f64>,
     pub max_pids: Option<u64>,

@@ -715,6 +715,12 @@ fn file_capabilities_let_a_user_load_the_programs_without_root() {
     };
     assert_eq!(t.header()["tracer"], "own", "{}", t.stderr);
     assert_eq!(t.summary()["lost_events"], 0);
+    // No cgroup of its own for a user without the daemon: the one it is in is read
+    // (and said to be somebody else's), never changed.
+    let cg = &t.header()["cgroup"];
+    assert_eq!(cg["own"], false, "{cg}");
+    assert!(t.header()["cgroup_unavailable_reason"].is_string());
+    assert!(t.summary()["memory_peak_bytes"].is_u64());
     assert_eq!(t.processes_named("/bin/true").len(), 200);
     // A user's standalone run cannot make a cgroup: asked for limits, it refuses.
     let output = Command::new("runuser")
