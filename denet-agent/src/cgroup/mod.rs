@@ -164,7 +164,10 @@ impl RunCgroup {
     /// The cgroup `pid` is in, to read, not to change: where a run may not make one
     /// (a manager owns it), what it counts still covers the run.
     pub fn enclosing(pid: u32) -> Result<RunCgroup, CgroupError> {
-        if !Path::new(ROOT).join("memory/memory.limit_in_bytes").exists() {
+        if !Path::new(ROOT)
+            .join("memory/memory.limit_in_bytes")
+            .exists()
+        {
             return Err(CgroupError::NoV1);
         }
         let mut dirs = Vec::new();

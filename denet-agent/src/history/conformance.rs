@@ -44,6 +44,9 @@ pub fn row(id: &str, name: &str, status: Status, end_unix_ms: i64, full: bool) -
             "root".into()
         },
         uid: if full { u32::MAX - 1 } else { 0 },
+        memory_peak_bytes: some(104_857_600),
+        memory_limit_bytes: some(i64::MAX),
+        oom_kills: if full { 2 } else { 0 },
     }
 }
 

@@ -98,6 +98,20 @@ pub const MIGRATIONS: &[Migration] = &[
         CREATE INDEX job_history_uid ON job_history (uid);
     ",
     },
+    Migration {
+        version: 3,
+        description: "the job cgroup's memory peak and limit, and its OOM kills",
+        sqlite: "
+        ALTER TABLE job_history ADD COLUMN memory_peak_bytes  INTEGER;
+        ALTER TABLE job_history ADD COLUMN memory_limit_bytes INTEGER;
+        ALTER TABLE job_history ADD COLUMN oom_kills          INTEGER NOT NULL DEFAULT 0;
+    ",
+        postgres: "
+        ALTER TABLE job_history ADD COLUMN memory_peak_bytes  BIGINT;
+        ALTER TABLE job_history ADD COLUMN memory_limit_bytes BIGINT;
+        ALTER TABLE job_history ADD COLUMN oom_kills          BIGINT NOT NULL DEFAULT 0;
+    ",
+    },
 ];
 
 /// The schema version this binary writes and reads.

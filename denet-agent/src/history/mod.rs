@@ -96,6 +96,12 @@ pub struct HistoryRow {
     /// their own rows; root sees all).
     pub user: String,
     pub uid: u32,
+    /// The job cgroup's memory peak and limit, bytes (page cache included); null
+    /// without a cgroup or a limit.
+    pub memory_peak_bytes: Option<i64>,
+    pub memory_limit_bytes: Option<i64>,
+    /// Processes of the job the OOM killer chose.
+    pub oom_kills: i64,
 }
 
 /// Filters for [`History::query`]: exact name and status; `limit` 0 means
@@ -124,7 +130,7 @@ impl HistoryQuery {
 
 /// The `job_history` columns, in [`HistoryRow`] field order (both backends read
 /// and write them in this order).
-pub(crate) const COLUMNS: [&str; 28] = [
+pub(crate) const COLUMNS: [&str; 31] = [
     "id",
     "name",
     "cmd",
@@ -153,6 +159,9 @@ pub(crate) const COLUMNS: [&str; 28] = [
     "error",
     "user_name",
     "uid",
+    "memory_peak_bytes",
+    "memory_limit_bytes",
+    "oom_kills",
 ];
 
 /// `INSERT … ON CONFLICT (id) DO UPDATE` over all columns; `placeholder(i)` renders

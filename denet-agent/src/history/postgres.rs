@@ -134,7 +134,7 @@ impl PgHistory {
         let sql = upsert_sql(|i| format!("${i}"));
         let cmd = cmd_to_json(&row.cmd);
         let uid = i64::from(row.uid);
-        let params: [&(dyn ToSql + Sync); 28] = [
+        let params: [&(dyn ToSql + Sync); 31] = [
             &row.id,
             &row.name,
             &cmd,
@@ -163,6 +163,9 @@ impl PgHistory {
             &row.error,
             &row.user,
             &uid,
+            &row.memory_peak_bytes,
+            &row.memory_limit_bytes,
+            &row.oom_kills,
         ];
         let op = format!("inserting job {:?}", row.id);
         self.call(&op, |c| {
@@ -254,6 +257,9 @@ fn from_row(r: &Row, op: &str) -> Result<HistoryRow, HistoryError> {
                 detail: format!("uid {uid} out of range"),
             })?
         },
+        memory_peak_bytes: r.try_get(28).map_err(e)?,
+        memory_limit_bytes: r.try_get(29).map_err(e)?,
+        oom_kills: r.try_get(30).map_err(e)?,
     })
 }
 

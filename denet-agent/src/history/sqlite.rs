@@ -269,6 +269,9 @@ fn to_values(r: &HistoryRow) -> Vec<Value> {
         r.error.clone().map_or(Value::Null, Value::Text),
         Value::Text(r.user.clone()),
         Value::Integer(i64::from(r.uid)),
+        opt(r.memory_peak_bytes),
+        opt(r.memory_limit_bytes),
+        Value::Integer(r.oom_kills),
     ]
 }
 
@@ -314,6 +317,9 @@ impl RawRow {
                 error: r.get(25)?,
                 user: r.get(26)?,
                 uid: r.get(27)?,
+                memory_peak_bytes: r.get(28)?,
+                memory_limit_bytes: r.get(29)?,
+                oom_kills: r.get(30)?,
             },
         })
     }

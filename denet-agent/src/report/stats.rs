@@ -125,6 +125,10 @@ pub struct Totals {
     pub error: Option<String>,
     /// The kernel tracing failed during the run (summary `tracer_error`).
     pub tracer_error: Option<String>,
+    /// The run cgroup's memory peak and limit, bytes, and the OOM kills in the run.
+    pub memory_peak_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub oom_kills: Option<u64>,
     pub wall_ns: u64,
     pub cpu_user_ns: u64,
     pub cpu_sys_ns: u64,
@@ -438,6 +442,9 @@ impl StatsBuilder {
             totals.cancelled = s.cancelled;
             totals.error = s.error.clone();
             totals.tracer_error = s.tracer_error.clone();
+            totals.memory_peak_bytes = s.memory_peak_bytes;
+            totals.memory_limit_bytes = s.memory_limit_bytes;
+            totals.oom_kills = s.oom_kills;
             totals.wall_ns = s.wall_ns.unwrap_or(totals.wall_ns);
             totals.cpu_user_ns = s.cpu_user_ns.unwrap_or(totals.cpu_user_ns);
             totals.cpu_sys_ns = s.cpu_sys_ns.unwrap_or(totals.cpu_sys_ns);

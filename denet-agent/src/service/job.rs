@@ -21,6 +21,10 @@ use crate::{engine::Control, history::HistoryRow};
 pub struct Live {
     pub cpu_percent: f64,
     pub rss_kb: u64,
+    /// The tree's resident memory as a percentage of the job's memory limit; null
+    /// without a limit.
+    #[serde(default)]
+    pub memory_percent: Option<f64>,
     pub process_count: u64,
     /// Sampled at, Unix time in ms.
     pub sampled_unix_ms: i64,

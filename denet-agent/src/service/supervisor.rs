@@ -500,9 +500,13 @@ fn on_trace_line(job: &Job, line: &[u8]) {
                 progress(job);
             }
             let mut st = job.state();
+            let rss_kb = sample.rss_kb.unwrap_or(0);
             st.live = Some(Live {
                 cpu_percent: cpu,
-                rss_kb: sample.rss_kb.unwrap_or(0),
+                rss_kb,
+                memory_percent: job.spec.limits.memory_bytes.map(|limit| {
+                    (rss_kb as f64 * 1024.0 * 10_000.0 / limit.max(1) as f64).round() / 100.0
+                }),
                 process_count: u64::from(sample.process_count.unwrap_or(0)),
                 sampled_unix_ms: unix_ms(),
             });
@@ -652,6 +656,9 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
         error: ending.error.clone(),
         user: job.owner.user.clone(),
         uid: job.owner.uid,
+        memory_peak_bytes: None,
+        memory_limit_bytes: None,
+        oom_kills: 0,
     };
     if ending.never_started {
         row.status = if cancel_requested {
@@ -730,6 +737,9 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
     row.net_tx_bytes = opt_i64(t.net_tx_bytes);
     row.process_count = opt_i64(t.summary_process_count.or(Some(t.processes))).unwrap_or(0);
     row.lost_events = opt_i64(t.lost_events).unwrap_or(0);
+    row.memory_peak_bytes = opt_i64(t.memory_peak_bytes);
+    row.memory_limit_bytes = opt_i64(t.memory_limit_bytes);
+    row.oom_kills = opt_i64(t.oom_kills).unwrap_or(0);
     let start_error = t.error.is_some();
     if let Some(e) = &t.error {
         row.error = Some(e.clone());

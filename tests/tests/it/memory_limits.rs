@@ -92,7 +92,10 @@ fn the_memory_peak_of_a_known_allocation_without_a_limit() {
     assert!(cg + 10_000_000 >= tree, "cgroup {cg} ns, tree {tree} ns");
     assert!(t.processes().iter().all(|p| p["oom_killed"] == false));
     // The cgroup's block I/O counts are there beside the per-process ones.
-    assert!(s["cgroup_blk_read_bytes"].is_u64() && s["cgroup_blk_write_bytes"].is_u64(), "{s}");
+    assert!(
+        s["cgroup_blk_read_bytes"].is_u64() && s["cgroup_blk_write_bytes"].is_u64(),
+        "{s}"
+    );
     assert_eq!(t.header()["cgroup"]["own"], true);
 }
 

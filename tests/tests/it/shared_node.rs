@@ -293,6 +293,18 @@ async fn jobs_run_as_their_caller_and_nobody_reaches_another_users_jobs() {
     let big = out.trim().to_string();
     let v = svc.wait_end(&big, Duration::from_secs(30)).await;
     assert_eq!(v["signal"], 9, "{v}");
+    assert_eq!(v["limits"]["memory_bytes"], 100 << 20, "{v}");
+    // The history row keeps it: the OOM kill, the limit and the peak.
+    let row = &v["resources"];
+    assert_eq!(
+        (&row["oom_kills"], &row["memory_limit_bytes"]),
+        (&json!(1), &json!(100 << 20)),
+        "{row}"
+    );
+    assert!(
+        row["memory_peak_bytes"].as_u64().unwrap() > 95 << 20,
+        "{row}"
+    );
     let (_, trace, _) = jobs_as("denet-alice", &svc, &["trace", &big]);
     let recs = parse_jsonl(&trace);
     let s = recs.iter().find(|r| r["kind"] == "summary").unwrap();
