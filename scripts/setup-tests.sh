@@ -28,7 +28,7 @@ apt_install() {
 }
 
 # 1. Tools used by tests and benchmarks.
-apt_install hyperfine bpftool strace bwa samtools libcap2-bin python3 passwd dpkg-dev
+apt_install hyperfine bpftool strace bwa samtools libcap2-bin python3 passwd dpkg-dev time
 # 2. Report and notebook test tools (issue 4): Debian's Chromium renders the HTML
 #    report in a test; pandas, polars and matplotlib (in a venv under target/, never
 #    the system Python) run the notebook example. The tests find them there.

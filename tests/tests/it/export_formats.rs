@@ -422,20 +422,32 @@ fn perfetto_output_is_valid_trace_event_json() {
 
 /// Peak RSS (KiB) of a child run to completion, from wait4's rusage.
 #[allow(clippy::zombie_processes)] // reaped by wait4, which std's Child cannot do
+/// Runs the agent and returns its exit code and peak RSS (KiB). Measured by
+/// /usr/bin/time, a small process: a child of this (large) test process would start
+/// with this process's high-water mark, which exec carries into ru_maxrss.
 fn run_measured(args: &[&str]) -> (i32, u64) {
-    let child = std::process::Command::new(crate::helpers::agent_bin())
+    let dir = crate::helpers::scratch_dir("rss");
+    let rss_file = dir.join("rss");
+    let status = std::process::Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&rss_file)
+        .arg(crate::helpers::agent_bin())
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut status = 0;
-    // SAFETY: wait4 on our own child, with valid out-pointers.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child, with valid out-pointers.
-    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-    assert_eq!(r, child.id() as i32);
-    (libc::WEXITSTATUS(status), ru.ru_maxrss as u64)
+        .status()
+        .expect("/usr/bin/time (scripts/setup-tests.sh installs it)");
+    let text = std::fs::read_to_string(&rss_file).unwrap();
+    // With a non-zero exit, time writes "Command exited with non-zero status N" first.
+    let rss_kb = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("time output: {text:?}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    (status.code().unwrap_or(-1), rss_kb)
 }
 
 #[test]
