@@ -29,6 +29,13 @@ use super::{
 };
 use crate::{engine::Control, history::HistoryRow, report, trace};
 
+/// The longest trace line the service follows (a sample of a huge tree is a few
+/// MiB); longer ones are skipped, so a trace file grown by its user cannot grow the
+/// service.
+const MAX_TAILED_LINE: usize = 16 << 20;
+/// Bytes of such lines skipped before the service stops following a trace.
+const MAX_SKIPPED_BYTES: u64 = 1 << 30;
+
 /// How often the stuck flag is checked.
 const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
 /// After the agent exits, how long its pipes may stay open (a descendant that
@@ -440,6 +447,8 @@ async fn tail_trace(job: Arc<Job>, mut agent_done: tokio::sync::watch::Receiver<
     let path = job.trace_path();
     let mut file: Option<File> = None;
     let mut pending: Vec<u8> = Vec::new();
+    let mut skipping = false;
+    let mut skipped = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // Read after checking: everything the agent wrote before exiting is then seen.
@@ -449,21 +458,48 @@ async fn tail_trace(job: Arc<Job>, mut agent_done: tokio::sync::watch::Receiver<
         }
         let mut got = false;
         if let Some(f) = &mut file {
-            while let Ok(n) = f.read(&mut buf) {
-                if n == 0 {
-                    break;
+            // At most one buffer per turn: the file is the job's user's to write (or
+            // to grow without end), and the service's workers are shared.
+            if let Ok(n) = f.read(&mut buf) {
+                if n > 0 {
+                    got = true;
+                    pending.extend_from_slice(&buf[..n]);
+                    let mut start = 0;
+                    while let Some(i) = pending[start..].iter().position(|&b| b == b'\n') {
+                        on_trace_line(&job, &pending[start..start + i]);
+                        start += i + 1;
+                    }
+                    pending.drain(..start);
+                    // No trace line is this long: whatever this is, it is not followed,
+                    // and after a while not read any more.
+                    if pending.len() > MAX_TAILED_LINE {
+                        skipped += pending.len() as u64;
+                        pending = Vec::new();
+                        skipping = true;
+                        if skipped > MAX_SKIPPED_BYTES {
+                            return;
+                        }
+                    }
                 }
-                got = true;
-                pending.extend_from_slice(&buf[..n]);
-                let mut start = 0;
-                while let Some(i) = pending[start..].iter().position(|&b| b == b'\n') {
-                    on_trace_line(&job, &pending[start..start + i]);
-                    start += i + 1;
+            }
+            if skipping {
+                if let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                    pending.drain(..=i);
+                    skipping = false;
+                } else {
+                    skipped += pending.len() as u64;
+                    pending.clear();
+                    if skipped > MAX_SKIPPED_BYTES {
+                        return;
+                    }
                 }
-                pending.drain(..start);
+            }
+            if got {
+                tokio::task::yield_now().await;
             }
         }
-        if done {
+        // Done once everything the agent wrote is read.
+        if done && !got {
             return;
         }
         if !got {
