@@ -447,7 +447,6 @@ async fn tail_trace(job: Arc<Job>, mut agent_done: tokio::sync::watch::Receiver<
     let path = job.trace_path();
     let mut file: Option<File> = None;
     let mut pending: Vec<u8> = Vec::new();
-    let mut skipping = false;
     let mut skipped = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -470,27 +469,15 @@ async fn tail_trace(job: Arc<Job>, mut agent_done: tokio::sync::watch::Receiver<
                         start += i + 1;
                     }
                     pending.drain(..start);
-                    // No trace line is this long: whatever this is, it is not followed,
-                    // and after a while not read any more.
+                    // No trace line is this long: whatever this is, it is dropped (its
+                    // tail up to the next newline reads as no record), and after a
+                    // while the file is not read any more.
                     if pending.len() > MAX_TAILED_LINE {
                         skipped += pending.len() as u64;
                         pending = Vec::new();
-                        skipping = true;
                         if skipped > MAX_SKIPPED_BYTES {
                             return;
                         }
-                    }
-                }
-            }
-            if skipping {
-                if let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                    pending.drain(..=i);
-                    skipping = false;
-                } else {
-                    skipped += pending.len() as u64;
-                    pending.clear();
-                    if skipped > MAX_SKIPPED_BYTES {
-                        return;
                     }
                 }
             }
