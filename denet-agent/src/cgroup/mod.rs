@@ -220,6 +220,27 @@ impl RunCgroup {
         Ok(())
     }
 
+    /// Each controller's `cgroup.procs`, open for writing: a child writes "0" to them
+    /// between fork and exec to enter the cgroup itself (no path needed then).
+    pub fn procs_files(&self) -> Result<Vec<std::fs::File>, CgroupError> {
+        let mut seen: Vec<&Path> = Vec::new();
+        let mut files = Vec::new();
+        for (_, dir) in &self.dirs {
+            if seen.contains(&dir.as_path()) {
+                continue;
+            }
+            seen.push(dir);
+            let path = dir.join("cgroup.procs");
+            files.push(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err("opening", &path))?,
+            );
+        }
+        Ok(files)
+    }
+
     /// Moves `pid` (the held command) into every controller's cgroup.
     pub fn enter(&self, pid: u32) -> Result<(), CgroupError> {
         for (_, dir) in &self.dirs {

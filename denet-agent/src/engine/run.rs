@@ -924,10 +924,12 @@ impl RunState {
             Some(Tracer::Node(link)) => match link.finish() {
                 Ok(f) => Some(f),
                 Err(e) => {
-                    warn(&format!("ending the run with the node tracer: {e}"));
-                    self.summary
-                        .tracer_error
-                        .get_or_insert_with(|| format!("ending the run with the node tracer: {e}"));
+                    let why = format!(
+                        "the node tracer went away before the run ended ({e}); the last \
+                         records and the lost-event count are missing"
+                    );
+                    warn(&why);
+                    self.summary.tracer_error.get_or_insert(why);
                     None
                 }
             },

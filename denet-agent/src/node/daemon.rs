@@ -38,6 +38,8 @@ const MAX_LIVE_PIDS: usize = 100_000;
 /// Connections served at once: every run, plus some waiting for their first request
 /// (a user opening connections by the thousand must not exhaust the daemon).
 const MAX_CONNECTIONS: usize = MAX_RUNS as usize + 64;
+/// Runs one user (root aside) may have at once, so others still find room.
+const MAX_RUNS_PER_UID: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -54,10 +56,11 @@ pub enum NodeError {
     Thread(#[source] std::io::Error),
 }
 
-/// Which runs exist, and how many of them need the syscall hooks.
+/// Which runs exist, whose they are, and how many need the syscall hooks.
 #[derive(Default)]
 struct Runs {
     used: BTreeSet<u32>,
+    by_uid: std::collections::HashMap<u32, usize>,
     hook_users: usize,
 }
 
@@ -75,6 +78,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Reads from a socket until a deadline: each read gets the time that is left.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    until: std::time::Instant,
+}
+
+impl std::io::Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self
+            .until
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
+        self.stream.set_read_timeout(Some(left))?;
+        let mut s = self.stream;
+        std::io::Read::read(&mut s, buf)
+    }
+}
+
 /// Who is at the other end of a connection, as the kernel recorded it.
 #[derive(Debug, Clone, Copy)]
 struct Peer {
@@ -86,6 +108,16 @@ impl NodeTracer {
     /// Loads the programs, starts the collector and listens on `socket` (mode 0666:
     /// every local user may ask; each is checked by what the kernel says).
     pub fn start(socket: &Path, ringbuf_bytes: u32) -> Result<Arc<NodeTracer>, NodeError> {
+        // Two descriptors per run and per waiting connection: room for all of them.
+        if let Ok((_, hard)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                hard,
+                hard,
+            );
+        }
         let mut tracer = KernelTracer::load(TracerOptions {
             ringbuf_bytes,
             files: true,
@@ -130,7 +162,11 @@ impl NodeTracer {
     fn accept(self: Arc<Self>, listener: UnixListener) {
         use std::sync::atomic::Ordering;
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
+            let Ok(mut stream) = stream else {
+                // Out of descriptors or memory: give the runs a moment to end.
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
             if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                 self.connections.fetch_sub(1, Ordering::SeqCst);
                 let _ = protocol::send(
@@ -166,11 +202,22 @@ impl NodeTracer {
         let Ok(read_half) = stream.try_clone() else {
             return;
         };
-        let mut reader = BufReader::new(read_half);
         let mut writer = stream;
-        let _ = writer.set_read_timeout(Some(FIRST_REQUEST_WITHIN));
-        let first = protocol::receive::<Request>(&mut reader, MAX_REQUEST_BYTES);
-        let _ = writer.set_read_timeout(None);
+        // The whole first request within the deadline, however it trickles in.
+        let first = {
+            let mut first_reader = BufReader::new(Deadline {
+                stream: &read_half,
+                until: std::time::Instant::now() + FIRST_REQUEST_WITHIN,
+            });
+            let first = protocol::receive::<Request>(&mut first_reader, MAX_REQUEST_BYTES);
+            if !first_reader.buffer().is_empty() {
+                // A client that does not wait for its answer: not ours to serve.
+                return;
+            }
+            first
+        };
+        let _ = read_half.set_read_timeout(None);
+        let mut reader = BufReader::new(read_half);
         let track = match first {
             Ok(Request::Track(t)) => t,
             Ok(_) => {
@@ -192,13 +239,19 @@ impl NodeTracer {
                 return;
             }
         };
-        // One writer for answers and batches, so they reach the client in order.
+        // One writer for answers and batches, so they reach the client in order; it
+        // says when an answer is out.
+        let (written_tx, written_rx) = mpsc::channel::<()>();
         let writing = std::thread::Builder::new()
             .name("denet-node-write".into())
             .spawn(move || {
                 for msg in rx {
+                    let answer = !matches!(msg, Reply::Batch(_));
                     if protocol::send(&mut writer, &msg).is_err() {
                         break;
+                    }
+                    if answer {
+                        let _ = written_tx.send(());
                     }
                 }
             });
@@ -213,7 +266,7 @@ impl NodeTracer {
                 Err(why) => Err(why.clone()),
             },
         });
-        let finished = self.answer(&mut reader, &tx, run.id);
+        let finished = self.answer(&mut reader, &tx, &written_rx, run.id);
         let report = self.collector.remove(run.id);
         let (run_counters, node_now) = {
             let tracer = lock(&self.tracer);
@@ -243,6 +296,7 @@ impl NodeTracer {
         &self,
         reader: &mut BufReader<UnixStream>,
         tx: &mpsc::SyncSender<Reply>,
+        written: &mpsc::Receiver<()>,
         run: u32,
     ) -> bool {
         loop {
@@ -250,8 +304,16 @@ impl NodeTracer {
                 Ok(Request::Finish) => return true,
                 Ok(Request::Live { mut pids }) => {
                     pids.truncate(MAX_LIVE_PIDS);
+                    // Only the run's processes are answered for (the answer is as
+                    // large as the run, whatever was asked).
                     let readings = lock(&self.tracer).read_live(run, &pids, clock::monotonic_ns());
-                    Reply::Live { readings }
+                    Reply::Live {
+                        readings: pids
+                            .into_iter()
+                            .zip(readings)
+                            .filter_map(|(pid, r)| Some((pid, r?)))
+                            .collect(),
+                    }
                 }
                 Ok(Request::TrackedPids) => Reply::TrackedPids {
                     pids: lock(&self.tracer).tracked_pids(run),
@@ -270,7 +332,9 @@ impl NodeTracer {
                 },
                 Err(_) => return false,
             };
-            if tx.send(reply).is_err() {
+            // The next request is read once this answer is out: a client that asks
+            // without reading gets nothing queued for it.
+            if tx.send(reply).is_err() || written.recv().is_err() {
                 return false;
             }
         }
@@ -290,7 +354,33 @@ impl NodeTracer {
                 t.version
             ));
         }
+        // Pinned before it is checked: if the process exits and its pid is reused,
+        // the pidfd still names the one that was checked (and is found dead below).
+        let pidfd = Pidfd::open(t.pid).ok_or_else(|| format!("no process {}", t.pid))?;
         check_owner(t.pid, peer)?;
+        if lock(&self.tracer).run_of(t.pid) != 0 {
+            return Err(format!("process {} is tracked already", t.pid));
+        }
+        let hooks = t.files || t.syscalls;
+        let id = {
+            let mut runs = lock(&self.runs);
+            let mine = runs.by_uid.get(&peer.uid).copied().unwrap_or(0);
+            if peer.uid != 0 && mine >= MAX_RUNS_PER_UID {
+                return Err(format!(
+                    "uid {} has {mine} runs on this node, the most one user may have",
+                    peer.uid
+                ));
+            }
+            let id = (1..MAX_RUNS)
+                .find(|r| !runs.used.contains(r))
+                .ok_or("the node tracer serves as many runs as it can")?;
+            runs.used.insert(id);
+            *runs.by_uid.entry(peer.uid).or_default() += 1;
+            if hooks {
+                runs.hook_users += 1;
+            }
+            id
+        };
         // The run's cgroup, inside the caller's (a manager's limits still hold), and
         // the held command in it before it execs.
         let cgroup =
@@ -303,24 +393,19 @@ impl NodeTracer {
                     }
                 })
                 .map_err(|e| e.to_string());
-        if let Err(why) = &cgroup {
+        let run = OpenRun {
+            id,
+            hooks,
+            uid: peer.uid,
+            cgroup,
+        };
+        if let Err(why) = &run.cgroup {
             if t.limits.any() {
-                return Err(format!("the limits need a cgroup: {why}"));
+                let why = format!("the limits need a cgroup: {why}");
+                self.close_run(&run);
+                return Err(why);
             }
         }
-        let hooks = t.files || t.syscalls;
-        let id = {
-            let mut runs = lock(&self.runs);
-            let id = (1..MAX_RUNS)
-                .find(|r| !runs.used.contains(r))
-                .ok_or("the node tracer serves as many runs as it can")?;
-            runs.used.insert(id);
-            if hooks {
-                runs.hook_users += 1;
-            }
-            id
-        };
-        let run = OpenRun { id, hooks, cgroup };
         let mut tracker = Tracker::new(self.page_kb);
         tracker.add_root(t.pid, peer.pid, t.start_boot_ns, t.argv.clone());
         let mut files = FileTracker::default();
@@ -345,19 +430,21 @@ impl NodeTracer {
                     tracer.set_syscall_hooks(true)?;
                 }
                 tracer.open_run(id, flags)?;
-                if tracer.run_of(t.pid) != 0 {
-                    return Err(crate::kernel::tracer::TracerError::Btf(format!(
-                        "process {} is tracked already",
-                        t.pid
-                    )));
-                }
                 tracer.track(t.pid, id, t.syscalls)
             })()
         };
+        // Still the process that was checked (alive: its pid was not reused).
+        let tracked = tracked.map_err(|e| e.to_string()).and_then(|()| {
+            if pidfd.alive() {
+                Ok(())
+            } else {
+                Err(format!("process {} exited before it was tracked", t.pid))
+            }
+        });
         if let Err(e) = tracked {
             self.collector.remove(id);
             self.close_run(&run);
-            return Err(e.to_string());
+            return Err(e);
         }
         Ok(run)
     }
@@ -370,6 +457,12 @@ impl NodeTracer {
         tracer.close_run(run.id);
         let mut runs = lock(&self.runs);
         runs.used.remove(&run.id);
+        if let Some(n) = runs.by_uid.get_mut(&run.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                runs.by_uid.remove(&run.uid);
+            }
+        }
         if run.hooks {
             runs.hook_users = runs.hook_users.saturating_sub(1);
             if runs.hook_users == 0 {
@@ -384,7 +477,41 @@ impl NodeTracer {
 struct OpenRun {
     id: u32,
     hooks: bool,
+    uid: u32,
     cgroup: Result<RunCgroup, String>,
+}
+
+/// A pidfd: names one process for good, whatever happens to its pid number.
+struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    fn open(pid: u32) -> Option<Pidfd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open with no flags; a non-negative result is a new descriptor.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the descriptor was just returned to us and is owned here only.
+        Some(Pidfd(unsafe {
+            std::os::fd::OwnedFd::from_raw_fd(fd as i32)
+        }))
+    }
+
+    /// The process is still there (signal 0 through the pidfd).
+    fn alive(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: signal 0 only checks; no siginfo; no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            ) == 0
+        }
+    }
 }
 
 /// A process the caller may have tracked: its own child (held before exec), and

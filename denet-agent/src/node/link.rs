@@ -249,10 +249,12 @@ impl LiveCounters for NodeLive {
         let request = Request::Live {
             pids: pids.to_vec(),
         };
-        match self.0.ask(&request, ANSWER_WITHIN) {
-            Ok(Reply::Live { readings }) if readings.len() == pids.len() => readings,
-            _ => vec![None; pids.len()],
-        }
+        let mut by_pid: std::collections::HashMap<u32, ProcDepth> =
+            match self.0.ask(&request, ANSWER_WITHIN) {
+                Ok(Reply::Live { readings }) => readings.into_iter().collect(),
+                _ => Default::default(),
+            };
+        pids.iter().map(|pid| by_pid.remove(pid)).collect()
     }
 
     fn counts_syscalls(&self) -> bool {

@@ -74,8 +74,10 @@ pub enum Reply {
     },
     /// Records of the run.
     Batch(CollectorMsg),
+    /// The counters of the asked-for processes that are the run's (the others are
+    /// left out), with their pids.
     Live {
-        readings: Vec<Option<ProcDepth>>,
+        readings: Vec<(u32, ProcDepth)>,
     },
     TrackedPids {
         pids: Vec<u32>,

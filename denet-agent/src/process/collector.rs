@@ -304,7 +304,7 @@ impl Collector {
                         let _ = added.send(());
                     }
                     Command::Remove(run, reply) => {
-                        while self.pass() > 0 {}
+                        self.drain_for_a_while();
                         // A run dropped earlier (its sink refused) has nothing left:
                         // its totals say so (nothing received).
                         let report = match self.runs.remove(&run) {
@@ -314,7 +314,7 @@ impl Collector {
                         let _ = reply.send(report);
                     }
                     Command::Stop => {
-                        while self.pass() > 0 {}
+                        self.drain_for_a_while();
                         for (_, c) in std::mem::take(&mut self.runs) {
                             c.finish(&mut self.stats);
                         }
@@ -337,6 +337,13 @@ impl Collector {
                 (poll_ms * 2).min(POLL_MAX_MS)
             };
         }
+    }
+
+    /// Passes until the ring is empty, or for a bounded while: other runs' processes
+    /// may keep it busy for good (a fork loop), and the other commands must not wait.
+    fn drain_for_a_while(&mut self) {
+        let until = std::time::Instant::now() + Duration::from_millis(200);
+        while self.pass() > 0 && std::time::Instant::now() < until {}
     }
 
     /// One pass: drain the ring, complete exits, send every run's batch.

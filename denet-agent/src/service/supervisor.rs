@@ -99,6 +99,9 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 struct Running {
+    /// The job's own cgroup, with the job's limits: the agent itself runs in it, so
+    /// whatever the agent is made to do, the job stays inside them.
+    cgroup: Option<crate::cgroup::RunCgroup>,
     child: tokio::process::Child,
     readers: tokio::task::JoinSet<()>,
     /// Set once the agent has exited: the trace file is complete.
@@ -155,6 +158,21 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
     let (err_r, err_w) = pipe_pair().context("stderr pipe")?;
     let trace_fd = OwnedFd::from(trace_file);
     let spec = &job.spec;
+    // Where the service may make cgroups (as root), the job's agent enters the job's
+    // own before it execs; the run's cgroup is then made inside it.
+    let (job_cgroup, procs) = if nix::unistd::geteuid().is_root() && spec.limits.any() {
+        let cg = crate::cgroup::RunCgroup::create(
+            &format!("denet-job-{}", job.id),
+            std::process::id(),
+            spec.limits,
+        )
+        .context("the job's cgroup")?;
+        let files = cg.procs_files().context("the job's cgroup")?;
+        (Some(cg), files)
+    } else {
+        (None, Vec::new())
+    };
+    let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let become_owner = Become::new(owner, &spec.cwd).context("the working directory")?;
     let mut cmd = Command::new(&svc.agent_bin);
     cmd.arg("run")
@@ -213,13 +231,19 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // Into the job's cgroup while still root ("0": the writing process).
+            for fd in &procs_fds {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             become_owner.apply()
         });
     }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", svc.agent_bin.display()))?;
-    drop((ctl_r, out_w, err_w, trace_fd));
+    drop((ctl_r, out_w, err_w, trace_fd, procs));
 
     let agent_err = child.stderr.take().context("agent stderr")?;
     let out_rx = pipe::Receiver::from_owned_fd(out_r).context("stdout pipe")?;
@@ -262,6 +286,7 @@ async fn start(svc: &Arc<Service>, job: &Arc<Job>) -> anyhow::Result<Running> {
     ));
     readers.spawn(copy_log(agent_err, agent_log));
     Ok(Running {
+        cgroup: job_cgroup,
         child,
         readers,
         agent_done,
@@ -364,6 +389,15 @@ pub(super) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl Running {
     /// Waits for the agent and its pipes, checking the stuck flag meanwhile.
     async fn finish(mut self, job: &Job) -> Ending {
+        let cgroup = self.cgroup.take();
+        let ending = self.wait(job).await;
+        if let Some(cg) = cgroup {
+            cg.remove();
+        }
+        ending
+    }
+
+    async fn wait(mut self, job: &Job) -> Ending {
         let mut tick = tokio::time::interval(WATCHDOG_PERIOD);
         let mut killed = false;
         let mut timed_out = false;

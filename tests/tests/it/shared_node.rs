@@ -313,6 +313,52 @@ async fn jobs_run_as_their_caller_and_nobody_reaches_another_users_jobs() {
         (&json!(1), &json!("run_limit")),
         "{s}"
     );
+    // The job's agent itself is in the job's cgroup (made by the service as root),
+    // so the limits hold whatever the agent is made to ask the daemon for.
+    let (code, out, err) = jobs_as(
+        "denet-alice",
+        &svc,
+        &[
+            "spawn",
+            "--name",
+            "held",
+            "--cwd",
+            &w,
+            "--memory-limit",
+            "200M",
+            "--",
+            "sleep",
+            "5",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let held = out.trim().to_string();
+    svc.wait_running(&held).await;
+    let agent_pid = svc.job(&held).await["agent_pid"].as_u64().unwrap();
+    let cgroups = std::fs::read_to_string(format!("/proc/{agent_pid}/cgroup")).unwrap();
+    let memory = cgroups.lines().find(|l| l.contains(":memory:")).unwrap();
+    assert!(memory.ends_with(&format!("/denet-job-{held}")), "{cgroups}");
+    let limit_file = format!(
+        "/sys/fs/cgroup/memory{}/memory.limit_in_bytes",
+        memory.split(':').nth(2).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&limit_file).unwrap().trim(),
+        (200u64 << 20).to_string()
+    );
+    assert!(svc
+        .post(&format!("/jobs/{held}/stop"))
+        .await
+        .status
+        .is_success());
+    svc.wait_end(&held, Duration::from_secs(30)).await;
+    // Removed with the job.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Path::new(&limit_file).exists() {
+        assert!(Instant::now() < until, "{limit_file} left behind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // Above the service's cap: 400, and nothing runs.
     let (code, _, err) = jobs_as(
         "denet-alice",
