@@ -8,24 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
-log() { printf 'setup-tests: %s\n' "$*" >&2; }
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-apt_updated=0
-apt_install() {
-  local missing=()
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if [ $apt_updated -eq 0 ]; then
-    log "apt-get update"
-    $SUDO apt-get update -qq
-    apt_updated=1
-  fi
-  log "installing ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-}
+LOG_NAME=setup-tests
+# shellcheck source=scripts/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 # 1. Tools used by tests and benchmarks.
 apt_install hyperfine bpftool strace bwa samtools libcap2-bin python3 passwd dpkg-dev time

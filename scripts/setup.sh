@@ -6,29 +6,13 @@
 # Works as root without sudo, and as a user with sudo.
 set -euo pipefail
 
-log() { printf 'setup: %s\n' "$*" >&2; }
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+LOG_NAME=setup
+# shellcheck source=scripts/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 # Pinned: the newest aya set that builds with the rustc available here.
 NIGHTLY="${DENET_NIGHTLY:-nightly}"
 BPF_LINKER_VERSION="${DENET_BPF_LINKER_VERSION:-}"
-
-apt_updated=0
-apt_install() {
-  local missing=()
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if [ $apt_updated -eq 0 ]; then
-    log "apt-get update"
-    $SUDO apt-get update -qq
-    apt_updated=1
-  fi
-  log "installing ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-}
 
 # 1. Rust toolchains: stable (host) and nightly with rust-src (eBPF build-std).
 command -v rustup >/dev/null || { log "rustup is required"; exit 1; }

@@ -169,20 +169,7 @@ fn cpu_time_matches_wait4_rusage() {
     );
     assert_eq!(t.exit_code(), 0, "{}", t.stderr);
     assert_clean(&t);
-    let ru = truth(&truth_path);
-    let expected = (u(&ru["utime_ns"]) + u(&ru["stime_ns"])) as f64;
-    let burner = t
-        .processes()
-        .into_iter()
-        .find(|p| p["argv"][1] == "burn")
-        .expect("burner record");
-    let measured = (u(&burner["cpu_user_ns"]) + u(&burner["cpu_sys_ns"])) as f64;
-    assert!(expected > 0.9e9, "burner ran {expected} ns");
-    // Tolerance: 2% of the child's wait4 rusage (tick-based user/system split).
-    assert!(
-        rel_diff(measured, expected) < 0.02,
-        "cpu {measured} ns vs rusage {expected} ns"
-    );
+    crate::helpers::assert_burner_cpu_matches_rusage(&t, &truth_path);
 }
 
 #[test]

@@ -441,18 +441,7 @@ fn an_ordinary_user_gets_the_exact_trace_through_the_node_daemon() {
     );
     assert_eq!(t.exit_code(), 0, "{}", t.stderr);
     assert_exact_through_the_node(&t);
-    let ru: Value = serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
-    let expected = (u(&ru["utime_ns"]) + u(&ru["stime_ns"])) as f64;
-    let burner = t
-        .processes()
-        .into_iter()
-        .find(|p| p["argv"][1] == "burn")
-        .expect("burner record");
-    let measured = (u(&burner["cpu_user_ns"]) + u(&burner["cpu_sys_ns"])) as f64;
-    assert!(
-        rel_diff(measured, expected) < 0.02,
-        "cpu {measured} ns vs rusage {expected} ns"
-    );
+    crate::helpers::assert_burner_cpu_matches_rusage(&t, &truth);
 
     // Peak RSS of a 256 MiB allocation (5%, and against the child's own VmHWM).
     let (t, _) = node.run_as(

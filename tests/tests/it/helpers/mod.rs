@@ -238,3 +238,22 @@ pub fn agent_as(user: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The `burn` child's CPU in a trace against its wait4 rusage written to `truth`
+/// by `workload rusage-child`: within 2% (the tick-based user/system split).
+pub fn assert_burner_cpu_matches_rusage(t: &Trace, truth: &Path) {
+    let ru: Value =
+        serde_json::from_str(&std::fs::read_to_string(truth).expect("truth file")).expect("truth");
+    let expected = (u(&ru["utime_ns"]) + u(&ru["stime_ns"])) as f64;
+    let burner = t
+        .processes()
+        .into_iter()
+        .find(|p| p["argv"][1] == "burn")
+        .expect("burner record");
+    let measured = (u(&burner["cpu_user_ns"]) + u(&burner["cpu_sys_ns"])) as f64;
+    assert!(expected > 0.9e9, "burner ran {expected} ns");
+    assert!(
+        rel_diff(measured, expected) < 0.02,
+        "cpu {measured} ns vs rusage {expected} ns"
+    );
+}
