@@ -276,7 +276,7 @@ impl NodeTracer {
             )
         };
         let cgroup = run.cgroup.as_ref().ok().map(RunCgroup::usage);
-        self.close_run(&run);
+        self.close_run(run);
         if finished {
             let _ = tx.send(Reply::Finished {
                 report,
@@ -402,7 +402,7 @@ impl NodeTracer {
         if let Err(why) = &run.cgroup {
             if t.limits.any() {
                 let why = format!("the limits need a cgroup: {why}");
-                self.close_run(&run);
+                self.close_run(run);
                 return Err(why);
             }
         }
@@ -443,15 +443,22 @@ impl NodeTracer {
         });
         if let Err(e) = tracked {
             self.collector.remove(id);
-            self.close_run(&run);
+            self.close_run(run);
             return Err(e);
         }
         Ok(run)
     }
 
-    fn close_run(&self, run: &OpenRun) {
-        if let Ok(cg) = &run.cgroup {
-            cg.remove();
+    fn close_run(&self, run: OpenRun) {
+        // Off the run's path: the kernel may take a moment to let go of a memory
+        // cgroup whose last task just exited, and the client is waiting.
+        if let Ok(cg) = run.cgroup {
+            let background = std::thread::Builder::new()
+                .name("denet-cgroup-rm".into())
+                .spawn(move || cg.remove());
+            if let Err(e) = background {
+                eprintln!("denet-agent: node tracer: removing a run's cgroup: {e}");
+            }
         }
         let mut tracer = lock(&self.tracer);
         tracer.close_run(run.id);
