@@ -63,7 +63,7 @@ struct ServeArgs {
     job_cpus: Option<f64>,
     /// The most processes a job may ask for (`max_pids`), and the limit of one that
     /// asks for none.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=denet_agent::engine::MAX_PIDS_LIMIT))]
     job_max_pids: Option<u64>,
     /// Also listen on this TCP address; requires --tokens.
     #[arg(long, value_name = "ADDR", requires = "tokens")]
@@ -224,7 +224,7 @@ struct RunArgs {
     #[arg(long, value_name = "N")]
     cpus: Option<f64>,
     /// Most processes (and threads) the run's cgroup may hold at once.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=denet_agent::engine::MAX_PIDS_LIMIT))]
     max_pids: Option<u64>,
     /// Read control requests (`stop [GRACE_MS]`, `pause`, `resume`, one per line) from
     /// this file descriptor; its end stops the run. Used by `serve` for its jobs.
@@ -305,12 +305,11 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
         node_socket: (!args.standalone).then_some(args.node_socket),
         limits: denet_agent::engine::Limits {
             memory_bytes: args.memory_limit,
-            cpus: match args.cpus {
-                Some(c) if !(c.is_finite() && (0.01..=4096.0).contains(&c)) => {
-                    bail!("--cpus must be a number of CPUs in [0.01, 4096], got {c}")
-                }
-                c => c,
-            },
+            cpus: args
+                .cpus
+                .map(denet_agent::engine::check_cpus)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--cpus must be {e}"))?,
             max_pids: args.max_pids,
         },
     })
@@ -529,12 +528,11 @@ fn serve(args: ServeArgs) -> Result<i32> {
         defaults: SpecDefaults {
             caps: denet_agent::engine::Limits {
                 memory_bytes: args.job_memory_limit,
-                cpus: match args.job_cpus {
-                    Some(c) if !(c.is_finite() && (0.01..=4096.0).contains(&c)) => {
-                        bail!("--job-cpus must be a number of CPUs in [0.01, 4096], got {c}")
-                    }
-                    c => c,
-                },
+                cpus: args
+                    .job_cpus
+                    .map(denet_agent::engine::check_cpus)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--job-cpus must be {e}"))?,
                 max_pids: args.job_max_pids,
             },
             cwd: std::env::current_dir().context("the current directory")?,

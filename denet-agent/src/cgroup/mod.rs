@@ -324,6 +324,18 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Most processes a limit may allow (the kernel's largest pid_max).
+pub const MAX_PIDS_LIMIT: u64 = 4_194_304;
+
+/// A CPU quota a run may ask for, in CPUs.
+pub fn check_cpus(c: f64) -> Result<f64, String> {
+    if c.is_finite() && (0.01..=4096.0).contains(&c) {
+        Ok(c)
+    } else {
+        Err(format!("a number of CPUs in [0.01, 4096], got {c}"))
+    }
+}
+
 /// Parses a size like `4G`, `512M`, `100k` or a plain byte count (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();

@@ -9,6 +9,6 @@ pub mod control;
 pub mod launch;
 pub mod run;
 
-pub use crate::cgroup::{parse_size, Limits};
+pub use crate::cgroup::{check_cpus, parse_size, Limits, MAX_PIDS_LIMIT};
 pub use control::Control;
 pub use run::{run, run_controlled, EbpfMode, RunConfig, RunOutcome};

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use crate::cgroup::{parse_size, Limits};
+use crate::cgroup::{check_cpus, parse_size, Limits, MAX_PIDS_LIMIT};
 
 /// Bounds on a request, beyond the HTTP body limit.
 pub const MAX_NAME_BYTES: usize = 128;
@@ -131,16 +131,14 @@ fn limits(req: &JobRequest, caps: &Limits) -> Result<Limits, SpecError> {
         Some(Size::Text(t)) => Some(parse_size(t).map_err(|e| bad("memory_limit", e))?),
     };
     if let Some(c) = req.cpus {
-        if !(c.is_finite() && (0.01..=4096.0).contains(&c)) {
-            return Err(bad(
-                "cpus",
-                format!("a number of CPUs in [0.01, 4096], got {c}"),
-            ));
-        }
+        check_cpus(c).map_err(|e| bad("cpus", e))?;
     }
     if let Some(n) = req.max_pids {
-        if !(1..=4_194_304).contains(&n) {
-            return Err(bad("max_pids", format!("in [1, 4194304], got {n}")));
+        if !(1..=MAX_PIDS_LIMIT).contains(&n) {
+            return Err(bad(
+                "max_pids",
+                format!("in [1, {MAX_PIDS_LIMIT}], got {n}"),
+            ));
         }
     }
     let within = |field: &'static str,
