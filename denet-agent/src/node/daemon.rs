@@ -133,7 +133,7 @@ impl NodeTracer {
             .ok_or(crate::kernel::tracer::TracerError::Missing("PROC_STATS"))?;
         let collector =
             collector::spawn(ring, Some(collector_stats), Vec::new()).map_err(NodeError::Thread)?;
-        let listener = bind(socket)?;
+        let listener = bind_socket(socket, true)?;
         let node = Arc::new(NodeTracer {
             tracer: Mutex::new(tracer),
             collector,
@@ -543,9 +543,12 @@ fn check_owner(pid: u32, peer: Peer) -> Result<(), String> {
     Ok(())
 }
 
-/// Binds the socket with mode 0666 (set through the umask, so it never has
-/// another), replacing a stale one; a live one is another daemon.
-fn bind(path: &Path) -> Result<UnixListener, NodeError> {
+/// Binds a Unix socket for local callers. `shared`: mode 0666 in a 0755 directory
+/// (every local user may connect, each identified by the kernel); otherwise 0600 in
+/// 0700. The mode is set through the umask, so the socket never has another, not even
+/// briefly. A stale socket is replaced; a live one (another service) or a file that is
+/// not a socket is an error.
+pub(crate) fn bind_socket(path: &Path, shared: bool) -> Result<UnixListener, NodeError> {
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
     let err = |what, source| NodeError::Socket {
         what,
@@ -555,7 +558,7 @@ fn bind(path: &Path) -> Result<UnixListener, NodeError> {
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o755)
+            .mode(if shared { 0o755 } else { 0o700 })
             .create(dir)
             .map_err(|e| err("creating the directory of", e))?;
     }
@@ -568,13 +571,14 @@ fn bind(path: &Path) -> Result<UnixListener, NodeError> {
         }
         if UnixStream::connect(path).is_ok() {
             return Err(err(
-                "another node tracer listens on",
+                "another service listens on",
                 std::io::Error::from(std::io::ErrorKind::AddrInUse),
             ));
         }
         std::fs::remove_file(path).map_err(|e| err("removing the stale", e))?;
     }
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o111));
+    let mask = if shared { 0o111 } else { 0o177 };
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     let bound = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     bound.map_err(|e| err("binding", e))

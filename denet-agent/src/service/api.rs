@@ -1,10 +1,7 @@
 //! The HTTP and WebSocket API of `denet-agent serve`. JSON in and out; every error
 //! is a JSON object `{"error": "..."}` with a 4xx or 5xx status.
 
-use std::{
-    collections::HashMap, future::IntoFuture, os::unix::fs::DirBuilderExt, sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, future::IntoFuture, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use axum::{
@@ -737,37 +734,11 @@ pub async fn serve(svc: Arc<Service>) -> Result<()> {
     Ok(())
 }
 
-/// Binds the Unix socket. As root (the node's service) every local user may
-/// connect: each is identified by the kernel. Otherwise it is owner-only. The mode
-/// is set through the umask, so the socket is never reachable by more, not even
-/// briefly. A stale socket is replaced; a live one (another service) is an error.
+/// Binds the API's Unix socket: as root (the node's service) every local user may
+/// connect, each identified by the kernel; otherwise it is owner-only.
 fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
     let node = nix::unistd::geteuid().is_root();
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(if node { 0o755 } else { 0o700 })
-                .create(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
-        }
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            anyhow::bail!("--socket {}: exists and is not a socket", path.display());
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
-                "--socket {}: another service is listening there",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
-    }
-    let mask = if node { 0o111 } else { 0o177 };
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
-    let bound = tokio::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    bound.with_context(|| format!("binding {}", path.display()))
+    let listener = crate::node::daemon::bind_socket(path, node).context("--socket")?;
+    listener.set_nonblocking(true).context("--socket")?;
+    tokio::net::UnixListener::from_std(listener).context("--socket")
 }
