@@ -3,7 +3,7 @@
 
 use nix::time::{clock_gettime, ClockId};
 
-use crate::trace::format::ClockAnchor;
+use crate::trace::Clock;
 
 fn read_ns(id: ClockId) -> u64 {
     // clock_gettime cannot fail for these clock ids on Linux.
@@ -23,12 +23,12 @@ pub fn boottime_ns() -> u64 {
 
 /// Reads the three clocks back to back; the boottime read is bracketed by the
 /// realtime read so the pair is consistent to well under a microsecond.
-pub fn anchor() -> ClockAnchor {
+pub fn anchor() -> Clock {
     let monotonic_ns = read_ns(ClockId::CLOCK_MONOTONIC);
     let boot_ns = boottime_ns();
     let unix_ns = read_ns(ClockId::CLOCK_REALTIME);
-    ClockAnchor {
-        clock: "CLOCK_BOOTTIME",
+    Clock {
+        clock: "CLOCK_BOOTTIME".into(),
         boot_ns,
         unix_ns,
         monotonic_ns,

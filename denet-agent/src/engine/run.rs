@@ -39,8 +39,8 @@ use crate::{
         tracker::Tracker,
     },
     trace::{
-        format::{self as record, CgroupHeader, Header, OomVictim, Process, Summary},
-        writer::JsonlWriter,
+        records::SCHEMA_VERSION, writer::JsonlWriter, CgroupHeader, Header, OomVictim, Process,
+        Summary,
     },
 };
 
@@ -300,36 +300,33 @@ fn launch_cwd(config: &RunConfig) -> Option<String> {
 fn header(config: &RunConfig, kernel: &Kernel, pid: Option<u32>, hold_ns: Option<u64>) -> Header {
     let uname = nix::sys::utsname::uname().ok();
     Header {
-        kind: "header",
-        schema_version: record::SCHEMA_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION"),
-        hostname: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        kernel: uname
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        schema_version: Some(SCHEMA_VERSION.into()),
+        agent_version: Some(env!("CARGO_PKG_VERSION").into()),
+        hostname: Some(
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+        kernel: Some(
+            uname
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
         argv: config.launch.argv.clone(),
-        cwd: config
-            .launch
-            .cwd
-            .clone()
-            .or_else(|| std::env::current_dir().ok())
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        agent_pid: std::process::id(),
+        cwd: Some(launch_cwd(config).unwrap_or_default()),
+        agent_pid: Some(std::process::id()),
         pid,
-        clock: clock::anchor(),
+        clock: Some(clock::anchor()),
         hold_ns,
-        ebpf: kernel.tracer.is_some(),
-        tracer: kernel.tracer.as_ref().map(Tracer::name),
+        ebpf: Some(kernel.tracer.is_some()),
+        tracer: kernel.tracer.as_ref().map(|t| t.name().into()),
         ebpf_unavailable_reason: kernel.unavailable.clone(),
-        syscalls: kernel.tracer.is_some() && kernel.syscalls,
-        files: kernel.tracer.is_some() && kernel.files,
-        events: kernel.tracer.is_some() && kernel.events,
-        interval_ms: config.interval_ms,
-        max_interval_ms: config.max_interval_ms,
-        argv_max_bytes: denet_common::ARGV_MAX,
+        syscalls: Some(kernel.tracer.is_some() && kernel.syscalls),
+        files: Some(kernel.tracer.is_some() && kernel.files),
+        events: Some(kernel.tracer.is_some() && kernel.events),
+        interval_ms: Some(config.interval_ms),
+        max_interval_ms: Some(config.max_interval_ms),
+        argv_max_bytes: Some(denet_common::ARGV_MAX as u64),
         timeout_s: config.timeout.map(|t| t.as_secs_f64()),
         cgroup: match &kernel.cgroup {
             RunCg::Own(cg) => Some((cg.memory_path(), cg.own, cg.limits)),
@@ -442,7 +439,6 @@ fn start_failed(
     out.write(&header(config, kernel, None, None))?;
     let now = clock::boottime_ns();
     let summary = Summary {
-        kind: "summary",
         exit_code: Some(e.exit_status()),
         start_boot_ns: fork_ns,
         end_boot_ns: now,
@@ -578,7 +574,6 @@ impl RunState {
             sampler: Sampler::new(start_ns, live_counters),
             interval: AdaptiveInterval::new(config.interval_ms, config.max_interval_ms),
             summary: Summary {
-                kind: "summary",
                 start_boot_ns: start_ns,
                 ..Default::default()
             },
@@ -722,13 +717,13 @@ impl RunState {
         for e in &msg.events {
             self.summary.event_count += 1;
             self.out
-                .write_unflushed(e)
+                .write_line_unflushed(e)
                 .context("writing an event record")?;
         }
         for f in &msg.files {
             self.summary.file_count += 1;
             self.out
-                .write_unflushed(f)
+                .write_line_unflushed(f)
                 .context("writing a file record")?;
         }
         self.out.flush().context("writing process records")
@@ -740,7 +735,7 @@ impl RunState {
         s.cpu_user_ns += p.cpu_user_ns.unwrap_or(0);
         s.cpu_sys_ns += p.cpu_sys_ns.unwrap_or(0);
         s.max_process_peak_rss_kb = s.max_process_peak_rss_kb.max(p.peak_rss_kb.unwrap_or(0));
-        if p.source == "missing" {
+        if p.source.as_deref() == Some("missing") {
             s.incomplete_processes += 1;
         }
         self.out
@@ -756,7 +751,10 @@ impl RunState {
         let now = clock::boottime_ns();
         let (sample, readings) = self.sampler.sample(&pids, now);
         self.summary.samples += 1;
-        self.summary.peak_tree_rss_kb = self.summary.peak_tree_rss_kb.max(sample.rss_kb);
+        self.summary.peak_tree_rss_kb = self
+            .summary
+            .peak_tree_rss_kb
+            .max(sample.rss_kb.unwrap_or(0));
         self.out.write(&sample).context("writing a sample")?;
         if let Some(tree) = &mut self.proc_tree {
             for p in tree.update(&readings, now) {
@@ -828,9 +826,9 @@ impl RunState {
         s.cgroup_blk_write_bytes = u.blk_write_bytes;
         if s.oom_kills > 0 {
             s.oom_scope = Some(if u.oom_kills.unwrap_or(0) > 0 {
-                "run_limit"
+                "run_limit".into()
             } else {
-                "machine"
+                "machine".into()
             });
         }
     }
@@ -970,7 +968,7 @@ impl RunState {
             self.out.flush().context("writing process records")?;
         }
         let raw = self.root_status.unwrap_or(0);
-        let (exit_code, signal, _) = record::decode_wait_status(raw);
+        let (exit_code, signal, _) = crate::process::decode_wait_status(raw);
         let mut exit_status = match (exit_code, signal) {
             (Some(code), _) => code,
             (None, Some(sig)) => 128 + sig,

@@ -94,7 +94,7 @@ pub const EVENT_COLUMNS: &[&str] = &[
 
 fn event_cells(e: &EventRecord, t0: u64) -> Vec<String> {
     vec![
-        u(e.event_type.clone()),
+        e.event_type.to_string(),
         ts_s(e.ts_boot_ns, t0),
         u(e.pid),
         u(e.tid),
@@ -292,17 +292,17 @@ fn run_row(
         u(h.agent_version.clone()),
         u(h.ebpf),
         start_unix.map_or_else(String::new, |v| format!("{v:.6}")),
-        ns_s(s.and_then(|s| s.wall_ns)),
-        ns_s(s.and_then(|s| s.cpu_user_ns)),
-        ns_s(s.and_then(|s| s.cpu_sys_ns)),
+        ns_s(s.map(|s| s.wall_ns)),
+        ns_s(s.map(|s| s.cpu_user_ns)),
+        ns_s(s.map(|s| s.cpu_sys_ns)),
         u(s.and_then(|s| s.exit_code)),
         u(s.and_then(|s| s.signal)),
-        u(s.and_then(|s| s.timed_out)),
+        u(s.map(|s| s.timed_out)),
         records.to_string(),
-        u(s.and_then(|s| s.peak_tree_rss_kb)),
-        u(s.and_then(|s| s.max_process_peak_rss_kb)),
-        u(s.and_then(|s| s.samples)),
-        u(s.and_then(|s| s.lost_events)),
+        u(s.map(|s| s.peak_tree_rss_kb)),
+        u(s.map(|s| s.max_process_peak_rss_kb)),
+        u(s.map(|s| s.samples)),
+        u(s.map(|s| s.lost_events)),
         s.is_some().to_string(),
     ];
     (cols, cells)

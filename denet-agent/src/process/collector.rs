@@ -20,7 +20,10 @@ use super::{
     files::FileTracker,
     tracker::{ProcessInfo, Tracker},
 };
-use crate::{kernel::counters::StatsMaps, trace::format::EventRecord};
+use crate::{
+    kernel::counters::StatsMaps,
+    trace::{records::Kind, writer::to_line, EventRecord},
+};
 
 /// What the collector tells a run, once per pass over the ring buffer. Files and raw
 /// events come as their finished trace lines, so the node daemon can pass them on
@@ -115,19 +118,21 @@ impl RunCollector {
             KernelEvent::RawSched(ev) => push_line(
                 &mut self.batch.events,
                 &EventRecord {
-                    kind: "event",
-                    event_type: "sched",
-                    ts_boot_ns: ev.header.ts_ns,
-                    pid: ev.header.tgid,
-                    tid: ev.header.pid,
-                    cpu: ev.header.cpu,
-                    state: Some(match ev.state {
-                        TASK_RUNNING => "running",
-                        TASK_RUNNABLE => "runnable",
-                        TASK_BLOCKED_IO => "io_wait",
-                        _ => "sleep",
-                    }),
-                    duration_ns: ev.duration_ns,
+                    event_type: "sched".into(),
+                    ts_boot_ns: Some(ev.header.ts_ns),
+                    pid: Some(ev.header.tgid),
+                    tid: Some(ev.header.pid),
+                    cpu: Some(ev.header.cpu),
+                    state: Some(
+                        match ev.state {
+                            TASK_RUNNING => "running",
+                            TASK_RUNNABLE => "runnable",
+                            TASK_BLOCKED_IO => "io_wait",
+                            _ => "sleep",
+                        }
+                        .into(),
+                    ),
+                    duration_ns: Some(ev.duration_ns),
                     op: None,
                     bytes: None,
                 },
@@ -135,16 +140,15 @@ impl RunCollector {
             KernelEvent::RawBlock(ev) => push_line(
                 &mut self.batch.events,
                 &EventRecord {
-                    kind: "event",
-                    event_type: "block",
-                    ts_boot_ns: ev.header.ts_ns,
-                    pid: ev.header.tgid,
-                    tid: ev.header.pid,
-                    cpu: ev.header.cpu,
+                    event_type: "block".into(),
+                    ts_boot_ns: Some(ev.header.ts_ns),
+                    pid: Some(ev.header.tgid),
+                    tid: Some(ev.header.pid),
+                    cpu: Some(ev.header.cpu),
                     state: None,
-                    duration_ns: ev.latency_ns,
-                    op: Some(if ev.op == 0 { "read" } else { "write" }),
-                    bytes: Some(ev.bytes),
+                    duration_ns: Some(ev.latency_ns),
+                    op: Some(if ev.op == 0 { "read" } else { "write" }.into()),
+                    bytes: Some(ev.bytes.into()),
                 },
             ),
         }
@@ -187,8 +191,10 @@ impl RunCollector {
 }
 
 /// A record as its finished trace line (serializing these types cannot fail).
-fn push_line(to: &mut Vec<Box<RawValue>>, record: &impl serde::Serialize) {
-    if let Ok(line) = serde_json::value::to_raw_value(record) {
+fn push_line<T: Kind + serde::Serialize>(to: &mut Vec<Box<RawValue>>, record: &T) {
+    // Serializing a record into memory fails only on a non-string map key, which
+    // no record has.
+    if let Ok(line) = to_line(record) {
         to.push(line);
     }
 }

@@ -18,7 +18,7 @@ use denet_common::{
 };
 
 use super::tracker::c_string;
-use crate::trace::format::FileRecord;
+use crate::trace::FileRecord;
 
 const AT_FDCWD: i32 = -100;
 
@@ -233,27 +233,29 @@ fn record(
     const O_ACCMODE: u32 = 0o3;
     const O_CREAT: u32 = 0o100;
     FileRecord {
-        kind: "file",
-        pid,
-        fd,
-        path: f.path,
-        path_source: f.path_source,
-        path_truncated: f.path_truncated,
-        open_flags: f.open_flags,
-        access: match f.open_flags & O_ACCMODE {
-            0 => "r",
-            1 => "w",
-            _ => "rw",
-        },
-        created: f.open_flags & O_CREAT != 0 && !f.inherited,
-        inherited: f.inherited,
-        read_bytes: s.read_bytes,
-        write_bytes: s.write_bytes,
-        reads: s.reads,
-        writes: s.writes,
-        open_boot_ns: f.open_boot_ns,
+        pid: Some(pid),
+        fd: Some(fd),
+        path: Some(f.path),
+        path_source: Some(f.path_source.into()),
+        path_truncated: Some(f.path_truncated),
+        open_flags: Some(f.open_flags.into()),
+        access: Some(
+            match f.open_flags & O_ACCMODE {
+                0 => "r",
+                1 => "w",
+                _ => "rw",
+            }
+            .into(),
+        ),
+        created: Some(f.open_flags & O_CREAT != 0 && !f.inherited),
+        inherited: Some(f.inherited),
+        read_bytes: Some(s.read_bytes),
+        write_bytes: Some(s.write_bytes),
+        reads: Some(s.reads),
+        writes: Some(s.writes),
+        open_boot_ns: Some(f.open_boot_ns),
         close_boot_ns: close_ns,
-        closed_by,
+        closed_by: Some(closed_by.into()),
     }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::procfs::{self, ProcIo, ProcStat};
-use crate::trace::format::Process;
+use crate::trace::Process;
 
 struct Seen {
     ppid: u32,
@@ -109,20 +109,19 @@ impl ProcTree {
     fn record(&self, pid: u32, s: Seen, status: Option<u32>) -> Process {
         let ns = |ticks: u64| ticks.saturating_mul(1_000_000_000) / self.tck;
         let (exit_code, signal, core_dumped) = match status {
-            Some(raw) => crate::trace::format::decode_wait_status(raw),
+            Some(raw) => super::decode_wait_status(raw),
             None => (None, None, false),
         };
         let have_io = s.io.is_some();
         let io = s.io.unwrap_or_default();
         let opt = |v: u64| have_io.then_some(v);
         Process {
-            kind: "process",
-            pid,
+            pid: Some(pid),
             ppid: Some(s.ppid),
             argv: s.argv,
             argv_truncated: false,
             exe: s.exe,
-            execs: 0,
+            execs: Some(0),
             start_boot_ns: Some(s.start_boot_ns),
             end_boot_ns: Some(s.last_seen_ns),
             wall_ns: Some(s.last_seen_ns.saturating_sub(s.start_boot_ns)),
@@ -147,8 +146,8 @@ impl ProcTree {
             vol_ctxt: None,
             inv_ctxt: None,
             threads: Some(s.stat.threads),
-            depth: None,
-            source: "proc",
+            source: Some("proc".into()),
+            ..Default::default()
         }
     }
 }

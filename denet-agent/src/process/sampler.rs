@@ -9,7 +9,10 @@ use crate::{
         counters::{ProcDepth, StatsMaps},
         syscall_names::syscall_name,
     },
-    trace::format::{ProcSample, Sample, SampleDelta},
+    trace::{
+        records::{add_window, WINDOW_COUNTERS},
+        ProcSample, Sample,
+    },
 };
 
 /// Sampling interval that starts short (short jobs get detail) and grows by a
@@ -71,13 +74,14 @@ pub struct Sampler {
     prev_depth: HashMap<u32, ProcDepth>,
 }
 
-/// Counters accumulated since `prev` (everything since the start when `prev` is
-/// None: the process started in this window or the counters were just created).
+/// The window counters of one process (in the order of `WINDOW_COUNTERS`):
+/// accumulated since `prev` (everything since the start when `prev` is None: the
+/// process started in this window or the counters were just created).
 fn delta(
     now: &ProcDepth,
     prev: Option<&ProcDepth>,
     syscalls: &mut BTreeMap<u16, u64>,
-) -> SampleDelta {
+) -> [Option<u64>; WINDOW_COUNTERS.len()] {
     let (a, p) = (&now.stats, prev.map(|p| &p.stats));
     let d = |f: fn(&denet_common::ProcStats) -> u64| f(a).saturating_sub(p.map_or(0, f));
     let mut calls = 0;
@@ -92,17 +96,17 @@ fn delta(
             calls += n;
         }
     }
-    SampleDelta {
-        oncpu_ns: d(|s| s.oncpu_ns),
-        cpu_wait_ns: d(|s| s.cpu_wait_ns),
-        io_wait_ns: d(|s| s.io_wait_ns),
-        sleep_ns: d(|s| s.sleep_ns),
-        blk_read_bytes: d(|s| s.blk_read_bytes),
-        blk_write_bytes: d(|s| s.blk_write_bytes),
-        net_tx_bytes: d(|s| s.net_tx_bytes),
-        net_rx_bytes: d(|s| s.net_rx_bytes),
-        syscall_count: now.syscalls.is_some().then_some(calls),
-    }
+    [
+        Some(d(|s| s.oncpu_ns)),
+        Some(d(|s| s.cpu_wait_ns)),
+        Some(d(|s| s.io_wait_ns)),
+        Some(d(|s| s.sleep_ns)),
+        Some(d(|s| s.blk_read_bytes)),
+        Some(d(|s| s.blk_write_bytes)),
+        Some(d(|s| s.net_tx_bytes)),
+        Some(d(|s| s.net_rx_bytes)),
+        now.syscalls.is_some().then_some(calls),
+    ]
 }
 
 impl Sampler {
@@ -130,7 +134,13 @@ impl Sampler {
         let mut stats = Vec::with_capacity(pids.len());
         let mut ticks_now = HashMap::with_capacity(pids.len());
         let (mut cpu_total, mut rss_total, mut threads_total) = (0.0, 0u64, 0u32);
-        let mut tree_delta = self.kernel.as_ref().map(|_| SampleDelta::default());
+        // The tree's window counters: zero, not unknown, in eBPF mode; the syscall
+        // count is known once a process reports one.
+        let mut tree_delta = self.kernel.as_ref().map(|_| {
+            let mut w = [Some(0); WINDOW_COUNTERS.len()];
+            w[WINDOW_COUNTERS.len() - 1] = None;
+            w
+        });
         let mut tree_syscalls = BTreeMap::new();
         let mut depth_now = HashMap::with_capacity(pids.len());
         let mono_ns = clock::monotonic_ns();
@@ -171,30 +181,32 @@ impl Sampler {
                 depth_now.insert(pid, now);
                 d
             });
-            if let (Some(total), Some(d)) = (&mut tree_delta, &delta) {
-                total.add(d);
+            let mut proc_sample = ProcSample {
+                pid: Some(pid),
+                cpu_percent: Some(cpu_percent),
+                rss_kb: Some(rss_kb),
+                threads: Some(st.threads),
+                ..Default::default()
+            };
+            if let Some(d) = delta {
+                if let Some(total) = &mut tree_delta {
+                    add_window(total, &d);
+                }
+                proc_sample.set_window(d);
             }
-            procs.push(ProcSample {
-                pid,
-                cpu_percent,
-                rss_kb,
-                threads: st.threads,
-                delta,
-            });
+            procs.push(proc_sample);
             stats.push((pid, st));
         }
         self.prev_ticks = ticks_now;
         self.prev_ts_ns = now_ns;
         self.prev_depth = depth_now;
-        let sample = Sample {
-            kind: "sample",
-            ts_boot_ns: now_ns,
-            window_ms: round2(window_ns as f64 / 1e6),
-            process_count: procs.len() as u32,
-            thread_count: threads_total,
-            cpu_percent: round2(cpu_total),
-            rss_kb: rss_total,
-            delta: tree_delta,
+        let mut sample = Sample {
+            ts_boot_ns: Some(now_ns),
+            window_ms: Some(round2(window_ns as f64 / 1e6)),
+            process_count: Some(procs.len() as u32),
+            thread_count: Some(threads_total),
+            cpu_percent: Some(round2(cpu_total)),
+            rss_kb: Some(rss_total),
             syscalls: self
                 .kernel
                 .as_ref()
@@ -206,7 +218,11 @@ impl Sampler {
                         .collect()
                 }),
             procs,
+            ..Default::default()
         };
+        if let Some(w) = tree_delta {
+            sample.set_window(w);
+        }
         (sample, stats)
     }
 }
@@ -236,9 +252,9 @@ mod tests {
         let mut s = Sampler::new(0, None);
         let me = std::process::id();
         let (sample, raw) = s.sample(&[me, u32::MAX - 1], clock::boottime_ns());
-        assert_eq!(sample.process_count, 1);
+        assert_eq!(sample.process_count, Some(1));
         assert_eq!(raw.len(), 1);
-        assert!(sample.rss_kb > 0);
-        assert!(sample.thread_count >= 1);
+        assert!(sample.rss_kb > Some(0));
+        assert!(sample.thread_count >= Some(1));
     }
 }

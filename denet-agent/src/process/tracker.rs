@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 
+use super::decode_wait_status;
 use crate::{
     kernel::{counters::ProcDepth, syscall_names::syscall_name},
-    trace::format::{decode_wait_status, DepthFields, Process},
+    trace::Process,
 };
 use denet_common::{
     ExecEvent, ExitEvent, ForkEvent, OomKillEvent, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE,
@@ -245,14 +246,13 @@ impl ProcessInfo {
             _ => None,
         };
         let (user, sys) = s.cpu_user_sys_ns();
-        Process {
-            kind: "process",
-            pid: p.pid,
+        let mut rec = Process {
+            pid: Some(p.pid),
             ppid: p.ppid,
             argv: p.argv.clone(),
             argv_truncated: p.argv_truncated,
             exe: p.exe.clone(),
-            execs: p.execs,
+            execs: Some(p.execs),
             start_boot_ns: p.start_boot_ns,
             end_boot_ns: p.end_boot_ns,
             wall_ns,
@@ -276,42 +276,44 @@ impl ProcessInfo {
             vol_ctxt: v(s.vol_ctxt),
             inv_ctxt: v(s.inv_ctxt),
             threads: v(u64::from(s.threads)).map(|t| t as u32),
-            depth: p.depth.as_ref().map(depth_fields),
-            source: if exact { "ebpf" } else { "missing" },
+            source: Some(if exact { "ebpf" } else { "missing" }.into()),
+            ..Default::default()
+        };
+        if let Some(d) = &p.depth {
+            set_depth_fields(&mut rec, d);
         }
+        rec
     }
 }
 
 /// A histogram without its trailing empty buckets.
-fn trim_hist(h: &[u32]) -> Vec<u32> {
+fn trim_hist(h: &[u32]) -> Vec<u64> {
     let end = h.iter().rposition(|c| *c > 0).map_or(0, |i| i + 1);
-    h[..end].to_vec()
+    h[..end].iter().map(|&c| u64::from(c)).collect()
 }
 
 /// The depth fields of a process record from its kernel counters.
-fn depth_fields(d: &ProcDepth) -> DepthFields {
+fn set_depth_fields(rec: &mut Process, d: &ProcDepth) {
     let s = &d.stats;
-    DepthFields {
-        oncpu_ns: s.oncpu_ns,
-        cpu_wait_ns: s.cpu_wait_ns,
-        io_wait_ns: s.io_wait_ns,
-        sleep_ns: s.sleep_ns,
-        runq_waits: s.runq_waits,
-        runq_delay_hist_log2_us: trim_hist(&s.runq_hist),
-        blk_read_bytes: s.blk_read_bytes,
-        blk_write_bytes: s.blk_write_bytes,
-        blk_read_ops: s.blk_read_ops,
-        blk_write_ops: s.blk_write_ops,
-        blk_latency_hist_log2_us: trim_hist(&s.blk_lat_hist),
-        net_tx_bytes: s.net_tx_bytes,
-        net_rx_bytes: s.net_rx_bytes,
-        syscalls: d.syscalls.as_ref().map(|calls| {
-            calls
-                .iter()
-                .map(|(nr, c)| (syscall_name(usize::from(*nr)).into_owned(), *c))
-                .collect()
-        }),
-    }
+    rec.oncpu_ns = Some(s.oncpu_ns);
+    rec.cpu_wait_ns = Some(s.cpu_wait_ns);
+    rec.io_wait_ns = Some(s.io_wait_ns);
+    rec.sleep_ns = Some(s.sleep_ns);
+    rec.runq_waits = Some(s.runq_waits);
+    rec.runq_delay_hist_log2_us = Some(trim_hist(&s.runq_hist));
+    rec.blk_read_bytes = Some(s.blk_read_bytes);
+    rec.blk_write_bytes = Some(s.blk_write_bytes);
+    rec.blk_read_ops = Some(s.blk_read_ops);
+    rec.blk_write_ops = Some(s.blk_write_ops);
+    rec.blk_latency_hist_log2_us = Some(trim_hist(&s.blk_lat_hist));
+    rec.net_tx_bytes = Some(s.net_tx_bytes);
+    rec.net_rx_bytes = Some(s.net_rx_bytes);
+    rec.syscalls = d.syscalls.as_ref().map(|calls| {
+        calls
+            .iter()
+            .map(|(nr, c)| (syscall_name(usize::from(*nr)).into_owned(), *c))
+            .collect()
+    });
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub struct Series {
     pub points: Vec<Point>,
     /// Samples merged into each point (1, 2, 4, ...).
     pub per_point: u64,
+    /// Samples not yet making a whole point, merged, and how many.
+    pending: Option<(Point, u64)>,
 }
 
 impl Series {
@@ -30,14 +32,29 @@ impl Series {
         if self.per_point == 0 {
             self.per_point = 1;
         }
-        self.points.push(p);
+        let (acc, n) = match self.pending.take() {
+            Some((acc, n)) => (merge(&acc, &p), n + 1),
+            None => (p, 1),
+        };
+        if n < self.per_point {
+            self.pending = Some((acc, n));
+            return;
+        }
+        self.points.push(acc);
         if self.points.len() >= MAX_POINTS {
             self.points = self
                 .points
                 .chunks(2)
                 .filter_map(|pair| pair.iter().copied().reduce(|a, b| merge(&a, &b)))
                 .collect();
-            self.per_point *= 2;
+            self.per_point = self.per_point.saturating_mul(2);
+        }
+    }
+
+    /// Ends the series: samples that did not fill a whole point become the last one.
+    pub fn finish(&mut self) {
+        if let Some((acc, _)) = self.pending.take() {
+            self.points.push(acc);
         }
     }
 }
@@ -76,7 +93,15 @@ mod tests {
                 processes: 1,
             });
         }
-        assert!(s.points.len() < MAX_POINTS);
+        s.finish();
+        assert!(s.points.len() <= MAX_POINTS);
+        // Every point but the last merges the same number of samples.
+        let merged: f64 = s.points.iter().map(|p| p.window_ms).sum();
+        assert_eq!(merged, 100_000.0);
+        let full = s.per_point as f64;
+        assert!(s.points[..s.points.len() - 1]
+            .iter()
+            .all(|p| p.window_ms == full));
         assert_eq!(s.points.iter().map(|p| p.rss_kb).max(), Some(9999));
         let first = s.points[0];
         assert!((first.cpu_percent - 50.0).abs() < 1e-9);

@@ -392,7 +392,7 @@ impl StatsBuilder {
         let min_start = self.all.first_start_ns;
         let t0 = s
             .as_ref()
-            .and_then(|s| s.start_boot_ns)
+            .map(|s| s.start_boot_ns)
             .or_else(|| match (header.start_estimate_boot_ns(), min_start) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -438,22 +438,21 @@ impl StatsBuilder {
         if let Some(s) = &s {
             totals.exit_code = s.exit_code;
             totals.signal = s.signal;
-            totals.timed_out = s.timed_out;
-            totals.cancelled = s.cancelled;
+            totals.timed_out = Some(s.timed_out);
+            totals.cancelled = Some(s.cancelled);
             totals.error = s.error.clone();
             totals.tracer_error = s.tracer_error.clone();
             totals.memory_peak_bytes = s.memory_peak_bytes;
             totals.memory_limit_bytes = s.memory_limit_bytes;
-            totals.oom_kills = s.oom_kills;
-            totals.wall_ns = s.wall_ns.unwrap_or(totals.wall_ns);
-            totals.cpu_user_ns = s.cpu_user_ns.unwrap_or(totals.cpu_user_ns);
-            totals.cpu_sys_ns = s.cpu_sys_ns.unwrap_or(totals.cpu_sys_ns);
-            totals.peak_tree_rss_kb = s.peak_tree_rss_kb.or(totals.peak_tree_rss_kb);
-            totals.max_process_peak_rss_kb =
-                s.max_process_peak_rss_kb.or(totals.max_process_peak_rss_kb);
-            totals.lost_events = s.lost_events;
-            totals.incomplete_processes = s.incomplete_processes;
-            totals.summary_process_count = s.process_count;
+            totals.oom_kills = Some(s.oom_kills);
+            totals.wall_ns = s.wall_ns;
+            totals.cpu_user_ns = s.cpu_user_ns;
+            totals.cpu_sys_ns = s.cpu_sys_ns;
+            totals.peak_tree_rss_kb = Some(s.peak_tree_rss_kb);
+            totals.max_process_peak_rss_kb = Some(s.max_process_peak_rss_kb);
+            totals.lost_events = Some(s.lost_events);
+            totals.incomplete_processes = Some(s.incomplete_processes);
+            totals.summary_process_count = Some(s.process_count);
         }
         totals.exit = match (&s, totals.exit_code, totals.signal) {
             (None, _, _) => "unknown (no summary)".to_string(),
@@ -527,7 +526,11 @@ impl StatsBuilder {
             syscalls,
             files,
             still_running,
-            series: self.series,
+            series: {
+                let mut series = self.series;
+                series.finish();
+                series
+            },
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The public JSONL format (docs/jsonl-format.md): the records as the agent writes
-//! them (`format`, `writer`) and as they are read back (`records`, `reader`).
+//! The public JSONL format (docs/jsonl-format.md): one type per record kind
+//! (`records`), written by `writer` and read back by `reader`.
 //!
 //! The reader is streaming and forgiving, for `stats`, `export` and `run --report`:
 //! records are read one line at a time, so memory does not grow with the file.
@@ -7,10 +7,12 @@
 //! line (a killed agent) is skipped with a warning; anything else that is not a
 //! trace is an error naming the line.
 
-pub mod format;
 pub mod reader;
 pub mod records;
 pub mod writer;
 
 pub use reader::{TraceError, TraceReader};
-pub use records::{EventRecord, FileRecord, Header, ProcSample, Process, Record, Sample, Summary};
+pub use records::{
+    CgroupHeader, Clock, EventRecord, FileRecord, Header, OomVictim, ProcSample, Process, Record,
+    Sample, Summary,
+};

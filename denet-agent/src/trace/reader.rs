@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::records::{
-    EventRecord, FileRecord, Header, Process, Record, Sample, Summary, SUPPORTED_SCHEMA_VERSION,
+    EventRecord, FileRecord, Header, Kind, Process, Record, Sample, Summary,
+    SUPPORTED_SCHEMA_VERSION,
 };
 
 /// A line longer than this is not a trace line (guards memory against binary input
@@ -92,7 +93,7 @@ impl<R: BufRead> TraceReader<R> {
         let line = r.line;
         let buf = std::mem::take(&mut r.buf);
         let kind = kind_of(&buf).map_err(|e| truncation_aware(e, terminated, "header", line))?;
-        if kind.as_deref() != Some("header") {
+        if kind.as_deref() != Some(Header::KIND) {
             return Err(TraceError::Invalid {
                 line,
                 reason: format!(
@@ -184,8 +185,8 @@ impl<R: BufRead> TraceReader<R> {
             );
         }
         let rec = match kind.as_str() {
-            "process" => {
-                let p: Process = self.parse_typed(buf, "process")?;
+            Process::KIND => {
+                let p: Process = self.parse_typed(buf, Process::KIND)?;
                 if p.pid.is_none() {
                     return Err(TraceError::Invalid {
                         line,
@@ -194,8 +195,8 @@ impl<R: BufRead> TraceReader<R> {
                 }
                 Record::Process(Box::new(p))
             }
-            "sample" => {
-                let s: Sample = self.parse_typed(buf, "sample")?;
+            Sample::KIND => {
+                let s: Sample = self.parse_typed(buf, Sample::KIND)?;
                 if s.ts_boot_ns.is_none() {
                     return Err(TraceError::Invalid {
                         line,
@@ -204,13 +205,15 @@ impl<R: BufRead> TraceReader<R> {
                 }
                 Record::Sample(s)
             }
-            "summary" => {
+            Summary::KIND => {
                 self.summary_seen = true;
-                Record::Summary(Box::new(self.parse_typed::<Summary>(buf, "summary")?))
+                Record::Summary(Box::new(self.parse_typed::<Summary>(buf, Summary::KIND)?))
             }
-            "file" => Record::File(self.parse_typed::<FileRecord>(buf, "file")?),
-            "event" => Record::Event(self.parse_typed::<EventRecord>(buf, "event")?),
-            "header" => {
+            FileRecord::KIND => Record::File(self.parse_typed::<FileRecord>(buf, FileRecord::KIND)?),
+            EventRecord::KIND => {
+                Record::Event(self.parse_typed::<EventRecord>(buf, EventRecord::KIND)?)
+            }
+            Header::KIND => {
                 return Err(TraceError::Invalid {
                     line,
                     reason: "a second header: this file holds more than one trace (concatenated?); split it before this line".into(),
@@ -415,7 +418,7 @@ pub fn summary_at_end(path: &Path) -> Option<Summary> {
     f.read_to_end(&mut buf).ok()?;
     let last = buf.split(|&b| b == b'\n').rev().find(|l| !is_blank(l))?;
     let text = std::str::from_utf8(last).ok()?;
-    if line_kind(text)? != "summary" {
+    if line_kind(text)? != Summary::KIND {
         return None;
     }
     serde_json::from_str(text).ok()
@@ -424,5 +427,5 @@ pub fn summary_at_end(path: &Path) -> Option<Summary> {
 /// The exact run start (`summary.start_boot_ns`) read from the end of a trace file
 /// without reading the rest, so streaming exports can give times relative to it.
 pub fn peek_run_start(path: &Path) -> Option<u64> {
-    summary_at_end(path)?.start_boot_ns
+    Some(summary_at_end(path)?.start_boot_ns)
 }
