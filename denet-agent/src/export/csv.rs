@@ -14,52 +14,36 @@ use std::{
 
 use super::{at, create, ExportError};
 use crate::report::command;
+use crate::trace::{
+    metrics::{Metric, Source, Unit, M, METRICS},
+    records::WINDOW_COUNTERS,
+};
 use crate::trace::{EventRecord, FileRecord, Header, Process, Record, Summary, TraceReader};
 
-pub const PROCESS_COLUMNS: &[&str] = &[
-    "pid",
-    "ppid",
-    "command",
-    "argv",
-    "exe",
-    "execs",
-    "start_s",
-    "end_s",
-    "wall_s",
-    "cpu_user_s",
-    "cpu_sys_s",
-    "cpu_percent",
-    "peak_rss_kib",
-    "peak_vm_kib",
-    "rchar_bytes",
-    "wchar_bytes",
-    "syscr_count",
-    "syscw_count",
-    "read_bytes",
-    "write_bytes",
-    "cancelled_write_bytes",
-    "minflt_count",
-    "majflt_count",
-    "vol_ctxt_count",
-    "inv_ctxt_count",
-    "threads_count",
-    "exit_code",
-    "signal",
-    "core_dumped",
-    "source",
-    "oncpu_s",
-    "cpu_wait_s",
-    "io_wait_s",
-    "sleep_s",
-    "blk_read_bytes",
-    "blk_write_bytes",
-    "net_tx_bytes",
-    "net_rx_bytes",
-    "syscalls_count",
-    "runq_waits_count",
-    "blk_read_ops_count",
-    "blk_write_ops_count",
-];
+/// The process table's columns: who and when, the exit counters of
+/// `trace::metrics` (with the CPU percentage after the CPU times), how it ended,
+/// then the eBPF counters.
+pub fn process_columns() -> Vec<String> {
+    let mut cols: Vec<String> = [
+        "pid", "ppid", "command", "argv", "exe", "execs", "start_s", "end_s", "wall_s",
+    ]
+    .map(String::from)
+    .to_vec();
+    for m in METRICS.iter().filter(|m| m.source == Source::Exit) {
+        cols.push(m.column());
+        if m.id == M::CpuSysNs {
+            cols.push("cpu_percent".into());
+        }
+    }
+    cols.extend(["exit_code", "signal", "core_dumped", "source"].map(String::from));
+    cols.extend(
+        METRICS
+            .iter()
+            .filter(|m| m.source == Source::Depth)
+            .map(Metric::column),
+    );
+    cols
+}
 
 pub const FILE_COLUMNS: &[&str] = &[
     "pid",
@@ -106,18 +90,21 @@ fn event_cells(e: &EventRecord, t0: u64) -> Vec<String> {
     ]
 }
 
-/// Window counters of samples (eBPF mode), in both sample tables.
-pub const WINDOW_COLUMNS: &[&str] = &[
-    "oncpu_s",
-    "cpu_wait_s",
-    "io_wait_s",
-    "sleep_s",
-    "blk_read_bytes",
-    "blk_write_bytes",
-    "net_tx_bytes",
-    "net_rx_bytes",
-    "syscalls_count",
-];
+/// Window counters of samples (eBPF mode), in both sample tables: the record's
+/// `WINDOW_COUNTERS`, times in seconds.
+fn window_columns() -> Vec<&'static str> {
+    WINDOW_COUNTERS
+        .iter()
+        .map(|f| match *f {
+            "syscall_count" => "syscalls_count",
+            "oncpu_ns" => "oncpu_s",
+            "cpu_wait_ns" => "cpu_wait_s",
+            "io_wait_ns" => "io_wait_s",
+            "sleep_ns" => "sleep_s",
+            other => other,
+        })
+        .collect()
+}
 
 fn file_cells(f: &FileRecord, t0: u64) -> Vec<String> {
     vec![
@@ -140,29 +127,12 @@ fn file_cells(f: &FileRecord, t0: u64) -> Vec<String> {
     ]
 }
 
-#[allow(clippy::too_many_arguments)]
-fn window_cells(
-    oncpu: Option<u64>,
-    cpu_wait: Option<u64>,
-    io_wait: Option<u64>,
-    sleep: Option<u64>,
-    blk_r: Option<u64>,
-    blk_w: Option<u64>,
-    tx: Option<u64>,
-    rx: Option<u64>,
-    syscalls: Option<u64>,
-) -> Vec<String> {
-    vec![
-        ns_s(oncpu),
-        ns_s(cpu_wait),
-        ns_s(io_wait),
-        ns_s(sleep),
-        u(blk_r),
-        u(blk_w),
-        u(tx),
-        u(rx),
-        u(syscalls),
-    ]
+fn window_cells(w: [Option<u64>; WINDOW_COUNTERS.len()]) -> Vec<String> {
+    WINDOW_COUNTERS
+        .iter()
+        .zip(w)
+        .map(|(f, v)| if f.ends_with("_ns") { ns_s(v) } else { u(v) })
+        .collect()
 }
 
 /// RFC 4180 quoting, only where needed.
@@ -209,8 +179,13 @@ fn header_row(w: &mut dyn Write, cols: &[&str]) -> io::Result<()> {
     writeln!(w, "{}", cols.join(","))
 }
 
+/// One row of the process table, in the order of [`process_columns`].
 fn process_cells(p: &Process, t0: u64) -> Vec<String> {
-    vec![
+    let counter = |m: &Metric| match m.unit {
+        Unit::Ns => ns_s((m.of)(p)),
+        _ => u((m.of)(p)),
+    };
+    let mut cells = vec![
         u(p.pid),
         u(p.ppid),
         command::label(&p.argv, p.exe.as_deref()),
@@ -220,40 +195,26 @@ fn process_cells(p: &Process, t0: u64) -> Vec<String> {
         ts_s(p.start_boot_ns, t0),
         ts_s(p.end_boot_ns, t0),
         ns_s(p.wall()),
-        ns_s(p.cpu_user_ns),
-        ns_s(p.cpu_sys_ns),
-        f3(p.cpu_percent()),
-        u(p.peak_rss_kb),
-        u(p.peak_vm_kb),
-        u(p.rchar),
-        u(p.wchar),
-        u(p.syscr),
-        u(p.syscw),
-        u(p.read_bytes),
-        u(p.write_bytes),
-        u(p.cancelled_write_bytes),
-        u(p.minflt),
-        u(p.majflt),
-        u(p.vol_ctxt),
-        u(p.inv_ctxt),
-        u(p.threads),
+    ];
+    for m in METRICS.iter().filter(|m| m.source == Source::Exit) {
+        cells.push(counter(m));
+        if m.id == M::CpuSysNs {
+            cells.push(f3(p.cpu_percent()));
+        }
+    }
+    cells.extend([
         u(p.exit_code),
         u(p.signal),
         p.core_dumped.to_string(),
         u(p.source.clone()),
-        ns_s(p.oncpu_ns),
-        ns_s(p.cpu_wait_ns),
-        ns_s(p.io_wait_ns),
-        ns_s(p.sleep_ns),
-        u(p.blk_read_bytes),
-        u(p.blk_write_bytes),
-        u(p.net_tx_bytes),
-        u(p.net_rx_bytes),
-        u(p.syscalls.as_ref().map(|s| s.values().sum::<u64>())),
-        u(p.runq_waits),
-        u(p.blk_read_ops),
-        u(p.blk_write_ops),
-    ]
+    ]);
+    cells.extend(
+        METRICS
+            .iter()
+            .filter(|m| m.source == Source::Depth)
+            .map(counter),
+    );
+    cells
 }
 
 fn run_row(
@@ -334,7 +295,12 @@ pub fn export<R: io::BufRead>(
     let mut files = create(fp)?;
     let mut syscalls = create(cp)?;
     let mut events = create(ep)?;
-    header_row(&mut procs, PROCESS_COLUMNS).map_err(at(pp))?;
+    let cols = process_columns();
+    header_row(
+        &mut procs,
+        &cols.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .map_err(at(pp))?;
     header_row(&mut events, EVENT_COLUMNS).map_err(at(ep))?;
     let sample_cols = [
         &[
@@ -345,7 +311,7 @@ pub fn export<R: io::BufRead>(
             "rss_kib",
             "threads_count",
         ][..],
-        WINDOW_COLUMNS,
+        &window_columns(),
     ]
     .concat();
     header_row(&mut samples, &sample_cols).map_err(at(sp))?;
@@ -359,7 +325,7 @@ pub fn export<R: io::BufRead>(
             "cpu_percent",
             "rss_kib",
         ][..],
-        WINDOW_COLUMNS,
+        &window_columns(),
     ]
     .concat();
     header_row(&mut totals, &total_cols).map_err(at(tp))?;
@@ -392,17 +358,7 @@ pub fn export<R: io::BufRead>(
                     f3(s.cpu_percent),
                     u(s.rss_kb),
                 ];
-                cells.extend(window_cells(
-                    s.oncpu_ns,
-                    s.cpu_wait_ns,
-                    s.io_wait_ns,
-                    s.sleep_ns,
-                    s.blk_read_bytes,
-                    s.blk_write_bytes,
-                    s.net_tx_bytes,
-                    s.net_rx_bytes,
-                    s.syscall_count,
-                ));
+                cells.extend(window_cells(s.window()));
                 row(&mut totals, &cells).map_err(at(tp))?;
                 for p in &s.procs {
                     let mut cells = vec![
@@ -413,17 +369,7 @@ pub fn export<R: io::BufRead>(
                         u(p.rss_kb),
                         u(p.threads),
                     ];
-                    cells.extend(window_cells(
-                        p.oncpu_ns,
-                        p.cpu_wait_ns,
-                        p.io_wait_ns,
-                        p.sleep_ns,
-                        p.blk_read_bytes,
-                        p.blk_write_bytes,
-                        p.net_tx_bytes,
-                        p.net_rx_bytes,
-                        p.syscall_count,
-                    ));
+                    cells.extend(window_cells(p.window()));
                     row(&mut samples, &cells).map_err(at(sp))?;
                 }
             }

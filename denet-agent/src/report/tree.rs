@@ -12,7 +12,10 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::command;
-use crate::trace::{Header, Process};
+use crate::trace::{
+    metrics::{Counters, M},
+    Header, Process,
+};
 
 /// Distinct command lines of one program under one parent shown separately.
 pub const FOLD_AFTER: usize = 8;
@@ -37,8 +40,8 @@ fn min(a: &mut Option<u64>, b: Option<u64>) {
     }
 }
 
-/// Metrics of one process or the sum (max for peaks) over a group. `None`: no member
-/// reported the value.
+/// Metrics of one process or combined over a group (sums, maxima for peaks; see
+/// `trace::metrics`). `None`: no member reported the value.
 #[derive(Debug, Clone, Default)]
 pub struct Agg {
     pub count: u64,
@@ -46,34 +49,13 @@ pub struct Agg {
     pub last_end_ns: Option<u64>,
     pub wall_ns: Option<u64>,
     pub wall_max_ns: Option<u64>,
-    pub cpu_user_ns: Option<u64>,
-    pub cpu_sys_ns: Option<u64>,
-    pub peak_rss_kb: Option<u64>,
-    pub peak_vm_kb: Option<u64>,
-    pub rchar: Option<u64>,
-    pub wchar: Option<u64>,
-    pub syscr: Option<u64>,
-    pub syscw: Option<u64>,
-    pub read_bytes: Option<u64>,
-    pub write_bytes: Option<u64>,
-    pub minflt: Option<u64>,
-    pub majflt: Option<u64>,
-    pub vol_ctxt: Option<u64>,
-    pub inv_ctxt: Option<u64>,
     /// Members that exited with a non-zero code.
     pub failed: u64,
     /// Members killed by a signal.
     pub killed: u64,
     /// Members whose exit was not seen (`source: "missing"`).
     pub missing: u64,
-    pub oncpu_ns: Option<u64>,
-    pub cpu_wait_ns: Option<u64>,
-    pub io_wait_ns: Option<u64>,
-    pub sleep_ns: Option<u64>,
-    pub blk_read_bytes: Option<u64>,
-    pub blk_write_bytes: Option<u64>,
-    pub net_tx_bytes: Option<u64>,
-    pub net_rx_bytes: Option<u64>,
+    pub counters: Counters,
 }
 
 impl Agg {
@@ -83,26 +65,16 @@ impl Agg {
         a
     }
 
+    pub fn get(&self, m: M) -> Option<u64> {
+        self.counters.get(m)
+    }
+
     pub fn add_process(&mut self, p: &Process) {
         self.count += 1;
         min(&mut self.first_start_ns, p.start_boot_ns);
         max(&mut self.last_end_ns, p.end_boot_ns);
         add(&mut self.wall_ns, p.wall());
         max(&mut self.wall_max_ns, p.wall());
-        add(&mut self.cpu_user_ns, p.cpu_user_ns);
-        add(&mut self.cpu_sys_ns, p.cpu_sys_ns);
-        max(&mut self.peak_rss_kb, p.peak_rss_kb);
-        max(&mut self.peak_vm_kb, p.peak_vm_kb);
-        add(&mut self.rchar, p.rchar);
-        add(&mut self.wchar, p.wchar);
-        add(&mut self.syscr, p.syscr);
-        add(&mut self.syscw, p.syscw);
-        add(&mut self.read_bytes, p.read_bytes);
-        add(&mut self.write_bytes, p.write_bytes);
-        add(&mut self.minflt, p.minflt);
-        add(&mut self.majflt, p.majflt);
-        add(&mut self.vol_ctxt, p.vol_ctxt);
-        add(&mut self.inv_ctxt, p.inv_ctxt);
         if p.signal.is_some() {
             self.killed += 1;
         } else if p.exit_code.is_some_and(|c| c != 0) {
@@ -111,14 +83,7 @@ impl Agg {
         if p.source.as_deref() == Some("missing") {
             self.missing += 1;
         }
-        add(&mut self.oncpu_ns, p.oncpu_ns);
-        add(&mut self.cpu_wait_ns, p.cpu_wait_ns);
-        add(&mut self.io_wait_ns, p.io_wait_ns);
-        add(&mut self.sleep_ns, p.sleep_ns);
-        add(&mut self.blk_read_bytes, p.blk_read_bytes);
-        add(&mut self.blk_write_bytes, p.blk_write_bytes);
-        add(&mut self.net_tx_bytes, p.net_tx_bytes);
-        add(&mut self.net_rx_bytes, p.net_rx_bytes);
+        self.counters.add_process(p);
     }
 
     pub fn merge(&mut self, o: &Agg) {
@@ -127,35 +92,14 @@ impl Agg {
         max(&mut self.last_end_ns, o.last_end_ns);
         add(&mut self.wall_ns, o.wall_ns);
         max(&mut self.wall_max_ns, o.wall_max_ns);
-        add(&mut self.cpu_user_ns, o.cpu_user_ns);
-        add(&mut self.cpu_sys_ns, o.cpu_sys_ns);
-        max(&mut self.peak_rss_kb, o.peak_rss_kb);
-        max(&mut self.peak_vm_kb, o.peak_vm_kb);
-        add(&mut self.rchar, o.rchar);
-        add(&mut self.wchar, o.wchar);
-        add(&mut self.syscr, o.syscr);
-        add(&mut self.syscw, o.syscw);
-        add(&mut self.read_bytes, o.read_bytes);
-        add(&mut self.write_bytes, o.write_bytes);
-        add(&mut self.minflt, o.minflt);
-        add(&mut self.majflt, o.majflt);
-        add(&mut self.vol_ctxt, o.vol_ctxt);
-        add(&mut self.inv_ctxt, o.inv_ctxt);
         self.failed += o.failed;
         self.killed += o.killed;
         self.missing += o.missing;
-        add(&mut self.oncpu_ns, o.oncpu_ns);
-        add(&mut self.cpu_wait_ns, o.cpu_wait_ns);
-        add(&mut self.io_wait_ns, o.io_wait_ns);
-        add(&mut self.sleep_ns, o.sleep_ns);
-        add(&mut self.blk_read_bytes, o.blk_read_bytes);
-        add(&mut self.blk_write_bytes, o.blk_write_bytes);
-        add(&mut self.net_tx_bytes, o.net_tx_bytes);
-        add(&mut self.net_rx_bytes, o.net_rx_bytes);
+        self.counters.merge(&o.counters);
     }
 
     pub fn cpu_ns(&self) -> Option<u64> {
-        match (self.cpu_user_ns, self.cpu_sys_ns) {
+        match (self.get(M::CpuUserNs), self.get(M::CpuSysNs)) {
             (None, None) => None,
             (u, s) => Some(u.unwrap_or(0) + s.unwrap_or(0)),
         }
@@ -479,7 +423,7 @@ mod tests {
         let t100 = &sh.children[1];
         assert_eq!((t100.label.as_str(), t100.agg.count), ("true", 100));
         assert_eq!(t100.agg.cpu_ns(), Some(1500));
-        assert_eq!(t100.agg.peak_rss_kb, Some(103));
+        assert_eq!(t100.agg.get(M::PeakRssKb), Some(103));
         assert_eq!(t100.pid, Some(4));
         let orphan = &roots[1];
         assert!(orphan.placeholder);

@@ -7,6 +7,7 @@
 //! line (a killed agent) is skipped with a warning; anything else that is not a
 //! trace is an error naming the line.
 
+pub mod metrics;
 pub mod reader;
 pub mod records;
 pub mod writer;

@@ -383,7 +383,10 @@ window_counters! {
 
 /// Adds window counters (a process's to the tree's): a counter stays unknown until
 /// some process reports it.
-pub fn add_window(total: &mut [Option<u64>; WINDOW_COUNTERS.len()], w: &[Option<u64>; 9]) {
+pub fn add_window(
+    total: &mut [Option<u64>; WINDOW_COUNTERS.len()],
+    w: &[Option<u64>; WINDOW_COUNTERS.len()],
+) {
     for (t, v) in total.iter_mut().zip(w) {
         if let Some(v) = v {
             *t = Some(t.unwrap_or(0).saturating_add(*v));
