@@ -25,6 +25,7 @@ fn run() -> Result<(), String> {
     for path in [
         "denet-ebpf/src",
         "denet-ebpf/Cargo.toml",
+        "Cargo.lock",
         "denet-common/src",
         "denet-ebpf-build/src",
     ] {

@@ -112,7 +112,14 @@ pub fn build(ebpf_dir: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     check_llvm_match()?;
     let status = command("cargo")
         .current_dir(ebpf_dir)
-        .args(["build", "--locked", "--release", "--target", EBPF_TARGET])
+        .args([
+            "build",
+            "--locked",
+            "--profile",
+            "ebpf",
+            "--target",
+            EBPF_TARGET,
+        ])
         .args(["-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(target_dir)
@@ -121,7 +128,7 @@ pub fn build(ebpf_dir: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     if !status.success() {
         return Err(format!("eBPF build failed ({status}); {FIX_HINT}"));
     }
-    let object = target_dir.join(EBPF_TARGET).join("release").join("denet");
+    let object = target_dir.join(EBPF_TARGET).join("ebpf").join("denet");
     if !object.is_file() {
         return Err(format!(
             "eBPF build produced no object at {}",

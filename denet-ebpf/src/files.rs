@@ -161,8 +161,8 @@ pub(crate) fn emit_path(
         len
     };
     let size = core::mem::offset_of!(FileOpenEvent, path) + len as usize + 1;
-    let size = size & (core::mem::size_of::<FileOpenEvent>().next_power_of_two() - 1);
-    if size > core::mem::size_of::<FileOpenEvent>() {
+    let size = size & (size_of::<FileOpenEvent>().next_power_of_two() - 1);
+    if size > size_of::<FileOpenEvent>() {
         bump(counter::READ_ERRORS);
         return;
     }

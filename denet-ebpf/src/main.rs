@@ -360,8 +360,8 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     // Send the fixed part plus the argv bytes actually used.
     let size = core::mem::offset_of!(ExecEvent, argv) + len as usize;
     // A power-of-two mask the verifier can track, then the exact bound.
-    let size = size & (core::mem::size_of::<ExecEvent>().next_power_of_two() - 1);
-    if size > core::mem::size_of::<ExecEvent>() {
+    let size = size & (size_of::<ExecEvent>().next_power_of_two() - 1);
+    if size > size_of::<ExecEvent>() {
         bump(counter::READ_ERRORS);
         return 0;
     }
