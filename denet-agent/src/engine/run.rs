@@ -440,11 +440,10 @@ fn start_failed(
     let now = clock::boottime_ns();
     let summary = Summary {
         exit_code: Some(e.exit_status()),
-        start_boot_ns: fork_ns,
         end_boot_ns: now,
         wall_ns: now.saturating_sub(fork_ns),
         error: Some(e.to_string()),
-        ..Default::default()
+        ..Summary::started_at(fork_ns)
     };
     let mut summary = summary;
     record_self_usage(&mut summary);
@@ -573,10 +572,7 @@ impl RunState {
             out,
             sampler: Sampler::new(start_ns, live_counters),
             interval: AdaptiveInterval::new(config.interval_ms, config.max_interval_ms),
-            summary: Summary {
-                start_boot_ns: start_ns,
-                ..Default::default()
-            },
+            summary: Summary::started_at(start_ns),
             root_status: None,
             no_children: false,
             kill_stage: KillStage::None,
@@ -645,7 +641,7 @@ impl RunState {
                 if self.kill_stage != KillStage::None {
                     return; // already stopping
                 }
-                self.summary.cancelled = true;
+                self.summary.cancelled = Some(true);
                 if let Some(grace) = grace {
                     self.grace = grace;
                 }
@@ -705,7 +701,7 @@ impl RunState {
         for info in &msg.finished {
             self.live.remove(&info.pid);
             if let Some(rss_kb) = info.oom_rss_kb {
-                self.summary.oom_kills += 1;
+                *self.summary.oom_kills.get_or_insert(0) += 1;
                 self.summary.oom_victims.push(OomVictim {
                     pid: info.pid,
                     argv: info.argv.clone(),
@@ -824,7 +820,7 @@ impl RunState {
         s.cgroup_cpu_ns = u.cpu_ns;
         s.cgroup_blk_read_bytes = u.blk_read_bytes;
         s.cgroup_blk_write_bytes = u.blk_write_bytes;
-        if s.oom_kills > 0 {
+        if s.oom_kills.unwrap_or(0) > 0 {
             s.oom_scope = Some(if u.oom_kills.unwrap_or(0) > 0 {
                 "run_limit".into()
             } else {

@@ -439,12 +439,12 @@ impl StatsBuilder {
             totals.exit_code = s.exit_code;
             totals.signal = s.signal;
             totals.timed_out = Some(s.timed_out);
-            totals.cancelled = Some(s.cancelled);
+            totals.cancelled = s.cancelled;
             totals.error = s.error.clone();
             totals.tracer_error = s.tracer_error.clone();
             totals.memory_peak_bytes = s.memory_peak_bytes;
             totals.memory_limit_bytes = s.memory_limit_bytes;
-            totals.oom_kills = Some(s.oom_kills);
+            totals.oom_kills = s.oom_kills;
             totals.wall_ns = s.wall_ns;
             totals.cpu_user_ns = s.cpu_user_ns;
             totals.cpu_sys_ns = s.cpu_sys_ns;

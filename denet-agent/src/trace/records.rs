@@ -124,6 +124,19 @@ pub struct Header {
     pub cgroup_unavailable_reason: Option<String>,
 }
 
+impl Summary {
+    /// The summary of a run that started at `start_boot_ns`, before anything
+    /// happened: the fields every trace of this agent carries are known.
+    pub fn started_at(start_boot_ns: u64) -> Self {
+        Summary {
+            start_boot_ns,
+            cancelled: Some(false),
+            oom_kills: Some(0),
+            ..Default::default()
+        }
+    }
+}
+
 impl Header {
     /// Best estimate of when the command was forked, from the header alone (the
     /// clock anchor is read just after the release): used by streaming exports, which
@@ -395,15 +408,17 @@ pub fn add_window(
 }
 
 /// The last record of a complete trace. The counters the agent always writes are
-/// plain numbers (read as 0 when absent); the ones it may not know are `Option`s.
+/// plain numbers (read as 0 when absent); the ones it may not know, or that older
+/// agents did not write, are `Option`s.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Summary {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub timed_out: bool,
-    /// Stopped on request (`denet-agent jobs stop`, or the service shutting down).
-    pub cancelled: bool,
+    /// Stopped on request (`denet-agent jobs stop`, or the service shutting down);
+    /// absent (None) in traces of agents that predate it, like `oom_kills`.
+    pub cancelled: Option<bool>,
     pub start_boot_ns: u64,
     pub end_boot_ns: u64,
     pub wall_ns: u64,
@@ -439,7 +454,7 @@ pub struct Summary {
     /// happened. Processes that ended after it are sampled from /proc.
     pub tracer_error: Option<String>,
     /// Processes of the run the OOM killer chose (from the kernel's `mark_victim`).
-    pub oom_kills: u64,
+    pub oom_kills: Option<u64>,
     pub oom_victims: Vec<OomVictim>,
     /// Whose memory ran out when there were OOM kills: "run_limit" (the run's own
     /// cgroup limit: its cgroup counted the kills) or "machine"; null without kills.
@@ -674,7 +689,7 @@ mod tests {
         sample.set_window(window(99_500_000, 12));
         let summary = Summary {
             exit_code: Some(2),
-            start_boot_ns: 5_000_000_000,
+            cancelled: Some(false),
             end_boot_ns: 5_004_000_000,
             wall_ns: 4_000_000,
             cpu_user_ns: 1_500_000,
@@ -686,7 +701,7 @@ mod tests {
             agent_cpu_user_ns: 2_000_000,
             agent_cpu_sys_ns: 1_000_000,
             agent_peak_rss_kb: 9000,
-            oom_kills: 1,
+            oom_kills: Some(1),
             oom_victims: vec![OomVictim {
                 pid: 103,
                 argv: vec!["/bin/true".into()],
@@ -700,7 +715,7 @@ mod tests {
             cgroup_cpu_ns: Some(1_600_000),
             cgroup_blk_read_bytes: Some(4096),
             cgroup_blk_write_bytes: Some(0),
-            ..Default::default()
+            ..Summary::started_at(5_000_000_000)
         };
         let dir = std::env::temp_dir().join(format!("denet-golden-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -788,7 +803,7 @@ mod tests {
                 }
                 Record::Summary(s) => {
                     assert_eq!(s.exit_code, Some(2));
-                    assert_eq!(s.oom_kills, 1);
+                    assert_eq!(s.oom_kills, Some(1));
                     assert_eq!(s.oom_victims[0].pid, 103);
                     assert_eq!(s.oom_scope.as_deref(), Some("run_limit"));
                     assert_eq!(s.memory_peak_percent, Some(50.0));
