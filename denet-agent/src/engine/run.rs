@@ -321,7 +321,7 @@ fn header(config: &RunConfig, kernel: &Kernel, pid: Option<u32>, hold_ns: Option
         ebpf: Some(kernel.tracer.is_some()),
         tracer: kernel.tracer.as_ref().map(|t| t.name().into()),
         ebpf_unavailable_reason: kernel.unavailable.clone(),
-        syscalls: Some(kernel.tracer.is_some() && kernel.syscalls),
+        syscalls_counted: Some(kernel.tracer.is_some() && kernel.syscalls),
         files: Some(kernel.tracer.is_some() && kernel.files),
         events: Some(kernel.tracer.is_some() && kernel.events),
         interval_ms: Some(config.interval_ms),

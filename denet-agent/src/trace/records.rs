@@ -15,8 +15,13 @@ use std::{borrow::Cow, collections::BTreeMap};
 
 use serde::{Deserialize, Serialize, Serializer};
 
-/// Bumped when a field changes meaning or is removed; adding fields does not bump it.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Bumped when a field changes meaning or shape, or is removed; adding fields does
+/// not bump it. 2: the sample's `interval_ms` became `window_ms`. 3: syscall counts
+/// are lists of `{"name", "count"}` (they were objects keyed by name, whose varying
+/// keys columnar readers cannot load), and the header's `syscalls` flag became
+/// `syscalls_counted` (one name, one type in every record kind). The reader reads
+/// all three.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The newest `schema_version` the reader understands.
 pub const SUPPORTED_SCHEMA_VERSION: u64 = SCHEMA_VERSION as u64;
@@ -109,7 +114,9 @@ pub struct Header {
     /// Why eBPF is off, when it is.
     pub ebpf_unavailable_reason: Option<String>,
     /// Per-process syscall counts are collected (eBPF mode with `--syscalls`).
-    pub syscalls: Option<bool>,
+    /// Named `syscalls` before schema 3, the name of the records' syscall lists.
+    #[serde(alias = "syscalls")]
+    pub syscalls_counted: Option<bool>,
     /// `file` records are written (eBPF mode with `--files`).
     pub files: Option<bool>,
     /// Raw `event` records are written (`--events`).
@@ -235,7 +242,7 @@ pub struct Process {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub net_rx_bytes: Option<u64>,
     /// Syscall name -> count; only with `--syscalls`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "syscall_counts", skip_serializing_if = "Option::is_none")]
     pub syscalls: Option<BTreeMap<String, u64>>,
     /// "ebpf" (exact, read at exit), "proc" (last /proc sample), or "missing" (the
     /// exit was not seen: events were lost).
@@ -388,7 +395,7 @@ window_counters! {
     }
     then {
         /// Syscall name -> calls by the tree in the window (eBPF mode with `--syscalls`).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(with = "syscall_counts", skip_serializing_if = "Option::is_none")]
         pub syscalls: Option<BTreeMap<String, u64>>,
         pub procs: Vec<ProcSample>,
     }
@@ -404,6 +411,61 @@ pub fn add_window(
         if let Some(v) = v {
             *t = Some(t.unwrap_or(0).saturating_add(*v));
         }
+    }
+}
+
+/// Syscall counts as written since schema 3: `[{"name": "read", "count": 8}, ...]`,
+/// by name; read also in the object form of older schemas (`{"read": 8}`).
+mod syscall_counts {
+    use std::collections::BTreeMap;
+
+    use serde::{ser::SerializeSeq, Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct NameCount<'a> {
+        #[serde(borrow)]
+        name: std::borrow::Cow<'a, str>,
+        count: u64,
+    }
+
+    pub fn serialize<S: Serializer>(
+        v: &Option<BTreeMap<String, u64>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let Some(map) = v else {
+            return s.serialize_none();
+        };
+        let mut seq = s.serialize_seq(Some(map.len()))?;
+        for (name, &count) in map {
+            seq.serialize_element(&NameCount {
+                name: name.as_str().into(),
+                count,
+            })?;
+        }
+        seq.end()
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Shape {
+        List(Vec<Entry>),
+        Map(BTreeMap<String, u64>),
+    }
+
+    #[derive(Deserialize)]
+    struct Entry {
+        name: String,
+        count: u64,
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<BTreeMap<String, u64>>, D::Error> {
+        Ok(match Option::<Shape>::deserialize(d)? {
+            None => None,
+            Some(Shape::Map(m)) => Some(m),
+            Some(Shape::List(l)) => Some(l.into_iter().map(|e| (e.name, e.count)).collect()),
+        })
     }
 }
 
@@ -585,7 +647,7 @@ mod tests {
             ebpf: Some(true),
             tracer: Some("own".into()),
             ebpf_unavailable_reason: None,
-            syscalls: Some(true),
+            syscalls_counted: Some(true),
             files: Some(true),
             events: Some(false),
             interval_ms: Some(100),
@@ -773,7 +835,7 @@ mod tests {
         assert_eq!(h.schema_version, Some(SUPPORTED_SCHEMA_VERSION));
         assert_eq!(h.hostname.as_deref(), Some("node1"));
         assert_eq!(h.files, Some(true));
-        assert_eq!(h.syscalls, Some(true));
+        assert_eq!(h.syscalls_counted, Some(true));
         assert_eq!(h.cgroup.as_ref().and_then(|c| c.max_pids), Some(64));
         let mut kinds = Vec::new();
         while let Some(rec) = reader.next_record().expect("golden record") {
@@ -818,6 +880,29 @@ mod tests {
             reader.warnings().is_empty(),
             "writer fields the reader does not know: {:?}",
             reader.warnings()
+        );
+    }
+
+    /// Syscall counts read in the list form (schema 3) and the object form of
+    /// older traces; written as a list.
+    #[test]
+    fn syscall_counts_read_in_both_shapes() {
+        let old: Process =
+            serde_json::from_str(r#"{"pid":1,"syscalls":{"read":8,"write":1}}"#).unwrap();
+        let new: Process = serde_json::from_str(
+            r#"{"pid":1,"syscalls":[{"name":"read","count":8},{"name":"write","count":1}]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.syscalls, new.syscalls);
+        assert_eq!(old.syscalls.as_ref().unwrap()["read"], 8);
+        let none: Process = serde_json::from_str(r#"{"pid":1,"syscalls":null}"#).unwrap();
+        assert_eq!(none.syscalls, None);
+        let line = serde_json::to_string(&Tagged(&new)).unwrap();
+        assert!(
+            line.contains(r#""syscalls":[{"name":"read","count":8},{"name":"write","count":1}]"#)
+        );
+        assert!(
+            serde_json::from_str::<Process>(r#"{"pid":1,"syscalls":[{"name":"read"}]}"#).is_err()
         );
     }
 }

@@ -3,7 +3,7 @@
 //! The tests of this file run one at a time (`exclusive`): they measure scheduler
 //! times, which other tests on the same 2 CPUs would distort.
 
-use crate::helpers::{ebpf_ready, exclusive, rel_diff, run_agent, scratch_dir, u, Trace};
+use crate::helpers::{ebpf_ready, exclusive, rel_diff, run_agent, scratch_dir, syscall, u, Trace};
 use serde_json::Value;
 
 use crate::helpers::WORKLOAD;
@@ -219,9 +219,9 @@ fn exact_syscall_count_while_others_do_the_same() {
     clean(&t);
     assert_eq!(t.processes().len(), 1);
     let p = t.root();
-    assert_eq!(u(&p["syscalls"]["getppid"]), k);
-    assert!(u(&p["syscalls"]["execve"]) >= 1 || u(&p["syscalls"]["exit_group"]) == 1);
-    assert_eq!(u(&p["syscalls"]["exit_group"]), 1);
+    assert_eq!(syscall(p, "getppid"), k);
+    assert!(syscall(p, "execve") >= 1 || syscall(p, "exit_group") == 1);
+    assert_eq!(syscall(p, "exit_group"), 1);
 }
 
 #[test]
@@ -280,7 +280,7 @@ fn files_and_syscalls_are_opt_in() {
     let t = run_agent(&[], &[WORKLOAD, "getppid", "1000"]);
     clean(&t);
     assert_eq!(t.header()["files"], false);
-    assert_eq!(t.header()["syscalls"], false);
+    assert_eq!(t.header()["syscalls_counted"], false);
     assert!(t.of_kind("file").is_empty());
     assert_eq!(t.summary()["file_count"], 0);
     assert!(t.root().get("syscalls").is_none(), "{}", t.root());
@@ -290,15 +290,15 @@ fn files_and_syscalls_are_opt_in() {
     // --syscalls alone: counts, no file records.
     let t = run_agent(&["--syscalls"], &[WORKLOAD, "getppid", "1000"]);
     clean(&t);
-    assert_eq!(t.header()["syscalls"], true);
+    assert_eq!(t.header()["syscalls_counted"], true);
     assert_eq!(t.header()["files"], false);
-    assert_eq!(u(&t.root()["syscalls"]["getppid"]), 1000);
+    assert_eq!(syscall(t.root(), "getppid"), 1000);
     assert!(t.of_kind("file").is_empty());
     // --files alone: file records, no syscall counts.
     let t = run_agent(&["--files"], &["sh", "-c", "cat /etc/hostname >/dev/null"]);
     clean(&t);
     assert_eq!(t.header()["files"], true);
-    assert_eq!(t.header()["syscalls"], false);
+    assert_eq!(t.header()["syscalls_counted"], false);
     assert!(t.processes().iter().all(|p| p.get("syscalls").is_none()));
     let cat = named(&t, "cat");
     assert!(
@@ -328,7 +328,7 @@ fn old_opt_out_flags_are_accepted_with_a_note() {
             t.stderr
         );
         assert_eq!(t.header()["files"], false);
-        assert_eq!(t.header()["syscalls"], false);
+        assert_eq!(t.header()["syscalls_counted"], false);
         assert!(t.of_kind("file").is_empty());
     }
     // Contradictions are refused before anything runs.

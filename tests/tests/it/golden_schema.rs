@@ -64,7 +64,7 @@ fn normalize(v: &Value) -> Value {
     let mut out = Map::new();
     for (k, val) in map {
         let keep = STABLE.contains(&k.as_str()) && !matches!(val, Value::Object(_));
-        // Maps keyed by data (syscall names) keep only their type.
+        // Syscall counts (which syscalls, how many: data) keep only their type.
         if k == "syscalls" {
             out.insert(k.clone(), type_name(val));
             continue;

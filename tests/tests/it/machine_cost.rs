@@ -203,7 +203,7 @@ fn concurrent_runs_see_only_their_own() {
         let counted: Vec<u64> = of_kind(trace, "process")
             .iter()
             .filter(|p| p["argv"][1] == "getppid")
-            .filter_map(|p| p["syscalls"]["getppid"].as_u64())
+            .map(|p| crate::helpers::syscall(p, "getppid"))
             .collect();
         assert_eq!(counted, [k]);
         // Only sh and its two children.

@@ -257,3 +257,14 @@ pub fn assert_burner_cpu_matches_rusage(t: &Trace, truth: &Path) {
         "cpu {measured} ns vs rusage {expected} ns"
     );
 }
+
+/// The count of syscall `name` in a record's `syscalls` (a list of `{name, count}`
+/// since schema 3); 0 when it is not listed.
+pub fn syscall(rec: &Value, name: &str) -> u64 {
+    rec["syscalls"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no syscall list in {rec}"))
+        .iter()
+        .find(|e| e["name"] == name)
+        .map_or(0, |e| u(&e["count"]))
+}
