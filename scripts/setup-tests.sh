@@ -14,17 +14,19 @@ LOG_NAME=setup-tests
 
 # 1. Tools used by tests and benchmarks.
 apt_install hyperfine bpftool strace bwa samtools libcap2-bin python3 passwd dpkg-dev time
-# 2. Report and notebook test tools (issue 4): Debian's Chromium renders the HTML
+# 2. Report, notebook and Python package test tools: Debian's Chromium renders the HTML
 #    report in a test; pandas, polars and matplotlib (in a venv under target/, never
 #    the system Python) run the notebook example. The tests find them there.
 apt_install chromium python3-venv
 PYENV_DIR="${DENET_PYENV:-$(cd "$(dirname "$0")/.." && pwd)/target/pyenv}"
-PY_PACKAGES=(pandas polars matplotlib)
+# maturin builds the Python wheel (`cargo xtask wheel`), pytest runs its tests.
+PY_PACKAGES=(pandas polars matplotlib maturin pytest)
 if [ ! -x "$PYENV_DIR/bin/python" ]; then
   log "creating Python venv $PYENV_DIR"
   /usr/bin/python3 -m venv "$PYENV_DIR"
 fi
-if ! "$PYENV_DIR/bin/python" -c 'import pandas, polars, matplotlib' 2>/dev/null; then
+if ! "$PYENV_DIR/bin/python" -c 'import pandas, polars, matplotlib, pytest' 2>/dev/null \
+  || [ ! -x "$PYENV_DIR/bin/maturin" ]; then
   log "pip install ${PY_PACKAGES[*]} into $PYENV_DIR"
   "$PYENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi

@@ -18,6 +18,9 @@ export DENET_AGENT_BIN="$PWD/target/release/denet-agent"
 # The Debian package and tarball (tests/tests/it/shared_node.rs installs the package).
 cargo xtask dist >/dev/null
 export DENET_DIST_DIR="$PWD/target/dist"
+# The Python wheel (tests/tests/it/python_api.rs installs it into a fresh venv).
+cargo xtask wheel >/dev/null
+export DENET_WHEEL_DIR="$PWD/target/wheels"
 # The integration tests are one binary (tests/tests/it); its tests run one at a time,
 # since many of them time the kernel or the CPU and would disturb each other.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-1}"

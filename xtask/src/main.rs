@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask build-ebpf`, `cargo xtask bench`, `cargo xtask dist`.
+//! Project tasks: `cargo xtask build-ebpf`, `bench`, `dist`, `wheel`.
 
 mod bench;
 mod cost;
 mod dist;
 mod node;
+mod wheel;
 
 use std::path::PathBuf;
 
@@ -27,6 +28,8 @@ enum Task {
     /// Build what a node's administrator installs: target/dist/denet-agent_VERSION_amd64.deb
     /// and target/dist/denet-agent-VERSION-x86_64-linux.tar.gz.
     Dist,
+    /// Build the Python wheel (maturin, `bin` bindings) into target/wheels.
+    Wheel,
     /// Overhead benchmarks (needs root): bare vs traced, interleaved; prints Markdown.
     Bench {
         /// Runs per workload and mode.
@@ -78,6 +81,7 @@ fn main() -> Result<()> {
                 },
             )?;
         }
+        Task::Wheel => println!("{}", wheel::wheel(&root)?.display()),
         Task::Dist => {
             let (deb, tarball) = dist::dist(&root)?;
             println!("{}\n{}", deb.display(), tarball.display());

@@ -13,6 +13,7 @@ mod history_db;
 mod machine_cost;
 mod memory_limits;
 mod notebook_example;
+mod python_api;
 mod report_chromium;
 mod run_cli;
 mod run_ebpf;

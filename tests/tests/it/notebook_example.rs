@@ -1,32 +1,21 @@
 //! The notebook example (examples/notebook.py, shown in docs/notebook.md) runs with
-//! pandas, polars and matplotlib from the venv that scripts/setup.sh makes under
-//! target/pyenv, and finds what `denet-agent stats` finds. Outside CI a missing venv
-//! skips with a message; in CI it fails.
+//! the Python package from its wheel (with pandas and polars) and matplotlib, and
+//! finds what `denet-agent stats` finds. Outside CI a missing wheel skips with a
+//! message; in CI it fails.
 
 use std::process::Command;
 
-use crate::helpers::report::{data, of_kind, records, repo, stats_json};
+use crate::helpers::{
+    python::wheel_python,
+    report::{data, of_kind, records, repo, stats_json},
+};
 use serde_json::Value;
 
 #[test]
 fn notebook_example_runs_and_agrees_with_stats() {
-    let python = std::env::var_os("DENET_PYENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/pyenv"))
-        .join("bin/python");
-    if !python.is_file() {
-        if crate::helpers::in_ci() {
-            panic!(
-                "{} is missing: scripts/setup.sh creates it",
-                python.display()
-            );
-        }
-        eprintln!(
-            "skipped notebook_example_runs_and_agrees_with_stats: no {} (run scripts/setup.sh)",
-            python.display()
-        );
+    let Some(python) = wheel_python("notebook_example_runs_and_agrees_with_stats") else {
         return;
-    }
+    };
     for trace in ["depth.jsonl", "pipeline.jsonl"] {
         let out = crate::helpers::scratch_dir("notebook");
         let o = Command::new(&python)

@@ -14,6 +14,7 @@ use std::{
 use serde_json::Value;
 
 pub mod pg;
+pub mod python;
 pub mod report;
 
 /// The ground-truth workload binary (tests/src/bin/workload.rs).
