@@ -115,7 +115,7 @@ def test_a_large_real_trace_loads_in_one_call(tmp_path):
     pl = pytest.importorskip("polars")
     pd = pytest.importorskip("pandas")
     script = (
-        "i=0; while [ $i -lt 2000 ]; do "
+        "i=0; while [ $i -lt 6000 ]; do "
         "case $((i % 4)) in 0) /bin/true;; 1) cat /etc/hostname >/dev/null;; "
         "2) ls / >/dev/null;; 3) sh -c 'exit 1';; esac; i=$((i+1)); done"
     )
@@ -127,6 +127,6 @@ def test_a_large_real_trace_loads_in_one_call(tmp_path):
     kinds = {json.loads(l)["kind"] for l in open(path)}
     assert kinds == {"header", "process", "sample", "file", "event", "summary"}
     df = pl.read_ndjson(path, infer_schema_length=None)
-    assert df.filter(pl.col("kind") == "process").height == 2001
+    assert df.filter(pl.col("kind") == "process").height == 6001
     pdf = pd.read_json(path, lines=True)
-    assert (pdf["kind"] == "process").sum() == 2001
+    assert (pdf["kind"] == "process").sum() == 6001
