@@ -145,8 +145,8 @@ fn tooltip(n: &TreeNode) -> String {
         units::duration_ns(cpu),
         opt(n.cpu_percent, units::percent),
         opt(n.peak_rss_kb, units::kib),
-        opt(n.rchar, units::bytes),
-        opt(n.wchar, units::bytes),
+        opt(n.io.rchar, units::bytes),
+        opt(n.io.wchar, units::bytes),
         n.exit
     ));
     t
@@ -213,8 +213,8 @@ fn summary(o: &mut String, r: &StatsReport) {
         "Read / written (read/write calls)",
         &format!(
             "{} / {}",
-            opt(t.rchar, units::bytes),
-            opt(t.wchar, units::bytes)
+            opt(t.io.rchar, units::bytes),
+            opt(t.io.wchar, units::bytes)
         ),
     );
     kv(
@@ -222,8 +222,8 @@ fn summary(o: &mut String, r: &StatsReport) {
         "Storage read / written",
         &format!(
             "{} / {}",
-            opt(t.read_bytes, units::bytes),
-            opt(t.write_bytes, units::bytes)
+            opt(t.io.read_bytes, units::bytes),
+            opt(t.io.write_bytes, units::bytes)
         ),
     );
     if r.has_block_or_net() {
@@ -232,8 +232,8 @@ fn summary(o: &mut String, r: &StatsReport) {
             "Block device read / written",
             &format!(
                 "{} / {}",
-                opt(t.blk_read_bytes, units::bytes),
-                opt(t.blk_write_bytes, units::bytes)
+                opt(t.depth.blk_read_bytes, units::bytes),
+                opt(t.depth.blk_write_bytes, units::bytes)
             ),
         );
         kv(
@@ -241,8 +241,8 @@ fn summary(o: &mut String, r: &StatsReport) {
             "Network sent / received",
             &format!(
                 "{} / {}",
-                opt(t.net_tx_bytes, units::bytes),
-                opt(t.net_rx_bytes, units::bytes)
+                opt(t.depth.net_tx_bytes, units::bytes),
+                opt(t.depth.net_rx_bytes, units::bytes)
             ),
         );
     }
@@ -256,10 +256,10 @@ fn summary(o: &mut String, r: &StatsReport) {
     o.push_str("</table>");
     if r.has_time_breakdown() {
         let parts = [
-            ("on CPU", t.oncpu_ns, "#4e79a7"),
-            ("waiting for a CPU", t.cpu_wait_ns, "#f28e2b"),
-            ("waiting for I/O", t.io_wait_ns, "#e15759"),
-            ("sleeping", t.sleep_ns, "#bab0ac"),
+            ("on CPU", t.depth.oncpu_ns, "#4e79a7"),
+            ("waiting for a CPU", t.depth.cpu_wait_ns, "#f28e2b"),
+            ("waiting for I/O", t.depth.io_wait_ns, "#e15759"),
+            ("sleeping", t.depth.sleep_ns, "#bab0ac"),
         ];
         let total: u64 = parts.iter().filter_map(|p| p.1).sum();
         o.push_str(r#"<h2 style="margin-top:12px">Where the time went <span class="muted">(summed over processes)</span></h2><div class="breakdown" id="time-breakdown">"#);

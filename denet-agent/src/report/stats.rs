@@ -141,24 +141,14 @@ pub struct Totals {
     pub killed: u64,
     pub peak_tree_rss_kb: Option<u64>,
     pub max_process_peak_rss_kb: Option<u64>,
-    pub rchar: Option<u64>,
-    pub wchar: Option<u64>,
-    pub read_bytes: Option<u64>,
-    pub write_bytes: Option<u64>,
-    pub syscr: Option<u64>,
-    pub syscw: Option<u64>,
+    #[serde(flatten)]
+    pub io: IoTotals,
     pub samples: u64,
     pub lost_events: Option<u64>,
     pub incomplete_processes: Option<u64>,
     pub summary_process_count: Option<u64>,
-    pub oncpu_ns: Option<u64>,
-    pub cpu_wait_ns: Option<u64>,
-    pub io_wait_ns: Option<u64>,
-    pub sleep_ns: Option<u64>,
-    pub blk_read_bytes: Option<u64>,
-    pub blk_write_bytes: Option<u64>,
-    pub net_tx_bytes: Option<u64>,
-    pub net_rx_bytes: Option<u64>,
+    #[serde(flatten)]
+    pub depth: DepthTotals,
     pub file_records: u64,
     /// Raw `event` records (`--events`).
     pub event_records: u64,
@@ -187,6 +177,61 @@ impl Totals {
     }
 }
 
+/// The kernel's I/O accounting (bytes through read/write-like calls, storage bytes,
+/// call counts) summed over a set of processes; in the run's totals and in each
+/// line of the tree.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IoTotals {
+    pub rchar: Option<u64>,
+    pub wchar: Option<u64>,
+    pub read_bytes: Option<u64>,
+    pub write_bytes: Option<u64>,
+    pub syscr: Option<u64>,
+    pub syscw: Option<u64>,
+}
+
+impl IoTotals {
+    fn of(a: &Agg) -> Self {
+        IoTotals {
+            rchar: a.get(M::Rchar),
+            wchar: a.get(M::Wchar),
+            read_bytes: a.get(M::ReadBytes),
+            write_bytes: a.get(M::WriteBytes),
+            syscr: a.get(M::Syscr),
+            syscw: a.get(M::Syscw),
+        }
+    }
+}
+
+/// Where the time went and the block and network bytes (eBPF), summed over a set
+/// of processes; in the run's totals and in each line of the tree.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DepthTotals {
+    pub oncpu_ns: Option<u64>,
+    pub cpu_wait_ns: Option<u64>,
+    pub io_wait_ns: Option<u64>,
+    pub sleep_ns: Option<u64>,
+    pub blk_read_bytes: Option<u64>,
+    pub blk_write_bytes: Option<u64>,
+    pub net_tx_bytes: Option<u64>,
+    pub net_rx_bytes: Option<u64>,
+}
+
+impl DepthTotals {
+    fn of(a: &Agg) -> Self {
+        DepthTotals {
+            oncpu_ns: a.get(M::OncpuNs),
+            cpu_wait_ns: a.get(M::CpuWaitNs),
+            io_wait_ns: a.get(M::IoWaitNs),
+            sleep_ns: a.get(M::SleepNs),
+            blk_read_bytes: a.get(M::BlkReadBytes),
+            blk_write_bytes: a.get(M::BlkWriteBytes),
+            net_tx_bytes: a.get(M::NetTxBytes),
+            net_rx_bytes: a.get(M::NetRxBytes),
+        }
+    }
+}
+
 /// A line of the process tree (see `tree::Group`), times relative to the run start.
 #[derive(Debug, Clone, Serialize)]
 pub struct TreeNode {
@@ -209,12 +254,8 @@ pub struct TreeNode {
     pub cpu_percent: Option<f64>,
     pub peak_rss_kb: Option<u64>,
     pub peak_vm_kb: Option<u64>,
-    pub rchar: Option<u64>,
-    pub wchar: Option<u64>,
-    pub read_bytes: Option<u64>,
-    pub write_bytes: Option<u64>,
-    pub syscr: Option<u64>,
-    pub syscw: Option<u64>,
+    #[serde(flatten)]
+    pub io: IoTotals,
     pub vol_ctxt: Option<u64>,
     pub inv_ctxt: Option<u64>,
     /// `0`, `SIGTERM`, or for merged lines e.g. `3 of 20 failed`.
@@ -223,14 +264,8 @@ pub struct TreeNode {
     pub signal: Option<i32>,
     pub failed: u64,
     pub killed: u64,
-    pub oncpu_ns: Option<u64>,
-    pub cpu_wait_ns: Option<u64>,
-    pub io_wait_ns: Option<u64>,
-    pub sleep_ns: Option<u64>,
-    pub blk_read_bytes: Option<u64>,
-    pub blk_write_bytes: Option<u64>,
-    pub net_tx_bytes: Option<u64>,
-    pub net_rx_bytes: Option<u64>,
+    #[serde(flatten)]
+    pub depth: DepthTotals,
     pub children: Vec<TreeNode>,
 }
 
@@ -414,21 +449,9 @@ impl StatsBuilder {
             killed: a.killed,
             peak_tree_rss_kb: self.peak_tree_rss_kb,
             max_process_peak_rss_kb: a.get(M::PeakRssKb),
-            rchar: a.get(M::Rchar),
-            wchar: a.get(M::Wchar),
-            read_bytes: a.get(M::ReadBytes),
-            write_bytes: a.get(M::WriteBytes),
-            syscr: a.get(M::Syscr),
-            syscw: a.get(M::Syscw),
+            io: IoTotals::of(a),
             samples: self.samples,
-            oncpu_ns: a.get(M::OncpuNs),
-            cpu_wait_ns: a.get(M::CpuWaitNs),
-            io_wait_ns: a.get(M::IoWaitNs),
-            sleep_ns: a.get(M::SleepNs),
-            blk_read_bytes: a.get(M::BlkReadBytes),
-            blk_write_bytes: a.get(M::BlkWriteBytes),
-            net_tx_bytes: a.get(M::NetTxBytes),
-            net_rx_bytes: a.get(M::NetRxBytes),
+            depth: DepthTotals::of(a),
             file_records: self.file_records,
             event_records: self.event_records,
             runq_waits: self.runq_waits,
@@ -593,12 +616,7 @@ fn tree_node(g: &Group, t0: u64) -> TreeNode {
         cpu_percent: a.cpu_percent(),
         peak_rss_kb: a.get(M::PeakRssKb),
         peak_vm_kb: a.get(M::PeakVmKb),
-        rchar: a.get(M::Rchar),
-        wchar: a.get(M::Wchar),
-        read_bytes: a.get(M::ReadBytes),
-        write_bytes: a.get(M::WriteBytes),
-        syscr: a.get(M::Syscr),
-        syscw: a.get(M::Syscw),
+        io: IoTotals::of(a),
         vol_ctxt: a.get(M::VolCtxt),
         inv_ctxt: a.get(M::InvCtxt),
         exit: group_exit(g),
@@ -606,14 +624,7 @@ fn tree_node(g: &Group, t0: u64) -> TreeNode {
         signal: g.signal,
         failed: a.failed,
         killed: a.killed,
-        oncpu_ns: a.get(M::OncpuNs),
-        cpu_wait_ns: a.get(M::CpuWaitNs),
-        io_wait_ns: a.get(M::IoWaitNs),
-        sleep_ns: a.get(M::SleepNs),
-        blk_read_bytes: a.get(M::BlkReadBytes),
-        blk_write_bytes: a.get(M::BlkWriteBytes),
-        net_tx_bytes: a.get(M::NetTxBytes),
-        net_rx_bytes: a.get(M::NetRxBytes),
+        depth: DepthTotals::of(a),
         children: g.children.iter().map(|c| tree_node(c, t0)).collect(),
     }
 }
@@ -622,18 +633,18 @@ impl StatsReport {
     /// True when any process reported the time breakdown (depth fields).
     pub fn has_time_breakdown(&self) -> bool {
         let t = &self.totals;
-        t.oncpu_ns.is_some()
-            || t.cpu_wait_ns.is_some()
-            || t.io_wait_ns.is_some()
-            || t.sleep_ns.is_some()
+        t.depth.oncpu_ns.is_some()
+            || t.depth.cpu_wait_ns.is_some()
+            || t.depth.io_wait_ns.is_some()
+            || t.depth.sleep_ns.is_some()
     }
 
     pub fn has_block_or_net(&self) -> bool {
         let t = &self.totals;
-        t.blk_read_bytes.is_some()
-            || t.blk_write_bytes.is_some()
-            || t.net_tx_bytes.is_some()
-            || t.net_rx_bytes.is_some()
+        t.depth.blk_read_bytes.is_some()
+            || t.depth.blk_write_bytes.is_some()
+            || t.depth.net_tx_bytes.is_some()
+            || t.depth.net_rx_bytes.is_some()
     }
 
     /// The tree in display order with depths, for renderers.

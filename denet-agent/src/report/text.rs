@@ -107,10 +107,10 @@ pub fn render(r: &StatsReport) -> String {
     let _ = writeln!(
         o,
         "         I/O: read {}, written {} (read/write calls); storage: read {}, written {}",
-        opt(t.rchar, units::bytes),
-        opt(t.wchar, units::bytes),
-        opt(t.read_bytes, units::bytes),
-        opt(t.write_bytes, units::bytes),
+        opt(t.io.rchar, units::bytes),
+        opt(t.io.wchar, units::bytes),
+        opt(t.io.read_bytes, units::bytes),
+        opt(t.io.write_bytes, units::bytes),
     );
     let _ = writeln!(
         o,
@@ -121,10 +121,10 @@ pub fn render(r: &StatsReport) -> String {
     );
     if r.has_time_breakdown() {
         let parts = [
-            ("on CPU", t.oncpu_ns),
-            ("waiting for a CPU", t.cpu_wait_ns),
-            ("waiting for I/O", t.io_wait_ns),
-            ("sleeping", t.sleep_ns),
+            ("on CPU", t.depth.oncpu_ns),
+            ("waiting for a CPU", t.depth.cpu_wait_ns),
+            ("waiting for I/O", t.depth.io_wait_ns),
+            ("sleeping", t.depth.sleep_ns),
         ];
         let total: u64 = parts.iter().filter_map(|(_, v)| *v).sum();
         let text: Vec<String> = parts
@@ -157,10 +157,10 @@ pub fn render(r: &StatsReport) -> String {
         let _ = writeln!(
             o,
             "Devices  block: read {}, written {}; network: sent {}, received {}",
-            opt(t.blk_read_bytes, units::bytes),
-            opt(t.blk_write_bytes, units::bytes),
-            opt(t.net_tx_bytes, units::bytes),
-            opt(t.net_rx_bytes, units::bytes),
+            opt(t.depth.blk_read_bytes, units::bytes),
+            opt(t.depth.blk_write_bytes, units::bytes),
+            opt(t.depth.net_tx_bytes, units::bytes),
+            opt(t.depth.net_rx_bytes, units::bytes),
         );
     }
 
@@ -275,8 +275,8 @@ fn node_cells(n: &TreeNode) -> String {
         opt(cpu, units::duration_ns),
         opt(n.cpu_percent, |p| format!("{p:.0}")),
         opt(n.peak_rss_kb, units::kib),
-        opt(n.rchar, units::bytes),
-        opt(n.wchar, units::bytes),
+        opt(n.io.rchar, units::bytes),
+        opt(n.io.wchar, units::bytes),
         n.exit
     )
 }

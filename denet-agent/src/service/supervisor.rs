@@ -786,12 +786,12 @@ async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
         row.cpu_percent = 0.0;
     }
     row.peak_rss_kb = opt_i64(t.max_process_peak_rss_kb).unwrap_or(0);
-    row.read_bytes = opt_i64(t.read_bytes);
-    row.write_bytes = opt_i64(t.write_bytes);
-    row.blk_read_bytes = opt_i64(t.blk_read_bytes);
-    row.blk_write_bytes = opt_i64(t.blk_write_bytes);
-    row.net_rx_bytes = opt_i64(t.net_rx_bytes);
-    row.net_tx_bytes = opt_i64(t.net_tx_bytes);
+    row.read_bytes = opt_i64(t.io.read_bytes);
+    row.write_bytes = opt_i64(t.io.write_bytes);
+    row.blk_read_bytes = opt_i64(t.depth.blk_read_bytes);
+    row.blk_write_bytes = opt_i64(t.depth.blk_write_bytes);
+    row.net_rx_bytes = opt_i64(t.depth.net_rx_bytes);
+    row.net_tx_bytes = opt_i64(t.depth.net_tx_bytes);
     row.process_count = opt_i64(t.summary_process_count.or(Some(t.processes))).unwrap_or(0);
     row.lost_events = opt_i64(t.lost_events).unwrap_or(0);
     row.memory_peak_bytes = opt_i64(t.memory_peak_bytes);

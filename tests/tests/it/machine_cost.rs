@@ -134,7 +134,10 @@ fn syscall_hooks_only_when_asked_for_and_as_one_pair() {
         }
         let records = run.finish(true);
         assert_eq!(records[0]["files"], flags.contains(&"--files"));
-        assert_eq!(records[0]["syscalls"], flags.contains(&"--syscalls"));
+        assert_eq!(
+            records[0]["syscalls_counted"],
+            flags.contains(&"--syscalls")
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

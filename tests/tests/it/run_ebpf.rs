@@ -363,7 +363,7 @@ fn hold_time_and_header_fields() {
     }
     let t = run_agent(&[], &["/bin/true"]);
     let h = t.header();
-    assert_eq!(h["schema_version"], 2);
+    assert_eq!(h["schema_version"], 3);
     assert!(u(&h["hold_ns"]) > 0);
     assert!(u(&h["clock"]["unix_ns"]) > 1_600_000_000_000_000_000);
     // The command's own exec is seen (it was tracked before it was released).

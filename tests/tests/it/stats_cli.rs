@@ -274,11 +274,11 @@ fn unknown_kinds_and_fields_warn_once_each() {
 
 #[test]
 fn newer_schema_is_refused_with_a_clear_message() {
-    let text = pipeline_text().replacen("\"schema_version\":1", "\"schema_version\":3", 1);
+    let text = pipeline_text().replacen("\"schema_version\":1", "\"schema_version\":4", 1);
     let (o, _) = stats_on("schema", text.as_bytes());
     assert_clean_failure(
         &o,
-        "line 1: schema_version 3 is newer than this denet-agent reads (up to 2)",
+        "line 1: schema_version 4 is newer than this denet-agent reads (up to 3)",
     );
 }
 

@@ -259,13 +259,16 @@ pub fn assert_burner_cpu_matches_rusage(t: &Trace, truth: &Path) {
     );
 }
 
-/// The count of syscall `name` in a record's `syscalls` (a list of `{name, count}`
-/// since schema 3); 0 when it is not listed.
+/// The count of syscall `name` in a record's `syscalls`: a list of `{name, count}`
+/// since schema 3, an object keyed by name in the recorded schema 2 traces; 0 when
+/// it is not listed.
 pub fn syscall(rec: &Value, name: &str) -> u64 {
-    rec["syscalls"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no syscall list in {rec}"))
-        .iter()
-        .find(|e| e["name"] == name)
-        .map_or(0, |e| u(&e["count"]))
+    match &rec["syscalls"] {
+        Value::Array(list) => list
+            .iter()
+            .find(|e| e["name"] == name)
+            .map_or(0, |e| u(&e["count"])),
+        Value::Object(map) => map.get(name).map_or(0, u),
+        other => panic!("no syscall counts ({other}) in {rec}"),
+    }
 }
