@@ -413,6 +413,28 @@ pub fn valid_id(id: &str) -> bool {
     (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// What a job was asked to do, next to its trace: lets a restarted service write the
+/// history row of a job whose service died before recording it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct JobFile {
+    pub id: String,
+    pub name: String,
+    pub cmd: Vec<String>,
+    pub cwd: PathBuf,
+    pub timeout_s: f64,
+    pub stuck_after_s: f64,
+    pub created_unix_ms: i64,
+    /// Who submitted it (files from before users were recorded: root).
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default = "root_name")]
+    pub user: String,
+}
+
+fn root_name() -> String {
+    "root".into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

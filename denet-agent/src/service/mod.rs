@@ -6,8 +6,10 @@
 
 mod act_as;
 pub mod api;
+mod follow;
 pub mod identity;
 pub mod job;
+mod outcome;
 pub mod spec;
 mod supervisor;
 
@@ -33,7 +35,7 @@ use identity::Identity;
 use job::Job;
 use spec::{JobSpec, SpecDefaults};
 
-pub use supervisor::decide_status;
+pub use outcome::decide_status;
 
 /// The Unix socket of the node's service (a service started as root).
 pub const NODE_SOCKET: &str = "/run/denet-agent/agent.sock";
@@ -312,7 +314,7 @@ impl Service {
             // Recorded, or the database cannot tell: leave it.
             _ => return,
         }
-        if let Some(row) = supervisor::recover_row(self, dir).await {
+        if let Some(row) = outcome::recover_row(self, dir).await {
             match self.history.insert(&row).await {
                 Ok(()) => eprintln!(
                     "denet-agent serve: recorded job {} ({}), which ran when the service stopped: {}",

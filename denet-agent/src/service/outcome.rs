@@ -1,0 +1,295 @@
+//! How a job ended: its final status from what the run recorded, its history row
+//! (the trace's numbers, computed by `report`), and the end of its stream.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{
+    identity::Identity,
+    job::{unix_ms, Job, JobFile, Status, StreamMsg},
+    Service,
+};
+use crate::{history::HistoryRow, report, trace};
+
+/// What the supervisor saw of the run, beside the trace.
+#[derive(Debug, Default)]
+pub(super) struct Ending {
+    pub(super) agent_status: Option<ExitStatus>,
+    pub(super) error: Option<String>,
+    /// The job never started (cancelled while queued, or the agent failed to start).
+    pub(super) never_started: bool,
+    /// The service killed an agent that overran the job's timeout.
+    pub(super) killed_at_timeout: bool,
+}
+
+/// The final status from what the run recorded.
+pub fn decide_status(
+    cancelled: bool,
+    timed_out: bool,
+    exit_code: Option<i32>,
+    start_error: bool,
+    wall_s: f64,
+    startup_window_s: f64,
+) -> Status {
+    if cancelled {
+        Status::Cancelled
+    } else if timed_out {
+        Status::TimedOut
+    } else if exit_code == Some(0) && !start_error {
+        Status::Succeeded
+    } else if start_error || wall_s < startup_window_s {
+        Status::StartupFailed
+    } else {
+        Status::Failed
+    }
+}
+
+fn opt_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|x| x.min(i64::MAX as u64) as i64)
+}
+
+/// The history row from the job's trace (the numbers of `denet-agent stats`).
+pub(super) async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
+    let (cancel_requested, cancel_reason, stuck_seen, start_ms) = {
+        let st = job.state();
+        (
+            st.cancel_requested,
+            st.cancel_reason.clone(),
+            st.stuck_seen,
+            st.start_unix_ms,
+        )
+    };
+    let now = unix_ms();
+    let mut row = HistoryRow {
+        id: job.id.clone(),
+        name: job.spec.name.clone(),
+        cmd: job.spec.cmd.clone(),
+        cwd: job.spec.cwd.to_string_lossy().into_owned(),
+        hostname: svc.hostname.clone(),
+        start_unix_ms: start_ms.unwrap_or(now),
+        end_unix_ms: now,
+        duration_s: 0.0,
+        // Decided below from how the job ended.
+        status: Status::Failed,
+        exit_code: None,
+        signal: None,
+        cpu_user_s: 0.0,
+        cpu_sys_s: 0.0,
+        cpu_percent: 0.0,
+        peak_rss_kb: 0,
+        read_bytes: None,
+        write_bytes: None,
+        blk_read_bytes: None,
+        blk_write_bytes: None,
+        net_rx_bytes: None,
+        net_tx_bytes: None,
+        process_count: 0,
+        lost_events: 0,
+        stuck: stuck_seen,
+        trace_path: job.trace_path().to_string_lossy().into_owned(),
+        error: ending.error.clone(),
+        user: job.owner.user.clone(),
+        uid: job.owner.uid,
+        memory_peak_bytes: None,
+        memory_limit_bytes: None,
+        oom_kills: 0,
+    };
+    if ending.never_started {
+        row.status = if cancel_requested {
+            Status::Cancelled
+        } else {
+            Status::StartupFailed
+        };
+        row.error = row
+            .error
+            .or(cancel_reason.map(|r| format!("cancelled: {r}")));
+        return row;
+    }
+    let path = job.trace_path();
+    let analysis = tokio::task::spawn_blocking(move || {
+        report::analyze(&path, Box::new(|_: &str| {})).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("trace analysis panicked: {e}")));
+    let report = match analysis {
+        Ok(r) if r.totals.from_summary => r,
+        other => {
+            // No command pid in the trace: the agent failed before the command ran.
+            let command_ran = matches!(&other, Ok(r) if r.run.pid.is_some());
+            let why = match other {
+                Ok(_) => "the trace has no summary".to_string(),
+                Err(e) => format!("the trace is unreadable: {e}"),
+            };
+            let agent = ending
+                .agent_status
+                .map(|s| format!(" (agent {s}; see agent.log)"))
+                .unwrap_or_default();
+            row.status = if cancel_requested {
+                Status::Cancelled
+            } else if ending.killed_at_timeout {
+                Status::TimedOut
+            } else if command_ran {
+                Status::Failed
+            } else {
+                Status::StartupFailed
+            };
+            let earlier = ending
+                .error
+                .as_deref()
+                .map(|e| format!("{e}; "))
+                .unwrap_or_default();
+            row.error = Some(format!("{earlier}{why}{agent}"));
+            row.duration_s = (row.end_unix_ms - row.start_unix_ms).max(0) as f64 / 1e3;
+            return row;
+        }
+    };
+    let t = &report.totals;
+    let wall_s = t.wall_ns as f64 / 1e9;
+    if let Some(start_ns) = report.run.start_unix_ns {
+        row.start_unix_ms = (start_ns / 1_000_000) as i64;
+    }
+    row.end_unix_ms = row.start_unix_ms + (t.wall_ns / 1_000_000) as i64;
+    row.duration_s = wall_s;
+    row.exit_code = t.exit_code;
+    row.signal = t.signal;
+    row.cpu_user_s = t.cpu_user_ns as f64 / 1e9;
+    row.cpu_sys_s = t.cpu_sys_ns as f64 / 1e9;
+    row.cpu_percent = t.cpu_percent.unwrap_or(if wall_s > 0.0 {
+        (row.cpu_user_s + row.cpu_sys_s) / wall_s * 100.0
+    } else {
+        0.0
+    });
+    if !row.cpu_percent.is_finite() {
+        row.cpu_percent = 0.0;
+    }
+    row.peak_rss_kb = opt_i64(t.max_process_peak_rss_kb).unwrap_or(0);
+    row.read_bytes = opt_i64(t.io.read_bytes);
+    row.write_bytes = opt_i64(t.io.write_bytes);
+    row.blk_read_bytes = opt_i64(t.depth.blk_read_bytes);
+    row.blk_write_bytes = opt_i64(t.depth.blk_write_bytes);
+    row.net_rx_bytes = opt_i64(t.depth.net_rx_bytes);
+    row.net_tx_bytes = opt_i64(t.depth.net_tx_bytes);
+    row.process_count = opt_i64(t.summary_process_count.or(Some(t.processes))).unwrap_or(0);
+    row.lost_events = opt_i64(t.lost_events).unwrap_or(0);
+    row.memory_peak_bytes = opt_i64(t.memory_peak_bytes);
+    row.memory_limit_bytes = opt_i64(t.memory_limit_bytes);
+    row.oom_kills = opt_i64(t.oom_kills).unwrap_or(0);
+    let start_error = t.error.is_some();
+    if let Some(e) = &t.error {
+        row.error = Some(e.clone());
+    }
+    let cancelled = t.cancelled.unwrap_or(false);
+    if cancelled {
+        if let Some(r) = cancel_reason {
+            row.error.get_or_insert(format!("cancelled: {r}"));
+        }
+    }
+    row.status = decide_status(
+        cancelled,
+        t.timed_out.unwrap_or(false),
+        t.exit_code,
+        start_error,
+        wall_s,
+        svc.config.startup_window.as_secs_f64(),
+    );
+    // Said, not judged: the job itself may have gone well.
+    if let Some(te) = &t.tracer_error {
+        row.error = Some(match row.error.take() {
+            Some(e) => format!("{e}; {te}"),
+            None => te.clone(),
+        });
+    }
+    row
+}
+
+/// The row of a job whose service died before recording it (found at the next
+/// start: a job directory with a job.json, no spooled row and no database row). Its
+/// agent saw the control pipe close and stopped the job; its trace is waited for
+/// (up to the kill grace and a little more) and read like any other.
+pub(super) async fn recover_row(svc: &Service, dir: &Path) -> Option<HistoryRow> {
+    let file: JobFile = serde_json::from_slice(&std::fs::read(dir.join("job.json")).ok()?).ok()?;
+    let spec = super::spec::JobSpec {
+        limits: Default::default(),
+        name: file.name,
+        cmd: file.cmd,
+        env: Vec::new(),
+        cwd: file.cwd,
+        timeout: Duration::from_secs_f64(file.timeout_s.max(0.0)),
+        stuck_after: Duration::from_secs_f64(file.stuck_after_s.max(0.0)),
+    };
+    // The user may be gone from the user database by now: the row keeps what the
+    // job file says.
+    let owner = Identity::of_uid(file.uid).unwrap_or_else(|_| Identity {
+        uid: file.uid,
+        gid: file.uid,
+        user: file.user.clone(),
+        home: PathBuf::from("/"),
+        shell: PathBuf::from("/bin/sh"),
+        groups: Vec::new(),
+    });
+    let job = Job::new(file.id, spec, owner, dir.to_path_buf());
+    let until = Instant::now() + svc.config.kill_grace + Duration::from_secs(3);
+    while Instant::now() < until && trace::reader::summary_at_end(&job.trace_path()).is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ending = Ending {
+        error: Some("the service stopped while the job ran; recorded at its next start".into()),
+        ..Default::default()
+    };
+    Some(build_row(svc, &job, &ending).await)
+}
+
+/// Records the row (spooled to the job directory first, so a database outage loses
+/// nothing), ends the job's stream and frees its name.
+pub(super) async fn finalize(svc: &Arc<Service>, job: &Arc<Job>, ending: Ending) {
+    let row = build_row(svc, job, &ending).await;
+    svc.record(job, &row).await;
+    {
+        let mut st = job.state();
+        let view = job.ended_view(&st, &row);
+        st.status = row.status;
+        st.stuck = false;
+        st.paused = false;
+        st.control = None;
+        st.live = None;
+        st.result = Some(row);
+        Job::publish(&st, &StreamMsg::End { job: &view });
+        // Subscribers still get what is buffered; the buffer is freed with them.
+        st.events = None;
+    }
+    svc.job_ended(job);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_rules() {
+        let d = |c, t, code, se, wall| decide_status(c, t, code, se, wall, 5.0);
+        assert_eq!(d(false, false, Some(0), false, 0.1), Status::Succeeded);
+        assert_eq!(d(false, false, Some(1), false, 0.1), Status::StartupFailed);
+        assert_eq!(
+            d(false, false, None, false, 0.1),
+            Status::StartupFailed,
+            "killed early"
+        );
+        assert_eq!(d(false, false, Some(1), false, 6.0), Status::Failed);
+        assert_eq!(
+            d(false, false, Some(127), true, 9.0),
+            Status::StartupFailed,
+            "exec failed"
+        );
+        assert_eq!(d(false, true, None, false, 9.0), Status::TimedOut);
+        assert_eq!(d(true, false, None, false, 0.1), Status::Cancelled);
+        assert_eq!(
+            d(true, true, None, false, 9.0),
+            Status::Cancelled,
+            "stop wins"
+        );
+    }
+}
