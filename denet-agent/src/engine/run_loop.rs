@@ -2,6 +2,9 @@
 //! kernel's records and the samples into the trace, reaps, forwards signals, obeys
 //! the driver's requests and the timeout, and writes the summary once the command
 //! and every descendant are gone.
+//!
+//! One job, one file: every branch of the loop reads and writes the same run
+//! state, so they are kept together.
 
 use std::{
     collections::HashSet,

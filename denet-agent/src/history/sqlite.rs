@@ -1,5 +1,8 @@
 //! SQLite backend: one connection behind a mutex; every call runs on tokio's
 //! blocking pool so the async runtime never waits on disk or on a lock.
+//!
+//! One job, one file: the backend (about 330 lines) and its SQLite-only tests
+//! (about 190; the shared ones are in `conformance`).
 
 use std::{
     path::{Path, PathBuf},

@@ -1,4 +1,7 @@
 //! Loads and attaches the embedded eBPF programs and gives typed access to their maps.
+//!
+//! One job, one file: the program table, parallel loading, attaching and detaching,
+//! the tracked set and typed map access all belong to one loaded object.
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},

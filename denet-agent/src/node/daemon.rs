@@ -2,6 +2,9 @@
 //! socket every local user may connect to, and for each client tracks the one process
 //! it asks for (its own child, held before exec) as a run of its own. The caller is
 //! who the kernel says it is (`SO_PEERCRED`); nothing in a request can change that.
+//!
+//! One job, one file: the daemon's accept loop, the per-caller checks and the runs
+//! it tracks share one state and one lock order, kept together to be read together.
 
 use std::{
     collections::BTreeSet,

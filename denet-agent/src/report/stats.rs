@@ -1,6 +1,9 @@
 //! One pass over a trace to everything the reports show: totals, the process tree,
 //! top processes, time series, syscalls and files. Memory stays bounded (see
 //! `tree`, `series`, and the caps below); `StatsReport` is what `stats --json` prints.
+//!
+//! One job, one file: the single pass and the report types it fills (their fields
+//! are the `stats --json` output, documented in place).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

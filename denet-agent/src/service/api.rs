@@ -1,5 +1,8 @@
 //! The HTTP and WebSocket API of `denet-agent serve`. JSON in and out; every error
 //! is a JSON object `{"error": "..."}` with a 4xx or 5xx status.
+//!
+//! One job, one file: every route of the API and its checks, in the order of
+//! docs/serve.md's table; the jobs themselves are run by `supervisor`.
 
 use std::{collections::HashMap, future::IntoFuture, sync::Arc, time::Duration};
 
