@@ -14,6 +14,7 @@ pub(crate) mod cgroup;
 pub mod client;
 pub mod engine;
 pub mod export;
+pub mod failure;
 pub mod history;
 pub(crate) mod kernel;
 pub mod node;

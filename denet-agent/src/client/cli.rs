@@ -8,7 +8,10 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::http::{encode, Client, Server};
+use super::{
+    http::{encode, Client, Server},
+    views,
+};
 use crate::{history::HistoryRow, service::job::JobView};
 
 #[derive(Args)]
@@ -70,8 +73,31 @@ enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One job's status and resource summary (JSON).
-    Show { id: String },
+    /// One job: status and why, command, times, resources and the failure excerpt.
+    Show {
+        id: String,
+        /// Print the service's JSON view instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Jobs that failed, timed out or lost a process to the OOM killer, newest first,
+    /// with the line that says what went wrong.
+    Errors {
+        #[arg(long)]
+        name: Option<String>,
+        /// Only jobs that ended within this long (90s, 30m, 2h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// The whole failure excerpt (traceback, error block), not its one line.
+        #[arg(long)]
+        traceback: bool,
+        /// How many of the newest ended jobs to look through.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Print the matching history rows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the job's whole process tree (SIGTERM, SIGKILL after the grace).
     Stop {
         id: String,
@@ -87,8 +113,15 @@ enum JobsCommand {
     Logs {
         id: String,
         /// Follow: print lines as they come until the job ends.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "grep")]
         follow: bool,
+        /// Only the lines that contain PATTERN (a plain string, as `grep -F`), as
+        /// STREAM:LINE: text, to stdout.
+        #[arg(long, value_name = "PATTERN")]
+        grep: Option<String>,
+        /// Only this stream: stdout or stderr.
+        #[arg(long, value_parser = ["stdout", "stderr"])]
+        stream: Option<String>,
     },
     /// The job's trace (JSONL), as far as it is written, to stdout.
     Trace { id: String },
@@ -228,12 +261,53 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
                 )?;
             }
         }
-        JobsCommand::Show { id } => {
+        JobsCommand::Show { id, json } => {
             let v = client
                 .get(&format!("/jobs/{}", check_id(&id)?))
                 .await?
                 .ok_json()?;
-            print_json(&v)?;
+            if json {
+                print_json(&v)?;
+            } else {
+                let job: JobView = serde_json::from_value(v).context("the service's job view")?;
+                write_out(views::job_text(&job).as_bytes(), false)?;
+            }
+        }
+        JobsCommand::Errors {
+            name,
+            since,
+            traceback,
+            limit,
+            json,
+        } => {
+            let from_ms = match &since {
+                Some(s) => Some(
+                    views::since_ms(s, crate::service::job::unix_ms())
+                        .map_err(anyhow::Error::msg)?,
+                ),
+                None => None,
+            };
+            let mut q = format!("/history?limit={}", limit.clamp(1, 10_000));
+            if let Some(n) = &name {
+                q.push_str(&format!("&name={}", encode(n)));
+            }
+            let v = client.get(&q).await?.ok_json()?;
+            #[derive(serde::Deserialize)]
+            struct Rows {
+                rows: Vec<HistoryRow>,
+            }
+            let rows: Rows = serde_json::from_value(v).context("the service's history")?;
+            let errors: Vec<HistoryRow> = rows
+                .rows
+                .into_iter()
+                .filter(views::is_error)
+                .filter(|r| from_ms.is_none_or(|t| r.end_unix_ms >= t))
+                .collect();
+            if json {
+                print_json(&serde_json::to_value(&errors)?)?;
+            } else {
+                write_out(views::errors_text(&errors, traceback).as_bytes(), false)?;
+            }
         }
         JobsCommand::Stop { id, grace } => {
             let query = grace.map(|g| format!("?grace_s={g}")).unwrap_or_default();
@@ -241,20 +315,34 @@ async fn command(client: &Client, cmd: JobsCommand) -> Result<i32> {
         }
         JobsCommand::Pause { id } => act(client, &id, "pause", "", "paused").await?,
         JobsCommand::Resume { id } => act(client, &id, "resume", "", "resumed").await?,
-        JobsCommand::Logs { id, follow } => {
+        JobsCommand::Logs {
+            id,
+            follow,
+            grep,
+            stream: only,
+        } => {
             let id = check_id(&id)?;
             if follow {
                 follow_logs(client, id).await?;
                 return Ok(0);
             }
             for (stream, to_stderr) in [("stdout", false), ("stderr", true)] {
+                if only.as_deref().is_some_and(|o| o != stream) {
+                    continue;
+                }
                 let a = client
                     .get(&format!("/jobs/{id}/logs?stream={stream}"))
                     .await?;
                 if !a.status.is_success() {
                     a.ok_json()?;
                 }
-                write_out(&a.body, to_stderr)?;
+                match &grep {
+                    Some(pattern) => {
+                        let text = String::from_utf8_lossy(&a.body);
+                        write_out(views::grep_lines(stream, &text, pattern).as_bytes(), false)?;
+                    }
+                    None => write_out(&a.body, to_stderr)?,
+                }
             }
         }
         JobsCommand::Trace { id } => {

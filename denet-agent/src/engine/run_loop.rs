@@ -98,6 +98,9 @@ pub(super) struct RunState {
     grace: Duration,
     paused: bool,
     cgroup: RunCg,
+    /// The file the command's stderr goes to (`--stderr FILE`): its failure excerpt
+    /// goes in the summary when the run fails.
+    stderr_file: Option<std::path::PathBuf>,
 }
 
 impl RunState {
@@ -167,6 +170,10 @@ impl RunState {
             grace: config.kill_grace,
             paused: false,
             cgroup: kernel.cgroup,
+            stderr_file: match &config.launch.stderr {
+                Some(super::launch::Redirect::Path(p)) => Some(p.clone()),
+                _ => None,
+            },
         })
     }
 
@@ -566,6 +573,16 @@ impl RunState {
         if let Some((msg, status)) = start_error {
             s.error = Some(msg);
             exit_status = status;
+        }
+        let failed = exit_status != 0 || s.timed_out || s.cancelled == Some(true);
+        if let (true, Some(path)) = (failed, &self.stderr_file) {
+            if let Some(e) = crate::failure::tail_of_file(path)
+                .ok()
+                .and_then(|t| t.excerpt())
+            {
+                s.failure_kind = Some(e.kind.as_str().into());
+                s.failure_excerpt = Some(e.text);
+            }
         }
         if s.lost_events > 0 {
             warn(&format!(

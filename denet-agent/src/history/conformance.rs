@@ -47,6 +47,10 @@ pub fn row(id: &str, name: &str, status: Status, end_unix_ms: i64, full: bool) -
         memory_peak_bytes: some(104_857_600),
         memory_limit_bytes: some(i64::MAX),
         oom_kills: if full { 2 } else { 0 },
+        stderr_tail: full.then(|| "line 1\nünï 2\n".to_owned()),
+        failure_kind: full.then(|| "python_traceback".to_owned()),
+        failure_excerpt: full
+            .then(|| "Traceback (most recent call last):\nValueError: x\n".to_owned()),
     }
 }
 

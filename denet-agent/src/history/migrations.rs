@@ -112,6 +112,20 @@ pub const MIGRATIONS: &[Migration] = &[
         ALTER TABLE job_history ADD COLUMN oom_kills          BIGINT NOT NULL DEFAULT 0;
     ",
     },
+    Migration {
+        version: 4,
+        description: "the tail of the job's stderr and its failure excerpt",
+        sqlite: "
+        ALTER TABLE job_history ADD COLUMN stderr_tail     TEXT;
+        ALTER TABLE job_history ADD COLUMN failure_kind    TEXT;
+        ALTER TABLE job_history ADD COLUMN failure_excerpt TEXT;
+    ",
+        postgres: "
+        ALTER TABLE job_history ADD COLUMN stderr_tail     TEXT;
+        ALTER TABLE job_history ADD COLUMN failure_kind    TEXT;
+        ALTER TABLE job_history ADD COLUMN failure_excerpt TEXT;
+    ",
+    },
 ];
 
 /// The schema version this binary writes and reads.

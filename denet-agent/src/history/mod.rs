@@ -102,6 +102,14 @@ pub struct HistoryRow {
     pub memory_limit_bytes: Option<i64>,
     /// Processes of the job the OOM killer chose.
     pub oom_kills: i64,
+    /// The last lines of the job's stderr (at most 50 lines, 16 KiB).
+    pub stderr_tail: Option<String>,
+    /// What the failure excerpt is (`python_traceback`, `r_error`, `java_exception`,
+    /// `rust_panic`, `signal`, `htslib_error`, `last_lines`) and its text: the last
+    /// recognisable error block of the stderr tail. Only for jobs that did not
+    /// succeed.
+    pub failure_kind: Option<String>,
+    pub failure_excerpt: Option<String>,
 }
 
 /// Filters for [`History::query`]: exact name and status; `limit` 0 means
@@ -130,7 +138,7 @@ impl HistoryQuery {
 
 /// The `job_history` columns, in [`HistoryRow`] field order (both backends read
 /// and write them in this order).
-pub(crate) const COLUMNS: [&str; 31] = [
+pub(crate) const COLUMNS: [&str; 34] = [
     "id",
     "name",
     "cmd",
@@ -162,6 +170,9 @@ pub(crate) const COLUMNS: [&str; 31] = [
     "memory_peak_bytes",
     "memory_limit_bytes",
     "oom_kills",
+    "stderr_tail",
+    "failure_kind",
+    "failure_excerpt",
 ];
 
 /// `INSERT … ON CONFLICT (id) DO UPDATE` over all columns; `placeholder(i)` renders

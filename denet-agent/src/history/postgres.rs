@@ -134,7 +134,7 @@ impl PgHistory {
         let sql = upsert_sql(|i| format!("${i}"));
         let cmd = cmd_to_json(&row.cmd);
         let uid = i64::from(row.uid);
-        let params: [&(dyn ToSql + Sync); 31] = [
+        let params: [&(dyn ToSql + Sync); 34] = [
             &row.id,
             &row.name,
             &cmd,
@@ -166,6 +166,9 @@ impl PgHistory {
             &row.memory_peak_bytes,
             &row.memory_limit_bytes,
             &row.oom_kills,
+            &row.stderr_tail,
+            &row.failure_kind,
+            &row.failure_excerpt,
         ];
         let op = format!("inserting job {:?}", row.id);
         self.call(&op, |c| {
@@ -260,6 +263,9 @@ fn from_row(r: &Row, op: &str) -> Result<HistoryRow, HistoryError> {
         memory_peak_bytes: r.try_get(28).map_err(e)?,
         memory_limit_bytes: r.try_get(29).map_err(e)?,
         oom_kills: r.try_get(30).map_err(e)?,
+        stderr_tail: r.try_get(31).map_err(e)?,
+        failure_kind: r.try_get(32).map_err(e)?,
+        failure_excerpt: r.try_get(33).map_err(e)?,
     })
 }
 

@@ -275,6 +275,9 @@ fn to_values(r: &HistoryRow) -> Vec<Value> {
         opt(r.memory_peak_bytes),
         opt(r.memory_limit_bytes),
         Value::Integer(r.oom_kills),
+        r.stderr_tail.clone().map_or(Value::Null, Value::Text),
+        r.failure_kind.clone().map_or(Value::Null, Value::Text),
+        r.failure_excerpt.clone().map_or(Value::Null, Value::Text),
     ]
 }
 
@@ -323,6 +326,9 @@ impl RawRow {
                 memory_peak_bytes: r.get(28)?,
                 memory_limit_bytes: r.get(29)?,
                 oom_kills: r.get(30)?,
+                stderr_tail: r.get(31)?,
+                failure_kind: r.get(32)?,
+                failure_excerpt: r.get(33)?,
             },
         })
     }

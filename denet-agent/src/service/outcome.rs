@@ -10,7 +10,7 @@ use std::{
 
 use super::{
     identity::Identity,
-    job::{unix_ms, Job, JobFile, Status, StreamMsg},
+    job::{unix_ms, Job, JobFile, LogStream, Status, StreamMsg},
     Service,
 };
 use crate::{history::HistoryRow, report, trace};
@@ -54,6 +54,31 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
 
 /// The history row from the job's trace (the numbers of `denet-agent stats`).
 pub(super) async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
+    let mut row = row_from_trace(svc, job, ending).await;
+    add_failure_context(&mut row, &job.log_path(LogStream::Stderr));
+    row
+}
+
+/// The tail of the job's stderr, and for a job that did not succeed the last error
+/// block in it (`crate::failure`).
+fn add_failure_context(row: &mut HistoryRow, stderr: &Path) {
+    let Ok(tail) = crate::failure::tail_of_file(stderr) else {
+        return;
+    };
+    if tail.is_empty() {
+        return;
+    }
+    if row.status != Status::Succeeded {
+        if let Some(e) = tail.excerpt() {
+            row.failure_kind = Some(e.kind.as_str().to_string());
+            row.failure_excerpt = Some(e.text);
+        }
+    }
+    row.stderr_tail = Some(tail.text());
+}
+
+/// The row as the trace (and what the supervisor saw) tells it.
+async fn row_from_trace(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
     let (cancel_requested, cancel_reason, stuck_seen, start_ms) = {
         let st = job.state();
         (
@@ -97,6 +122,9 @@ pub(super) async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> Hist
         memory_peak_bytes: None,
         memory_limit_bytes: None,
         oom_kills: 0,
+        stderr_tail: None,
+        failure_kind: None,
+        failure_excerpt: None,
     };
     if ending.never_started {
         row.status = if cancel_requested {

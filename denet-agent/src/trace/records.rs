@@ -541,6 +541,11 @@ pub struct Summary {
     /// (`blkio.throttle.io_service_bytes`).
     pub cgroup_blk_read_bytes: Option<u64>,
     pub cgroup_blk_write_bytes: Option<u64>,
+    /// With `--stderr FILE`, when the run failed: what the last recognisable error
+    /// block of the stderr is ("python_traceback", "r_error", "java_exception",
+    /// "rust_panic", "signal", "htslib_error", or "last_lines") and its text.
+    pub failure_kind: Option<Word>,
+    pub failure_excerpt: Option<String>,
 }
 
 /// A process the OOM killer chose.
@@ -780,6 +785,11 @@ mod tests {
             cgroup_cpu_ns: Some(1_600_000),
             cgroup_blk_read_bytes: Some(4096),
             cgroup_blk_write_bytes: Some(0),
+            failure_kind: Some("python_traceback".into()),
+            failure_excerpt: Some(
+                "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad\n"
+                    .into(),
+            ),
             ..Summary::started_at(5_000_000_000)
         };
         let dir = std::env::temp_dir().join(format!("denet-golden-{}", std::process::id()));

@@ -8,6 +8,7 @@ mod helpers;
 
 mod depth_ebpf;
 mod export_formats;
+mod failure_context;
 mod golden_schema;
 mod history_db;
 mod machine_cost;

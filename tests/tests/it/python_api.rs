@@ -104,3 +104,59 @@ fn python_package_as_a_user_through_the_node_daemon() {
     );
     drop(svc);
 }
+
+/// `pip install` of the repository itself (maturin as the PEP 517 backend, built in
+/// place, so the agent the suite built is reused) puts `denet-agent` on the venv's
+/// PATH, and the package finds that binary.
+#[test]
+fn pip_install_of_the_repository_puts_the_binary_on_the_venvs_path() {
+    let test = "pip_install_of_the_repository_puts_the_binary_on_the_venvs_path";
+    // Same gate as the wheel: the suite's Python set-up is there.
+    if wheel_python(test).is_none() {
+        return;
+    }
+    let _x = exclusive();
+    let venv = scratch_dir("py-src").join("venv");
+    let ok = |c: &mut Command, what: &str| {
+        let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    ok(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv),
+        "python3 -m venv",
+    );
+    ok(
+        Command::new(venv.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(repo())
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        "pip install of the repository",
+    );
+    let version = ok(
+        Command::new(venv.join("bin/denet-agent")).arg("--version"),
+        "denet-agent --version",
+    );
+    assert!(version.starts_with("denet-agent "), "{version}");
+    let found = ok(
+        Command::new(venv.join("bin/python"))
+            .args(["-c", "import denet_agent; print(denet_agent.binary())"])
+            .env_remove("DENET_AGENT_BIN")
+            .env("PATH", "/usr/bin:/bin"),
+        "import denet_agent",
+    );
+    assert_eq!(Path::new(&found), venv.join("bin/denet-agent"));
+}
