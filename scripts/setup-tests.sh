@@ -13,9 +13,10 @@ LOG_NAME=setup-tests
 . "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 # 1. Tools used by tests and benchmarks.
-# r-base-core: a job that dies of an R error (tests/tests/it/failure_context.rs).
+# r-base-core: a job that dies of an R error (tests/tests/it/failure_context.rs);
+# tmux: drives `denet-agent top` in a terminal (tests/tests/it/top_tui.rs).
 apt_install hyperfine bpftool strace bwa samtools libcap2-bin python3 passwd dpkg-dev time \
-  r-base-core
+  r-base-core tmux
 # 2. Report, notebook and Python package test tools: Debian's Chromium renders the HTML
 #    report in a test; pandas, polars and matplotlib (in a venv under target/, never
 #    the system Python) run the notebook example. The tests find them there.

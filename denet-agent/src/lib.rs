@@ -21,4 +21,5 @@ pub mod node;
 pub(crate) mod process;
 pub mod report;
 pub mod service;
+pub mod top;
 pub mod trace;

@@ -38,6 +38,8 @@ enum Command {
     Serve(ServeArgs),
     /// Client of `serve`: spawn, list, show, stop, pause, resume jobs, logs, history.
     Jobs(denet_agent::client::cli::JobsArgs),
+    /// Watch the node's jobs (yours; root: all) or a trace being written, live.
+    Top(denet_agent::top::TopArgs),
 }
 
 #[derive(Args)]
@@ -569,6 +571,7 @@ fn main() -> ExitCode {
         Command::Export(args) => export(args),
         Command::Serve(args) => serve(args),
         Command::Jobs(args) => denet_agent::client::cli::run(args),
+        Command::Top(args) => denet_agent::top::run(args),
     };
     match result {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),

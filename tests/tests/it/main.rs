@@ -21,3 +21,4 @@ mod run_ebpf;
 mod serve_api;
 mod shared_node;
 mod stats_cli;
+mod top_tui;

@@ -259,7 +259,7 @@ fn assert_json_error(status: u16, body: &str, want: u16, context: &str) {
 }
 
 /// Pids of a process and all its descendants, from /proc.
-fn tree_of(root: u32) -> Vec<u32> {
+pub(crate) fn tree_of(root: u32) -> Vec<u32> {
     let mut out = vec![root];
     let mut i = 0;
     while i < out.len() {
@@ -281,7 +281,7 @@ fn tree_of(root: u32) -> Vec<u32> {
 }
 
 /// utime+stime of the processes, clock ticks, and their states.
-fn cpu_ticks(pids: &[u32]) -> (u64, Vec<char>) {
+pub(crate) fn cpu_ticks(pids: &[u32]) -> (u64, Vec<char>) {
     let mut ticks = 0;
     let mut states = Vec::new();
     for pid in pids {

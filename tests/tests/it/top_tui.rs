@@ -1,0 +1,177 @@
+//! `denet-agent top` driven for real: in tmux, against a real `serve`. A job
+//! appears, its tree grows, `p` pauses it (every process in state T), `r` resumes
+//! it, `s` then `y` stops it; the screen is read back with `capture-pane`.
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use crate::{
+    helpers::{agent_bin, ebpf_ready, in_ci, scratch_dir},
+    serve_api::{cpu_ticks, tree_of, Svc},
+};
+
+/// A tmux session running one command, killed when dropped.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(name: &str, cmd: &str) -> Tmux {
+        let ok = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                "120",
+                "-y",
+                "40",
+                cmd,
+            ])
+            .status()
+            .expect("run tmux");
+        assert!(ok.success(), "tmux new-session");
+        Tmux { name: name.into() }
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &str) {
+        let ok = Command::new("tmux")
+            .args(["send-keys", "-t", &self.name, keys])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits until the screen shows `text`; the screen then.
+    fn wait_for(&self, text: &str, limit: Duration) -> String {
+        let until = Instant::now() + limit;
+        loop {
+            let s = self.screen();
+            if s.contains(text) {
+                return s;
+            }
+            assert!(Instant::now() < until, "{text:?} never shown; screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .status();
+    }
+}
+
+fn tmux_ready(test: &str) -> bool {
+    if Path::new("/usr/bin/tmux").is_file() {
+        return true;
+    }
+    if in_ci() {
+        panic!("{test}: tmux is missing (scripts/setup-tests.sh installs it)");
+    }
+    eprintln!("skipped {test}: no tmux (run scripts/setup-tests.sh)");
+    false
+}
+
+/// Every process of the tree in `state` (T stopped, S/R running or asleep).
+fn wait_states(pid: u32, want: impl Fn(char) -> bool, what: &str) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, states) = cpu_ticks(&tree_of(pid));
+        if !states.is_empty() && states.iter().all(|s| want(*s)) {
+            return;
+        }
+        assert!(Instant::now() < until, "tree not {what}: {states:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_a_growing_job_and_pauses_resumes_and_stops_it() {
+    let test = "top_shows_a_growing_job_and_pauses_resumes_and_stops_it";
+    if !ebpf_ready(test) || !tmux_ready(test) {
+        return;
+    }
+    let dir = scratch_dir("top");
+    let svc = Svc::start(&dir.join("data"), &[]);
+    let id = svc
+        .spawn(json!({
+            "name": "grower",
+            "cmd": ["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 60 & sleep 0.3; done; wait"],
+            "cwd": dir,
+        }))
+        .await;
+    svc.wait_running(&id).await;
+    let session = format!("denet-top-{}", std::process::id());
+    let tmux = Tmux::start(
+        &session,
+        &format!("{} top --server {}", agent_bin().display(), svc.server),
+    );
+    let s = tmux.wait_for("grower", Duration::from_secs(20));
+    assert!(s.contains("running"), "{s}");
+    // The tree grows: the list's process count reaches the shell and its 6 sleeps.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = tmux.screen();
+        let row = s
+            .lines()
+            .find(|l| l.contains("grower"))
+            .unwrap_or("")
+            .to_string();
+        if row.split_whitespace().any(|w| w == "7") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the tree did not grow to 7: {row}\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = svc.job(&id).await["pid"].as_u64().unwrap() as u32;
+
+    // Open it: its live tree.
+    tmux.keys("Enter");
+    let s = tmux.wait_for("live processes", Duration::from_secs(10));
+    assert!(s.contains("job grower"), "{s}");
+    tmux.keys("p");
+    wait_states(pid, |c| c == 'T', "stopped");
+    tmux.wait_for("pause: grower", Duration::from_secs(5));
+    tmux.keys("r");
+    wait_states(pid, |c| c != 'T', "running again");
+    tmux.keys("Escape");
+    tmux.wait_for("NAME", Duration::from_secs(5));
+    tmux.keys("s");
+    tmux.wait_for("stop grower? y/n", Duration::from_secs(5));
+    tmux.keys("y");
+    let end = svc.wait_end(&id, Duration::from_secs(20)).await;
+    assert_eq!(end["status"], "cancelled");
+    let s = tmux.wait_for("cancelled", Duration::from_secs(10));
+    assert!(s.contains("grower"), "{s}");
+    tmux.keys("q");
+    let until = Instant::now() + Duration::from_secs(5);
+    while Command::new("tmux")
+        .args(["has-session", "-t", &session])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(Instant::now() < until, "top did not quit on q");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
