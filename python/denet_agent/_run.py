@@ -118,6 +118,12 @@ def execute_with_monitoring(
     try:
         if output_file is not None and output_format == "jsonl":
             trace = Path(output_file).resolve()
+            # An older trace there must not pass for this run's if the agent fails
+            # before writing its own.
+            try:
+                trace.unlink()
+            except FileNotFoundError:
+                pass
         else:
             trace = Path(owned_dir) / "trace.jsonl"
         agent_log = Path(owned_dir) / "agent.log"
@@ -200,6 +206,8 @@ def execute_with_monitoring(
         if summary.get("process_count", 0) == 0 and "not found" in error:
             raise FileNotFoundError(errno.ENOENT, error, argv[0])
         if summary.get("timed_out"):
+            if output_file is not None and output_format != "jsonl":
+                _write_samples(monitor, Path(output_file), output_format)
             raise subprocess.TimeoutExpired(argv, timeout or 0)
         if summary.get("exit_code") is not None:
             exit_code = summary["exit_code"]

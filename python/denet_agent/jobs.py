@@ -193,7 +193,7 @@ class Client:
                     raise ApiError(502, "the service closed the connection during the upgrade")
                 buf += chunk
             head, rest = buf.split(b"\r\n\r\n", 1)
-            _check_upgrade(head, raw)
+            _check_upgrade(head, rest, raw)
             frames.feed(rest)
             while True:
                 for opcode, payload in frames.messages():
@@ -245,7 +245,11 @@ class AsyncClient:
                                           s._headers()))
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
-            _check_upgrade(head[:-4], None)
+            if not head.startswith(b"HTTP/1.1 101"):
+                length = _content_length(head)
+                body = await reader.read(min(length, 65536)) if length else b""
+                _check_upgrade(head[:-4], body, None)
+            _check_upgrade(head[:-4], b"", None)
             frames = _Frames()
             while True:
                 for opcode, payload in frames.messages():
@@ -283,19 +287,32 @@ def _upgrade_request(path: str, headers: Dict[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def _check_upgrade(head: bytes, raw: Optional[socket.socket]) -> None:
-    status_line, _, rest = head.partition(b"\r\n")
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return int(value.strip())
+    return 0
+
+
+def _check_upgrade(head: bytes, body: bytes, raw: Optional[socket.socket]) -> None:
+    """Raises ApiError with the service's message unless the upgrade succeeded;
+    `body` is what came after the headers, completed from `raw` up to its length."""
+    status_line, _, _ = head.partition(b"\r\n")
     parts = status_line.split(b" ", 2)
     status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
     if status != 101:
-        # The error body follows the headers; read what came with them.
-        body = b""
+        want = min(_content_length(head), 65536)
         if raw is not None:
             raw.settimeout(5)
-            try:
-                body = raw.recv(65536)
-            except OSError:
-                pass
+            while len(body) < want:
+                try:
+                    chunk = raw.recv(want - len(body))
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                body += chunk
         text = body.decode("utf-8", errors="replace")
         try:
             message = json.loads(text[text.index("{"):]).get("error", text)
@@ -321,7 +338,7 @@ class _Frames:
     """Server frames in, whole messages out (continuations joined)."""
 
     def __init__(self) -> None:
-        self.buf = b""
+        self.buf = bytearray()
         self.partial: Optional[Tuple[int, bytes]] = None
 
     def feed(self, data: bytes) -> None:
@@ -335,7 +352,7 @@ class _Frames:
             fin, opcode, payload = frame
             if opcode >= 0x8:  # control frames are never fragmented
                 yield opcode, payload
-            elif opcode == 0x0 and self.partial is not None:
+            elif opcode == 0x0 and self.partial is not None:  # a continuation
                 self.partial = (self.partial[0], self.partial[1] + payload)
                 if fin:
                     yield self.partial
@@ -367,8 +384,8 @@ class _Frames:
             mask, i = b[i:i + 4], i + 4
         if len(b) < i + n:
             return None
-        payload = b[i:i + n]
+        payload = bytes(b[i:i + n])
         if masked:
             payload = bytes(x ^ mask[j % 4] for j, x in enumerate(payload))
-        self.buf = b[i + n:]
+        del self.buf[:i + n]
         return fin, opcode, payload

@@ -22,15 +22,21 @@ _TAIL_BYTES = 64 * 1024
 
 
 def _read_last_line(path: Path) -> Optional[str]:
+    """The file's last non-blank line, read from its end (a window that doubles until
+    it holds the whole line), never the whole file."""
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
-        f.seek(max(0, size - _TAIL_BYTES))
-        tail = f.read()
-    for line in reversed(tail.split(b"\n")):
-        if line.strip():
-            return line.decode("utf-8", errors="replace")
-    return None
+        window = _TAIL_BYTES
+        while True:
+            start = max(0, size - window)
+            f.seek(start)
+            tail = f.read(size - start).rstrip()
+            cut = tail.rfind(b"\n")
+            if cut >= 0 or start == 0:
+                line = tail[cut + 1:]
+                return line.decode("utf-8", errors="replace") if line.strip() else None
+            window *= 2
 
 
 def records(path: "os.PathLike[str] | str", kind: Optional[str] = None) -> Iterator[Dict[str, Any]]:

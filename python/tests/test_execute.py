@@ -163,3 +163,13 @@ def test_summary_has_denets_keys_and_ours():
     samples = monitor.get_samples()
     assert samples and all(isinstance(x, str) for x in samples)
     assert {"cpu_usage", "mem_rss_kb"} <= json.loads(samples[0]).keys()
+
+
+def test_an_older_output_file_is_not_taken_for_this_run(tmp_path):
+    out = tmp_path / "t.jsonl"
+    code, _ = execute_with_monitoring(["/bin/true"], output_file=str(out), quiet=True)
+    assert code == 0 and out.exists()
+    # The agent refuses the limit before it writes a trace: no stale trace comes back.
+    with pytest.raises(RuntimeError):
+        execute_with_monitoring(["/bin/true"], output_file=str(out), max_pids=0, quiet=True)
+    assert not out.exists()

@@ -113,7 +113,7 @@ enum JobsCommand {
     Logs {
         id: String,
         /// Follow: print lines as they come until the job ends.
-        #[arg(short, long, conflicts_with = "grep")]
+        #[arg(short, long, conflicts_with_all = ["grep", "stream"])]
         follow: bool,
         /// Only the lines that contain PATTERN (a plain string, as `grep -F`), as
         /// STREAM:LINE: text, to stdout.

@@ -176,23 +176,21 @@ pub fn grep_lines(stream: &str, text: &str, pattern: &str) -> String {
 /// A `--since` value: a duration before now (`90s`, `30m`, `2h`, `7d`) as the Unix
 /// ms it starts at.
 pub fn since_ms(value: &str, now_ms: i64) -> Result<i64, String> {
-    let (num, unit) = value.split_at(value.len().saturating_sub(1));
-    let scale = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "--since {value:?}: a duration such as 90s, 30m, 2h or 7d"
-            ))
-        }
-    };
+    let bad = || format!("--since {value:?}: a duration such as 90s, 30m, 2h or 7d");
+    let (num, scale) = [
+        ("s", 1_000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+    ]
+    .iter()
+    .find_map(|(unit, scale)| value.strip_suffix(unit).map(|n| (n, *scale)))
+    .ok_or_else(bad)?;
     let n: f64 = num
         .parse()
         .ok()
         .filter(|n: &f64| n.is_finite() && *n >= 0.0)
-        .ok_or_else(|| format!("--since {value:?}: a duration such as 90s, 30m, 2h or 7d"))?;
+        .ok_or_else(bad)?;
     Ok(now_ms - (n * f64::from(scale)) as i64)
 }
 
@@ -254,5 +252,9 @@ mod tests {
         assert_eq!(since_ms("90s", 100_000), Ok(10_000));
         assert!(since_ms("yesterday", 0).is_err());
         assert!(since_ms("-1h", 0).is_err());
+        assert!(
+            since_ms("5µ", 0).is_err(),
+            "a multi-byte unit is refused, not a panic"
+        );
     }
 }

@@ -576,7 +576,7 @@ impl RunState {
         }
         let failed = exit_status != 0 || s.timed_out || s.cancelled == Some(true);
         if let (true, Some(path)) = (failed, &self.stderr_file) {
-            if let Some(e) = crate::failure::tail_of_file(path)
+            if let Some(e) = crate::failure::tail_of_file(path, true)
                 .ok()
                 .and_then(|t| t.excerpt())
             {

@@ -67,15 +67,30 @@ impl Tail {
     }
 }
 
-/// The tail of the file at `path` (its last 64 KiB are read: enough for
-/// [`TAIL_BYTES`] of whole lines). Invalid UTF-8 is replaced.
-pub fn tail_of_file(path: &Path) -> std::io::Result<Tail> {
+/// The tail of the regular file at `path` (its last 64 KiB are read: enough for
+/// [`TAIL_BYTES`] of whole lines). Anything else (a terminal, a pipe, a device) has
+/// no tail to read: it is opened without blocking and refused. `follow_links`: false
+/// refuses a symbolic link (a path in a directory its user controls). Invalid UTF-8
+/// is replaced.
+pub fn tail_of_file(path: &Path, follow_links: bool) -> std::io::Result<Tail> {
+    use std::os::unix::fs::OpenOptionsExt;
     const READ: u64 = 64 * 1024;
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
+    let mut flags = libc::O_NONBLOCK;
+    if !follow_links {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let len = meta.len();
     f.seek(SeekFrom::Start(len.saturating_sub(READ)))?;
     let mut buf = Vec::with_capacity(len.min(READ) as usize);
-    f.read_to_end(&mut buf)?;
+    f.take(READ).read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
     // Started mid-file: the first line is a piece of one; drop it.
     let text = if len > READ {
@@ -88,15 +103,29 @@ pub fn tail_of_file(path: &Path) -> std::io::Result<Tail> {
     Ok(tail)
 }
 
+/// The line as kept: at most [`MAX_LINE_BYTES`], and without control characters
+/// (tabs stay): a NUL cannot be stored in PostgreSQL text, and escape sequences
+/// must not reach the terminal of whoever reads the excerpt (root's `jobs errors`
+/// lists every user's jobs).
 fn cut(line: &str) -> String {
-    if line.len() <= MAX_LINE_BYTES {
-        return line.to_string();
-    }
-    let mut end = MAX_LINE_BYTES;
+    let mut end = line.len().min(MAX_LINE_BYTES);
     while !line.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &line[..end])
+    let mut out: String = line[..end]
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if end < line.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// What kind of error block an excerpt is.
@@ -152,11 +181,21 @@ pub fn excerpt(lines: &[&str]) -> Option<Excerpt> {
         signal(lines),
         htslib(lines),
     ];
-    // The last one to start; on a tie the longer.
-    let best = blocks
-        .into_iter()
-        .flatten()
-        .max_by_key(|&(_, start, end)| (start, end));
+    // The last one to start, on a tie the longer; but a block inside another (a
+    // traceback whose exception message says "Aborted") is that other's.
+    let found: Vec<Block> = blocks.into_iter().flatten().collect();
+    let best = found
+        .iter()
+        .copied()
+        .max_by_key(|&(_, start, end)| (start, end))
+        .map(|b| {
+            found
+                .iter()
+                .copied()
+                .filter(|&(_, s, e)| s <= b.1 && e >= b.2)
+                .min_by_key(|&(_, s, _)| s)
+                .unwrap_or(b)
+        });
     let (kind, start, end) = match best {
         Some(b) => b,
         None => {
@@ -211,19 +250,24 @@ fn python(lines: &[&str]) -> Option<Block> {
     Some((ExcerptKind::PythonTraceback, start, end))
 }
 
-/// `Error in f(x) : message` or `Error: message`, with the lines R prints after it
+/// `Error in f(x) : message`, or `Error: message` when R's `Execution halted`
+/// follows (many other tools print `Error: ...`), with the lines R prints after it
 /// (`Calls: ...`, the call stack) up to `Execution halted`.
 fn r_error(lines: &[&str]) -> Option<Block> {
     let start = lines
         .iter()
         .rposition(|l| l.starts_with("Error in ") || l.starts_with("Error: "))?;
     let mut end = start + 1;
+    let mut halted = false;
     while end < lines.len() && !lines[end].trim().is_empty() {
-        let halted = lines[end].starts_with("Execution halted");
+        halted = lines[end].starts_with("Execution halted");
         end += 1;
         if halted {
             break;
         }
+    }
+    if lines[start].starts_with("Error: ") && !halted {
+        return None;
     }
     Some((ExcerptKind::RError, start, end))
 }
@@ -410,6 +454,30 @@ mod tests {
         assert_eq!(excerpt(&["", "  "]), None);
         // Words inside other words are not crashes.
         assert_eq!(ex("Killedness\n").kind, ExcerptKind::LastLines);
+        // A block inside a larger one is the larger one's.
+        let e =
+            ex("Traceback (most recent call last):\n  File \"a\"\nRuntimeError: worker Aborted\n");
+        assert_eq!(e.kind, ExcerptKind::PythonTraceback);
+        // `Error: ` of other tools is not R's.
+        assert_eq!(ex("Error: unknown flag --x\n").kind, ExcerptKind::LastLines);
+    }
+
+    #[test]
+    fn control_characters_are_replaced_and_only_regular_files_are_read() {
+        let mut t = Tail::default();
+        t.push("a\0b\x1b]52;c;ZXZpbA==\x07\tend");
+        assert_eq!(t.text(), "a\u{fffd}b\u{fffd}]52;c;ZXZpbA==\u{fffd}\tend\n");
+        assert!(tail_of_file(Path::new("/dev/null"), true).is_err());
+        let dir = std::env::temp_dir().join(format!("denet-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("err");
+        std::fs::write(&file, "x\nlast\n").unwrap();
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(tail_of_file(&link, true).unwrap().text(), "x\nlast\n");
+        assert!(tail_of_file(&link, false).is_err(), "a link is refused");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

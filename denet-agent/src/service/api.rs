@@ -435,8 +435,18 @@ async fn job_dir(svc: &Service, me: &Identity, id: &str) -> ApiResult<std::path:
     Ok(svc.config.data_dir.join("jobs").join(id))
 }
 
-async fn stream_file(path: &std::path::Path, content_type: &'static str) -> ApiResult<Response> {
-    let file = tokio::fs::File::open(path)
+/// A file of a job directory from byte `from` on. The directory is its user's: no
+/// link is followed and only a regular file is served.
+async fn stream_file(
+    path: &std::path::Path,
+    content_type: &'static str,
+    from: u64,
+) -> ApiResult<Response> {
+    use tokio::io::AsyncSeekExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
         .await
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ApiError::not_found(&format!(
@@ -448,6 +458,19 @@ async fn stream_file(path: &std::path::Path, content_type: &'static str) -> ApiR
                 path.file_name().unwrap_or_default().to_string_lossy()
             )),
         })?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::internal(format!("{name}: {e}")))?;
+    if !meta.is_file() {
+        return Err(ApiError::internal(format!("{name}: not a regular file")));
+    }
+    if from > 0 {
+        file.seek(std::io::SeekFrom::Start(from.min(meta.len())))
+            .await
+            .map_err(|e| ApiError::internal(format!("{name}: {e}")))?;
+    }
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
@@ -456,9 +479,18 @@ async fn job_trace(
     State(svc): State<Arc<Service>>,
     Extension(me): Extension<Identity>,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let dir = job_dir(&svc, &me, &id).await?;
-    stream_file(&dir.join("trace.jsonl"), "application/x-ndjson").await
+    // `from`: a byte offset, so a client following the trace asks only for what it
+    // has not read.
+    let from = match q.get("from") {
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("from: a byte offset, not {v:?}")))?,
+        None => 0,
+    };
+    stream_file(&dir.join("trace.jsonl"), "application/x-ndjson", from).await
 }
 
 /// The last `max` bytes of a file, and whether it was cut.
@@ -486,7 +518,7 @@ async fn job_logs(
     if let Some(s) = q.get("stream") {
         let stream = LogStream::parse(s)
             .ok_or_else(|| ApiError::bad_request(format!("stream: stdout or stderr, not {s:?}")))?;
-        return stream_file(&dir.join(stream.file_name()), "application/octet-stream").await;
+        return stream_file(&dir.join(stream.file_name()), "application/octet-stream", 0).await;
     }
     let mut out = serde_json::Map::new();
     for stream in [LogStream::Stdout, LogStream::Stderr] {

@@ -179,12 +179,15 @@ fn add_mark(mark: &mut super::job::OutputMark, stream: LogStream, n: u64) {
 /// Sends the complete lines in `pending` (all of it at the end of the stream) and
 /// returns how many bytes were sent.
 fn send_lines(job: &Job, stream: LogStream, pending: &mut Vec<u8>, at_end: bool) -> u64 {
-    let st = job.state();
+    let mut st = job.state();
     let mut start = 0;
     while let Some((len, used)) = super::job::next_piece(&pending[start..], at_end) {
         let line = String::from_utf8_lossy(&pending[start..start + len]);
         let msg = StreamMsg::output(stream, &line);
         Job::publish(&st, &msg);
+        if stream == LogStream::Stderr {
+            st.stderr_tail.push(&line);
+        }
         start += used;
     }
     pending.drain(..start);

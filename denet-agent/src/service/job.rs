@@ -59,6 +59,9 @@ pub struct JobState {
     pub events: Option<broadcast::Sender<Arc<str>>>,
     /// The history row, once the job has ended.
     pub result: Option<HistoryRow>,
+    /// The last lines of its stderr, kept as they pass through the service (so the
+    /// failure excerpt never reads a file in the user's job directory as root).
+    pub stderr_tail: crate::failure::Tail,
 }
 
 /// Output bytes already sent as complete lines, per stream: a replay reads the log
@@ -132,6 +135,7 @@ impl Job {
                 control: None,
                 events: Some(tx),
                 result: None,
+                stderr_tail: Default::default(),
             }),
             output: Mutex::new(OutputMark::default()),
             cancelled: Notify::new(),

@@ -55,16 +55,26 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
 /// The history row from the job's trace (the numbers of `denet-agent stats`).
 pub(super) async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
     let mut row = row_from_trace(svc, job, ending).await;
-    add_failure_context(&mut row, &job.log_path(LogStream::Stderr));
+    let kept = job.state().stderr_tail.clone();
+    let tail = if kept.is_empty() {
+        // A job recovered after a restart: its stderr is only on disk, in a directory
+        // its user owns, so no link is followed and only a regular file is read.
+        let path = job.log_path(LogStream::Stderr);
+        tokio::task::spawn_blocking(move || crate::failure::tail_of_file(&path, false))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    } else {
+        kept
+    };
+    add_failure_context(&mut row, &tail);
     row
 }
 
 /// The tail of the job's stderr, and for a job that did not succeed the last error
 /// block in it (`crate::failure`).
-fn add_failure_context(row: &mut HistoryRow, stderr: &Path) {
-    let Ok(tail) = crate::failure::tail_of_file(stderr) else {
-        return;
-    };
+fn add_failure_context(row: &mut HistoryRow, tail: &crate::failure::Tail) {
     if tail.is_empty() {
         return;
     }

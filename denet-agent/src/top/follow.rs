@@ -1,6 +1,8 @@
-//! A trace file that is still being written, read as far as it is complete: the
-//! trace reader sees whole lines only (a line the agent is writing waits for its
-//! newline), and every poll reads what was appended since the last.
+//! A trace that is still being written, read as far as it is complete: the trace
+//! reader sees whole lines only (a line the agent is writing waits for its newline),
+//! and every poll reads what was appended since the last. The trace comes from a
+//! file (`top FILE`) or from the service (`GET /jobs/{id}/trace?from=BYTE`, as the
+//! job's user: the job directories are root's).
 
 use std::{
     fs::File,
@@ -10,9 +12,14 @@ use std::{
 
 use crate::trace::{Header, Record, TraceError, TraceReader};
 
-/// The file's complete lines, as a `BufRead` whose end moves as the file grows.
-pub struct CompleteLines {
-    file: File,
+/// Most bytes one refill takes in (a large finished trace is read in steps, not
+/// into memory at once).
+const REFILL_MAX: usize = 4 << 20;
+
+/// A source's complete lines, as a `BufRead` whose end moves as the source grows.
+/// The source's `read` returns 0 when it has nothing more for now.
+pub struct CompleteLines<R> {
+    file: R,
     buf: Vec<u8>,
     /// Bytes of `buf` already handed out.
     pos: usize,
@@ -20,8 +27,8 @@ pub struct CompleteLines {
     complete: usize,
 }
 
-impl CompleteLines {
-    pub fn new(file: File) -> Self {
+impl<R: Read> CompleteLines<R> {
+    pub fn new(file: R) -> Self {
         CompleteLines {
             file,
             buf: Vec::new(),
@@ -38,15 +45,14 @@ impl CompleteLines {
             self.pos = 0;
         }
         let mut chunk = [0u8; 64 * 1024];
-        loop {
+        let mut taken = 0;
+        while taken < REFILL_MAX {
             let n = self.file.read(&mut chunk)?;
             if n == 0 {
                 break;
             }
             self.buf.extend_from_slice(&chunk[..n]);
-            if n < chunk.len() {
-                break;
-            }
+            taken += n;
         }
         self.complete = self
             .buf
@@ -57,7 +63,7 @@ impl CompleteLines {
     }
 }
 
-impl Read for CompleteLines {
+impl<R: Read> Read for CompleteLines<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let avail = self.fill_buf()?;
         let n = avail.len().min(out.len());
@@ -67,7 +73,7 @@ impl Read for CompleteLines {
     }
 }
 
-impl BufRead for CompleteLines {
+impl<R: Read> BufRead for CompleteLines<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.pos >= self.complete {
             self.refill()?;
@@ -82,14 +88,18 @@ impl BufRead for CompleteLines {
 
 /// The records of a trace being written, as they come.
 pub struct TraceFeed {
-    reader: TraceReader<CompleteLines>,
+    reader: TraceReader<CompleteLines<Box<dyn Read + Send>>>,
 }
 
 impl TraceFeed {
-    /// Opens the trace; `Ok(None)` while its header is not written yet.
+    /// Opens the trace file; `Ok(None)` while its header is not written yet.
     pub fn open(path: &Path) -> Result<Option<TraceFeed>, TraceError> {
-        let file = File::open(path)?;
-        let mut lines = CompleteLines::new(file);
+        Self::from_source(Box::new(File::open(path)?))
+    }
+
+    /// The trace from any growing source; `Ok(None)` while it has no header.
+    pub fn from_source(source: Box<dyn Read + Send>) -> Result<Option<TraceFeed>, TraceError> {
+        let mut lines = CompleteLines::new(source);
         if lines.fill_buf()?.is_empty() {
             return Ok(None);
         }
@@ -101,13 +111,17 @@ impl TraceFeed {
         self.reader.header()
     }
 
-    /// The records written since the last poll.
-    pub fn poll(&mut self) -> Result<Vec<Record>, TraceError> {
+    /// The records written since the last poll, and the error that stopped it, if
+    /// one did (the records before it are still returned).
+    pub fn poll(&mut self) -> (Vec<Record>, Option<TraceError>) {
         let mut out = Vec::new();
-        while let Some(rec) = self.reader.next_record()? {
-            out.push(rec);
+        loop {
+            match self.reader.next_record() {
+                Ok(Some(rec)) => out.push(rec),
+                Ok(None) => return (out, None),
+                Err(e) => return (out, Some(e)),
+            }
         }
-        Ok(out)
     }
 }
 
@@ -126,17 +140,24 @@ mod tests {
         writeln!(w, r#"{{"kind":"header","schema_version":3,"argv":["x"]}}"#).unwrap();
         let mut feed = TraceFeed::open(&path).unwrap().unwrap();
         assert_eq!(feed.header().argv, ["x"]);
-        assert!(feed.poll().unwrap().is_empty());
+        assert!(feed.poll().0.is_empty());
         // Half a line: not yet.
         write!(w, r#"{{"kind":"sample","ts_boot_ns":5,"#).unwrap();
         w.flush().unwrap();
-        assert!(feed.poll().unwrap().is_empty());
+        assert!(feed.poll().0.is_empty());
         writeln!(w, r#""rss_kb":7,"procs":[]}}"#).unwrap();
         writeln!(w, r#"{{"kind":"process","pid":9,"argv":["y"]}}"#).unwrap();
-        let recs = feed.poll().unwrap();
+        let (recs, err) = feed.poll();
+        assert!(err.is_none());
         assert_eq!(recs.len(), 2);
         assert!(matches!(&recs[0], Record::Sample(s) if s.rss_kb == Some(7)));
-        assert!(feed.poll().unwrap().is_empty());
+        assert!(feed.poll().0.is_empty());
+        // A bad line: the records before it still come, with the error.
+        writeln!(w, r#"{{"kind":"process","pid":10,"argv":["z"]}}"#).unwrap();
+        writeln!(w, r#"{{"kind":"process","argv":["no pid"]}}"#).unwrap();
+        let (recs, err) = feed.poll();
+        assert_eq!(recs.len(), 1);
+        assert!(err.is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

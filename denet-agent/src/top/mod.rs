@@ -49,9 +49,11 @@ pub struct TopArgs {
 
 const JOB_KEYS: &str = "↑↓ move  ⏎ open  o sort  f filter  p pause  r resume  s stop  q quit";
 const TRACE_KEYS: &str = "q quit";
-const JOB_TRACE_KEYS: &str = "esc back  p pause  r resume  s stop  q quit";
+const JOB_TRACE_KEYS: &str = "esc back  l logs  p pause  r resume  s stop  q quit";
 /// How often the job list is fetched.
 const JOBS_EVERY: Duration = Duration::from_secs(1);
+/// The longest a request to the service may take before `top` goes on without it.
+const HTTP_LIMIT: Duration = Duration::from_secs(2);
 
 /// A job action waiting for its confirmation (stop) or just done (its message).
 enum Pending {
@@ -60,36 +62,113 @@ enum Pending {
     Message(String, Instant),
 }
 
+/// Where a trace screen reads from.
+enum Source {
+    File(PathBuf),
+    /// A job's trace through the service, as its user sees it.
+    Job(JobTrace),
+}
+
+/// `GET /jobs/{id}/trace?from=BYTE`: what the job's trace gained since the last
+/// read; 0 bytes when nothing (or the service does not answer in time).
+#[derive(Clone)]
+struct JobTrace {
+    client: Client,
+    rt: tokio::runtime::Handle,
+    id: String,
+    offset: u64,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for JobTrace {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.at >= self.chunk.len() {
+            let path = format!("/jobs/{}/trace?from={}", self.id, self.offset);
+            let answer = self
+                .rt
+                .block_on(async { tokio::time::timeout(HTTP_LIMIT, self.client.get(&path)).await });
+            match answer {
+                Ok(Ok(a)) if a.status.is_success() => {
+                    self.chunk = a.body.to_vec();
+                    self.at = 0;
+                    self.offset += self.chunk.len() as u64;
+                }
+                Ok(Ok(a)) => {
+                    let msg = a
+                        .ok_json()
+                        .err()
+                        .map_or_else(String::new, |e| format!("{e:#}"));
+                    return Err(std::io::Error::other(msg));
+                }
+                Ok(Err(e)) => return Err(std::io::Error::other(format!("{e:#}"))),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = (self.chunk.len() - self.at).min(out.len());
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 struct TraceScreen {
     feed: Option<TraceFeed>,
+    source: Source,
+    /// What the screen is called: the file, or the job.
     path: PathBuf,
     model: Option<TraceModel>,
     /// The job this trace belongs to, when opened from the list.
     job: Option<(String, String)>,
     error: Option<String>,
+    /// `l`: the job's last output lines (or its failure excerpt once it failed),
+    /// fetched from the service, in place of the latest exits.
+    logs: Option<(String, Vec<String>)>,
 }
 
 impl TraceScreen {
-    fn new(path: PathBuf, job: Option<(String, String)>) -> Self {
+    fn file(path: PathBuf) -> Self {
         TraceScreen {
             feed: None,
+            source: Source::File(path.clone()),
             path,
             model: None,
-            job,
+            job: None,
             error: None,
+            logs: None,
+        }
+    }
+
+    fn job(source: JobTrace, name: String) -> Self {
+        TraceScreen {
+            feed: None,
+            path: PathBuf::from(format!("job {name}")),
+            job: Some((source.id.clone(), name)),
+            source: Source::Job(source),
+            model: None,
+            error: None,
+            logs: None,
         }
     }
 
     /// Reads what the trace gained; true when something changed.
     fn poll(&mut self) -> bool {
         if self.feed.is_none() {
-            match TraceFeed::open(&self.path) {
+            let opened = match &self.source {
+                Source::File(p) => TraceFeed::open(p),
+                Source::Job(j) => TraceFeed::from_source(Box::new(j.clone())),
+            };
+            match opened {
                 Ok(Some(feed)) => {
                     let here = nix::unistd::gethostname()
                         .ok()
                         .map(|h| h.to_string_lossy().into_owned());
-                    // A finished trace's pids may belong to other processes now.
-                    let running = crate::trace::reader::summary_at_end(&self.path).is_none();
+                    // A finished trace's pids may belong to other processes now; a
+                    // job's trace read through the service is live while it runs.
+                    let running = match &self.source {
+                        Source::File(p) => crate::trace::reader::summary_at_end(p).is_none(),
+                        Source::Job(_) => true,
+                    };
                     let local = here.is_some() && feed.header().hostname == here && running;
                     self.model = Some(TraceModel::new(feed.header().clone(), local));
                     self.feed = Some(feed);
@@ -104,19 +183,15 @@ impl TraceScreen {
         let (Some(feed), Some(model)) = (&mut self.feed, &mut self.model) else {
             return false;
         };
-        match feed.poll() {
-            Ok(recs) => {
-                let changed = !recs.is_empty();
-                for r in recs {
-                    model.apply(r);
-                }
-                changed
-            }
-            Err(e) => {
-                self.error = Some(e.to_string());
-                true
-            }
+        let (recs, err) = feed.poll();
+        let changed = !recs.is_empty() || err.is_some();
+        for r in recs {
+            model.apply(r);
         }
+        if let Some(e) = err {
+            self.error = Some(e.to_string());
+        }
+        changed
     }
 }
 
@@ -126,7 +201,10 @@ pub fn run(args: TopArgs) -> Result<i32> {
         None => None,
     };
     let client = Client::new(args.server.clone(), token);
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // One worker thread drives the requests, so that a job's trace can be read
+    // through the service from inside the trace reader (`JobTrace`).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -135,7 +213,7 @@ pub fn run(args: TopArgs) -> Result<i32> {
         rt,
         server: args.server_text(),
         jobs: JobsModel::default(),
-        trace: args.file.clone().map(|p| TraceScreen::new(p, None)),
+        trace: args.file.clone().map(TraceScreen::file),
         standalone_trace: args.file.is_some(),
         pending: Pending::None,
         frame_every: Duration::from_millis(1000 / u64::from(args.fps)),
@@ -182,12 +260,14 @@ impl App {
         loop {
             if !self.standalone_trace && last_jobs.elapsed() >= JOBS_EVERY {
                 self.refresh_jobs();
+                self.refresh_logs();
                 last_jobs = Instant::now();
                 dirty = true;
             }
             if let Some(t) = &mut self.trace {
                 dirty |= t.poll();
             }
+
             if let Pending::Message(_, at) = &self.pending {
                 if at.elapsed() > Duration::from_secs(3) {
                     self.pending = Pending::None;
@@ -240,8 +320,12 @@ impl App {
                     keys,
                     prompt: prompt.as_deref().or(t.error.as_deref()),
                 };
+                let panel = t
+                    .logs
+                    .as_ref()
+                    .map(|(title, lines)| view::Panel { title, lines });
                 match &t.model {
-                    Some(m) => view::trace(f, m, &title, &foot),
+                    Some(m) => view::trace(f, m, &title, panel.as_ref(), &foot),
                     None => view::waiting(f, &t.path, &foot),
                 }
             }
@@ -275,8 +359,23 @@ impl App {
             KeyCode::Down | KeyCode::Char('j') => self.jobs.move_by(1),
             KeyCode::Enter if self.trace.is_none() => {
                 if let Some(j) = self.jobs.selected_job() {
-                    let job = Some((j.id.clone(), j.name.clone()));
-                    self.trace = Some(TraceScreen::new(PathBuf::from(&j.trace_path), job));
+                    let source = JobTrace {
+                        client: self.client.clone(),
+                        rt: self.rt.handle().clone(),
+                        id: j.id.clone(),
+                        offset: 0,
+                        chunk: Vec::new(),
+                        at: 0,
+                    };
+                    self.trace = Some(TraceScreen::job(source, j.name.clone()));
+                }
+            }
+            KeyCode::Char('l') if !self.standalone_trace => {
+                if let Some(t) = &mut self.trace {
+                    if t.logs.take().is_none() {
+                        t.logs = Some(("logs".into(), Vec::new()));
+                        self.refresh_logs();
+                    }
                 }
             }
             KeyCode::Char('o') => self.jobs.sort = self.jobs.sort.next(),
@@ -314,7 +413,7 @@ impl App {
         let path = format!("/jobs/{id}/{action}");
         let answer = self
             .rt
-            .block_on(self.client.post(&path, None))
+            .block_on(with_limit(self.client.post(&path, None)))
             .and_then(|a| a.ok_json());
         let msg = match answer {
             Ok(_) => format!("{action}: {name}"),
@@ -323,10 +422,53 @@ impl App {
         self.pending = Pending::Message(msg, Instant::now());
     }
 
+    /// With the log panel open: the job's failure excerpt once it failed, else the
+    /// last lines of its stderr and stdout (`GET /jobs/{id}/logs`).
+    fn refresh_logs(&mut self) {
+        let Some(t) = &mut self.trace else { return };
+        let (Some((id, _)), Some(_)) = (&t.job, &t.logs) else {
+            return;
+        };
+        let job = self
+            .rt
+            .block_on(with_limit(self.client.get(&format!("/jobs/{id}"))))
+            .and_then(|a| a.ok_json())
+            .and_then(|v| serde_json::from_value::<JobView>(v).context("the job view"));
+        let excerpt = job.ok().and_then(|j| j.resources).and_then(|r| {
+            Some((
+                format!("failure ({})", r.failure_kind?.replace('_', " ")),
+                r.failure_excerpt?,
+            ))
+        });
+        if let Some((title, text)) = excerpt {
+            t.logs = Some((title, text.lines().map(str::to_string).collect()));
+            return;
+        }
+        let logs = self
+            .rt
+            .block_on(with_limit(self.client.get(&format!("/jobs/{id}/logs"))))
+            .and_then(|a| a.ok_json());
+        t.logs = Some(match logs {
+            Ok(v) => {
+                let mut lines = Vec::new();
+                for stream in ["stdout", "stderr"] {
+                    if let Some(text) = v[stream].as_str() {
+                        let tail: Vec<&str> = text.lines().collect();
+                        for l in &tail[tail.len().saturating_sub(20)..] {
+                            lines.push(format!("{stream}: {l}"));
+                        }
+                    }
+                }
+                ("stdout and stderr (last lines)".into(), lines)
+            }
+            Err(e) => ("logs".into(), vec![format!("{e:#}")]),
+        });
+    }
+
     fn refresh_jobs(&mut self) {
         let answer = self
             .rt
-            .block_on(self.client.get("/jobs"))
+            .block_on(with_limit(self.client.get("/jobs")))
             .and_then(|a| a.ok_json())
             .and_then(|v| {
                 serde_json::from_value::<Vec<JobView>>(v).context("the service's job list")
@@ -335,5 +477,14 @@ impl App {
             Ok(jobs) => self.jobs.set(jobs),
             Err(e) => self.jobs.error = Some(format!("{e:#}")),
         }
+    }
+}
+
+/// A request that gives up after [`HTTP_LIMIT`]: a stalled service must not freeze
+/// the screen or `q`.
+async fn with_limit<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(HTTP_LIMIT, fut).await {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("the service did not answer within {HTTP_LIMIT:?}"),
     }
 }

@@ -105,7 +105,8 @@ impl TraceModel {
     fn on_exit(&mut self, p: &Process) {
         let pid = p.pid.unwrap_or(0);
         let label = command::label(&p.argv, p.exe.as_deref());
-        self.names.insert(pid, label.clone());
+        // The pid may come back as another process: name it afresh then.
+        self.names.remove(&pid);
         self.processes_ended += 1;
         if p.signal.is_some() || p.exit_code.is_some_and(|c| c != 0) {
             self.failed += 1;

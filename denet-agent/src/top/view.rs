@@ -34,14 +34,21 @@ fn footer(f: &mut Frame, area: Rect, footer: &Footer) {
     f.render_widget(Paragraph::new(text), area);
 }
 
+/// Text shown in place of the latest exits: a job's last output lines or its failure
+/// excerpt.
+pub struct Panel<'a> {
+    pub title: &'a str,
+    pub lines: &'a [String],
+}
+
 /// One trace: the command, its totals, CPU and memory over time, the live processes
-/// and the latest exits.
-pub fn trace(f: &mut Frame, m: &TraceModel, title: &str, foot: &Footer) {
+/// and the latest exits (or `panel`).
+pub fn trace(f: &mut Frame, m: &TraceModel, title: &str, panel: Option<&Panel>, foot: &Footer) {
     let [head, spark, live, exits, keys] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(4),
         Constraint::Min(5),
-        Constraint::Length(6),
+        Constraint::Length(if panel.is_some() { 9 } else { 6 }),
         Constraint::Length(1),
     ])
     .areas(f.area());
@@ -138,6 +145,18 @@ pub fn trace(f: &mut Frame, m: &TraceModel, title: &str, foot: &Footer) {
         live,
     );
 
+    if let Some(p) = panel {
+        // The last lines that fit.
+        let room = exits.height.saturating_sub(1) as usize;
+        let shown = &p.lines[p.lines.len().saturating_sub(room)..];
+        let text: Vec<Line> = shown.iter().map(|l| Line::from(l.as_str())).collect();
+        f.render_widget(
+            Paragraph::new(text).block(Block::default().borders(Borders::TOP).title(p.title)),
+            exits,
+        );
+        footer(f, keys, foot);
+        return;
+    }
     let rows = m.exits.iter().map(|e| {
         Row::new(vec![
             e.pid.to_string(),
@@ -320,7 +339,7 @@ mod tests {
 
     fn draw_trace(m: &TraceModel, w: u16, h: u16) -> String {
         let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-        t.draw(|f| trace(f, m, "depth.jsonl", &FOOT)).unwrap();
+        t.draw(|f| trace(f, m, "depth.jsonl", None, &FOOT)).unwrap();
         screen(&t)
     }
 
@@ -334,6 +353,24 @@ mod tests {
         assert!(ended.summary.is_some());
         insta::assert_snapshot!("trace_ended_80x24", draw_trace(&ended, 80, 24));
         insta::assert_snapshot!("trace_ended_120x40", draw_trace(&ended, 120, 40));
+        let lines: Vec<String> = (1..=12).map(|i| format!("stderr line {i}")).collect();
+        let panel = Panel {
+            title: "stderr (last lines)",
+            lines: &lines,
+        };
+        let mut t = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        t.draw(|f| trace(f, &running, "job align", Some(&panel), &FOOT))
+            .unwrap();
+        let s = screen(&t);
+        assert!(
+            s.contains("stderr (last lines)") && s.contains("stderr line 12"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("stderr line 1\n"),
+            "only the last lines that fit:\n{s}"
+        );
+        insta::assert_snapshot!("trace_with_stderr_80x24", s);
     }
 
     fn jobs_model() -> JobsModel {

@@ -403,21 +403,32 @@ pub fn line_kind(text: &str) -> Option<std::borrow::Cow<'_, str>> {
 }
 
 /// The summary, when it is the last line of the trace file at `path`. Reads only the
-/// file's end (a summary line is far shorter than that): traces can be gigabytes and
-/// callers poll this. None for stdin, a trace without a summary, or anything unexpected.
+/// file's end, in a window that doubles until it holds the whole last line (a summary
+/// with many OOM victims can pass 64 KiB): traces can be gigabytes and callers poll
+/// this. None for stdin, a trace without a summary, or anything unexpected.
 pub fn summary_at_end(path: &Path) -> Option<Summary> {
     use std::io::{Read, Seek, SeekFrom};
-    const TAIL: u64 = 64 * 1024;
     if path.as_os_str() == "-" {
         return None;
     }
     let mut f = File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
-    let mut buf = Vec::with_capacity(len.min(TAIL) as usize);
-    f.read_to_end(&mut buf).ok()?;
-    let last = buf.split(|&b| b == b'\n').rev().find(|l| !is_blank(l))?;
-    let text = std::str::from_utf8(last).ok()?;
+    let mut window: u64 = 64 * 1024;
+    let last = loop {
+        let start = len.saturating_sub(window);
+        f.seek(SeekFrom::Start(start)).ok()?;
+        let mut buf = Vec::with_capacity((len - start) as usize);
+        (&mut f).take(len - start).read_to_end(&mut buf).ok()?;
+        let end = buf.iter().rposition(|b| !b.is_ascii_whitespace())? + 1;
+        match buf[..end].iter().rposition(|&b| b == b'\n') {
+            Some(nl) => break buf[nl + 1..end].to_vec(),
+            None if start == 0 => break buf[..end].to_vec(),
+            // The line began before the window: twice as far back, up to the cap.
+            None if window < MAX_LINE_BYTES as u64 => window *= 2,
+            None => return None,
+        }
+    };
+    let text = std::str::from_utf8(&last).ok()?;
     if line_kind(text)? != Summary::KIND {
         return None;
     }
@@ -428,4 +439,36 @@ pub fn summary_at_end(path: &Path) -> Option<Summary> {
 /// without reading the rest, so streaming exports can give times relative to it.
 pub fn peek_run_start(path: &Path) -> Option<u64> {
     Some(summary_at_end(path)?.start_boot_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A summary line longer than the first window (many OOM victims) is still found.
+    #[test]
+    fn a_long_summary_line_is_read_from_the_end() {
+        let dir = std::env::temp_dir().join(format!("denet-summary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.jsonl");
+        let victims: Vec<String> = (0..3000)
+            .map(|i| format!(r#"{{"pid":{i},"argv":["python3","-c","x"],"rss_kb":1}}"#))
+            .collect();
+        let summary = format!(
+            r#"{{"kind":"summary","start_boot_ns":7,"oom_kills":3000,"oom_victims":[{}]}}"#,
+            victims.join(",")
+        );
+        assert!(summary.len() > 64 * 1024);
+        std::fs::write(
+            &path,
+            format!("{{\"kind\":\"header\",\"argv\":[]}}\n{summary}\n\n"),
+        )
+        .unwrap();
+        let s = summary_at_end(&path).expect("the summary");
+        assert_eq!(s.oom_victims.len(), 3000);
+        assert_eq!(peek_run_start(&path), Some(7));
+        std::fs::write(&path, "{\"kind\":\"header\",\"argv\":[]}\n").unwrap();
+        assert!(summary_at_end(&path).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1246,7 +1246,7 @@ async fn jobs_cli_drives_the_service() {
             .any(|l| l.starts_with(&id) && l.contains("succeeded")),
         "{out}"
     );
-    let (_, out, _) = cli(&["show", &id]);
+    let (_, out, _) = cli(&["show", "--json", &id]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["status"], "succeeded");
     assert_eq!(v["resources"]["process_count"], 2, "sh and sleep");

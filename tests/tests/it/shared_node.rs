@@ -951,7 +951,7 @@ fn the_debian_package_installs_and_its_daemon_serves_a_user() {
     let id = id.trim().to_string();
     let until = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, show, _) = jobs(&["show", &id]);
+        let (_, show, _) = jobs(&["show", "--json", &id]);
         if show.contains("\"status\": \"succeeded\"") {
             break;
         }

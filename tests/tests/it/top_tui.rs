@@ -1,17 +1,18 @@
-//! `denet-agent top` driven for real: in tmux, against a real `serve`. A job
-//! appears, its tree grows, `p` pauses it (every process in state T), `r` resumes
-//! it, `s` then `y` stops it; the screen is read back with `capture-pane`.
+//! `denet-agent top` driven for real: in tmux, as an ordinary user, against a real
+//! `serve` run by root. The user's job appears, its tree grows, it opens (its trace
+//! read through the service) with its output's last lines, `p` pauses it (every
+//! process in state T), `r` resumes it, `s` then `y` stops it; the screen is read
+//! back with `capture-pane`.
 
 use std::{
+    os::unix::fs::PermissionsExt,
     path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
-use serde_json::json;
-
 use crate::{
-    helpers::{agent_bin, ebpf_ready, in_ci, scratch_dir},
+    helpers::{agent_bin, ebpf_ready, in_ci, scratch_dir, test_user},
     serve_api::{cpu_ticks, tree_of, Svc},
 };
 
@@ -74,6 +75,7 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
             .args(["kill-session", "-t", &self.name])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }
@@ -108,20 +110,50 @@ async fn top_shows_a_growing_job_and_pauses_resumes_and_stops_it() {
     if !ebpf_ready(test) || !tmux_ready(test) {
         return;
     }
+    let user = "denet-topu";
+    test_user(user);
     let dir = scratch_dir("top");
+    let work = dir.join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let svc = Svc::start(&dir.join("data"), &[]);
-    let id = svc
-        .spawn(json!({
-            "name": "grower",
-            "cmd": ["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 60 & sleep 0.3; done; wait"],
-            "cwd": dir,
-        }))
-        .await;
+    // The user's own job, spawned as the user.
+    let out = Command::new("runuser")
+        .args(["-u", user, "--"])
+        .arg(agent_bin())
+        .args([
+            "jobs",
+            "--server",
+            &svc.server,
+            "spawn",
+            "--name",
+            "grower",
+            "--cwd",
+        ])
+        .arg(&work)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo grower-started >&2; for i in 1 2 3 4 5 6; do sleep 60 & sleep 0.3; done; wait",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     svc.wait_running(&id).await;
     let session = format!("denet-top-{}", std::process::id());
     let tmux = Tmux::start(
         &session,
-        &format!("{} top --server {}", agent_bin().display(), svc.server),
+        &format!(
+            "runuser -u {user} -- {} top --server {}",
+            agent_bin().display(),
+            svc.server
+        ),
     );
     let s = tmux.wait_for("grower", Duration::from_secs(20));
     assert!(s.contains("running"), "{s}");
@@ -149,6 +181,9 @@ async fn top_shows_a_growing_job_and_pauses_resumes_and_stops_it() {
     tmux.keys("Enter");
     let s = tmux.wait_for("live processes", Duration::from_secs(10));
     assert!(s.contains("job grower"), "{s}");
+    // `l`: its output's last lines, from the service.
+    tmux.keys("l");
+    tmux.wait_for("stderr: grower-started", Duration::from_secs(10));
     tmux.keys("p");
     wait_states(pid, |c| c == 'T', "stopped");
     tmux.wait_for("pause: grower", Duration::from_secs(5));
