@@ -14,18 +14,36 @@ use super::{
 };
 use crate::{history::HistoryRow, service::job::JobView};
 
+/// Which service to talk to, and how: shared by `jobs` and `top`.
 #[derive(Args)]
-pub struct JobsArgs {
+pub struct ServerArgs {
     /// The service: unix:/path (the node service by default) or http://HOST:PORT.
     #[arg(
         long,
         env = "DENET_SERVER",
         default_value = "unix:/run/denet-agent/agent.sock"
     )]
-    server: Server,
+    pub server: Server,
     /// File holding the bearer token, when the service requires one.
     #[arg(long, env = "DENET_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// A client of the service, with the token read from its file.
+    pub fn client(&self) -> Result<Client> {
+        let token = match &self.token_file {
+            Some(p) => Some(read_token(p)?),
+            None => None,
+        };
+        Ok(Client::new(self.server.clone(), token))
+    }
+}
+
+#[derive(Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    service: ServerArgs,
     #[command(subcommand)]
     command: JobsCommand,
 }
@@ -140,11 +158,7 @@ enum JobsCommand {
 }
 
 pub fn run(args: JobsArgs) -> Result<i32> {
-    let token = match &args.token_file {
-        Some(p) => Some(read_token(p)?),
-        None => None,
-    };
-    let client = Client::new(args.server.clone(), token);
+    let client = args.service.client()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

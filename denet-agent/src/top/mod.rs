@@ -19,7 +19,7 @@ use ratatui::DefaultTerminal;
 
 use crate::{
     client::{
-        cli::read_token,
+        cli::ServerArgs,
         http::{Client, Server},
     },
     service::job::JobView,
@@ -32,16 +32,8 @@ use view::Footer;
 pub struct TopArgs {
     /// A trace to watch (followed while it is written); without it, the node's jobs.
     file: Option<PathBuf>,
-    /// The service: unix:/path (the node service by default) or http://HOST:PORT.
-    #[arg(
-        long,
-        env = "DENET_SERVER",
-        default_value = "unix:/run/denet-agent/agent.sock"
-    )]
-    server: Server,
-    /// File holding the bearer token, when the service requires one.
-    #[arg(long, env = "DENET_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    service: ServerArgs,
     /// Redraws per second at most (1 to 10).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10))]
     fps: u32,
@@ -196,11 +188,7 @@ impl TraceScreen {
 }
 
 pub fn run(args: TopArgs) -> Result<i32> {
-    let token = match &args.token_file {
-        Some(p) => Some(read_token(p)?),
-        None => None,
-    };
-    let client = Client::new(args.server.clone(), token);
+    let client = args.service.client()?;
     // One worker thread drives the requests, so that a job's trace can be read
     // through the service from inside the trace reader (`JobTrace`).
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -233,7 +221,7 @@ pub fn run(args: TopArgs) -> Result<i32> {
 
 impl TopArgs {
     fn server_text(&self) -> String {
-        match &self.server {
+        match &self.service.server {
             Server::Unix(p) => format!("unix:{}", p.display()),
             Server::Tcp(a) => format!("http://{a}"),
         }

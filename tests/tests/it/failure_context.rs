@@ -9,20 +9,13 @@ use serde_json::{json, Value};
 
 use crate::{
     helpers::{agent_bin, ebpf_ready, in_ci, parse_jsonl, scratch_dir},
-    serve_api::Svc,
+    serve_api::{jobs_cli, Svc},
 };
 
 /// `denet-agent jobs --server SERVER ARGS`: exit status and stdout.
 fn jobs(server: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(agent_bin())
-        .args(["jobs", "--server", server])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (code, out, _) = jobs_cli(server, args);
+    (code, out)
 }
 
 /// Rscript, installed by scripts/setup-tests.sh; in CI a missing one fails.

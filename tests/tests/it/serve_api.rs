@@ -1191,7 +1191,7 @@ async fn postgres_history_is_shared_and_survives_restart() {
 }
 
 /// `denet-agent jobs ...` against a service: its output and exit status.
-fn jobs_cli(server: &str, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn jobs_cli(server: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(agent_bin())
         .args(["jobs", "--server", server])
         .args(args)
