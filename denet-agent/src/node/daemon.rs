@@ -18,7 +18,9 @@ use std::{
 use denet_common::MAX_RUNS;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
-use super::protocol::{self, Reply, Request, TrackRequest, MAX_REQUEST_BYTES, PROTOCOL_VERSION};
+use super::protocol::{
+    self, Reply, Request, RunInfo, TrackRequest, MAX_REQUEST_BYTES, PROTOCOL_VERSION,
+};
 use crate::{
     cgroup::RunCgroup,
     engine::clock,
@@ -65,6 +67,8 @@ struct Runs {
     used: BTreeSet<u32>,
     by_uid: std::collections::HashMap<u32, usize>,
     hook_users: usize,
+    /// What `ListRuns` shows of each open run.
+    info: std::collections::BTreeMap<u32, RunInfo>,
 }
 
 /// The node's one set of kernel programs and the runs it serves.
@@ -223,6 +227,11 @@ impl NodeTracer {
         let mut reader = BufReader::new(read_half);
         let track = match first {
             Ok(Request::Track(t)) => t,
+            Ok(Request::ListRuns) => {
+                let runs = self.runs_of(peer.uid);
+                let _ = protocol::send(&mut writer, &Reply::Runs { runs });
+                return;
+            }
             Ok(_) => {
                 let _ = protocol::send(
                     &mut writer,
@@ -333,6 +342,9 @@ impl NodeTracer {
                 Ok(Request::Track(_)) => Reply::Refused {
                     reason: "one run per connection".into(),
                 },
+                Ok(Request::ListRuns) => Reply::Refused {
+                    reason: "`list_runs` is a connection of its own".into(),
+                },
                 Err(_) => return false,
             };
             // The next request is read once this answer is out: a client that asks
@@ -396,6 +408,17 @@ impl NodeTracer {
                     }
                 })
                 .map_err(|e| e.to_string());
+        lock(&self.runs).info.insert(
+            id,
+            RunInfo {
+                run: id,
+                pid: t.pid,
+                uid: peer.uid,
+                argv: t.argv.clone(),
+                start_boot_ns: t.start_boot_ns,
+                cgroup: cgroup.as_ref().ok().map(RunCgroup::memory_path),
+            },
+        );
         let run = OpenRun {
             id,
             hooks,
@@ -452,6 +475,16 @@ impl NodeTracer {
         Ok(run)
     }
 
+    /// The open runs `uid` may see: its own; root's: all.
+    fn runs_of(&self, uid: u32) -> Vec<RunInfo> {
+        lock(&self.runs)
+            .info
+            .values()
+            .filter(|r| uid == 0 || r.uid == uid)
+            .cloned()
+            .collect()
+    }
+
     fn close_run(&self, run: OpenRun) {
         // Off the run's path: the kernel may take a moment to let go of a memory
         // cgroup whose last task just exited, and the client is waiting.
@@ -467,6 +500,7 @@ impl NodeTracer {
         tracer.close_run(run.id);
         let mut runs = lock(&self.runs);
         runs.used.remove(&run.id);
+        runs.info.remove(&run.id);
         if let Some(n) = runs.by_uid.get_mut(&run.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {

@@ -16,7 +16,7 @@ use std::{
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::protocol::{self, Reply, Request, TrackRequest, MAX_REPLY_BYTES};
+use super::protocol::{self, Reply, Request, RunInfo, TrackRequest, MAX_REPLY_BYTES};
 use crate::{
     cgroup::Usage,
     kernel::{
@@ -101,6 +101,20 @@ impl Shared {
                     .unwrap_or_else(|| "the connection closed".into()),
             )),
         }
+    }
+}
+
+/// The runs the node daemon at `socket` traces that the caller may see (its own;
+/// root's: all), as the kernel identifies the caller.
+pub fn list_runs(socket: &Path) -> Result<Vec<RunInfo>, LinkError> {
+    let mut stream = UnixStream::connect(socket).map_err(protocol::ProtocolError::from)?;
+    let _ = stream.set_read_timeout(Some(ANSWER_WITHIN));
+    protocol::send(&mut stream, &Request::ListRuns)?;
+    let mut reader = BufReader::new(stream);
+    match protocol::receive::<Reply>(&mut reader, MAX_REPLY_BYTES)? {
+        Reply::Runs { runs } => Ok(runs),
+        Reply::Refused { reason } => Err(LinkError::Refused(reason)),
+        _ => Err(LinkError::Unexpected),
     }
 }
 

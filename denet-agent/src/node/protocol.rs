@@ -36,6 +36,24 @@ pub enum Request {
     Untrack { pid: u32 },
     /// The run is over: send what is left, then [`Reply::Finished`].
     Finish,
+    /// The runs the caller may see: its own (root: every run). A first request of
+    /// its own, answered with [`Reply::Runs`]; the connection then ends.
+    ListRuns,
+}
+
+/// A run the daemon traces, as `ListRuns` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    pub run: u32,
+    /// The run's command (its first process).
+    pub pid: u32,
+    /// Whose run it is (the caller that asked for it, from the kernel).
+    pub uid: u32,
+    pub argv: Vec<String>,
+    /// When it was forked, CLOCK_BOOTTIME ns.
+    pub start_boot_ns: u64,
+    /// Its cgroup (the memory controller's directory), when it has one.
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -71,6 +89,10 @@ pub enum Reply {
     /// Not tracked, and why (not the caller's child, not the caller's, ...).
     Refused {
         reason: String,
+    },
+    /// The answer to `ListRuns`.
+    Runs {
+        runs: Vec<RunInfo>,
     },
     /// Records of the run.
     Batch(CollectorMsg),

@@ -34,6 +34,14 @@ pub struct TopArgs {
     file: Option<PathBuf>,
     #[command(flatten)]
     service: ServerArgs,
+    /// The node daemon's tracer socket, for the plain runs it traces (yours; root:
+    /// all).
+    #[arg(
+        long,
+        env = "DENET_NODE_SOCKET",
+        default_value = "/run/denet-agent/tracer.sock"
+    )]
+    node_socket: PathBuf,
     /// Redraws per second at most (1 to 10).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10))]
     fps: u32,
@@ -205,6 +213,7 @@ pub fn run(args: TopArgs) -> Result<i32> {
         standalone_trace: args.file.is_some(),
         pending: Pending::None,
         frame_every: Duration::from_millis(1000 / u64::from(args.fps)),
+        node_socket: args.node_socket.clone(),
     };
     if let Some(t) = &mut app.trace {
         t.poll();
@@ -238,6 +247,7 @@ struct App {
     standalone_trace: bool,
     pending: Pending,
     frame_every: Duration,
+    node_socket: PathBuf,
 }
 
 impl App {
@@ -248,6 +258,7 @@ impl App {
         loop {
             if !self.standalone_trace && last_jobs.elapsed() >= JOBS_EVERY {
                 self.refresh_jobs();
+                self.refresh_runs();
                 self.refresh_logs();
                 last_jobs = Instant::now();
                 dirty = true;
@@ -451,6 +462,33 @@ impl App {
             }
             Err(e) => ("logs".into(), vec![format!("{e:#}")]),
         });
+    }
+
+    /// The runs the node daemon traces for this user (root: all); none when no
+    /// daemon listens.
+    fn refresh_runs(&mut self) {
+        let Ok(runs) = crate::node::link::list_runs(&self.node_socket) else {
+            self.jobs.runs.clear();
+            return;
+        };
+        let now = crate::engine::clock::boottime_ns();
+        self.jobs.runs = runs
+            .into_iter()
+            .map(|r| model::RunRow {
+                pid: r.pid,
+                user: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(r.uid))
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| r.uid.to_string(), |u| u.name),
+                command: crate::report::command::full(&r.argv),
+                elapsed_s: now.saturating_sub(r.start_boot_ns) as f64 / 1e9,
+                memory_bytes: r.cgroup.and_then(|c| {
+                    std::fs::read_to_string(std::path::Path::new(&c).join("memory.usage_in_bytes"))
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                }),
+            })
+            .collect();
     }
 
     fn refresh_jobs(&mut self) {

@@ -261,10 +261,23 @@ impl Filter {
     }
 }
 
-/// The node's jobs as the service shows them to this user.
+/// A plain `denet-agent run` the node daemon traces (not a job of the service).
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub pid: u32,
+    pub user: String,
+    pub command: String,
+    pub elapsed_s: f64,
+    /// The run's cgroup memory (its whole tree), when it has a cgroup.
+    pub memory_bytes: Option<u64>,
+}
+
+/// The node's jobs as the service shows them to this user, and the runs the node
+/// daemon traces for them.
 #[derive(Debug)]
 pub struct JobsModel {
     pub jobs: Vec<JobView>,
+    pub runs: Vec<RunRow>,
     pub selected: usize,
     pub sort: SortBy,
     pub filter: Filter,
@@ -276,6 +289,7 @@ impl Default for JobsModel {
     fn default() -> Self {
         JobsModel {
             jobs: Vec::new(),
+            runs: Vec::new(),
             selected: 0,
             sort: SortBy::Started,
             filter: Filter::All,

@@ -186,9 +186,15 @@ pub fn trace(f: &mut Frame, m: &TraceModel, title: &str, panel: Option<&Panel>, 
 
 /// The node's jobs (this user's; root's: all).
 pub fn jobs(f: &mut Frame, m: &JobsModel, server: &str, foot: &Footer) {
-    let [head, table, keys] = Layout::vertical([
+    let runs_height = if m.runs.is_empty() {
+        0
+    } else {
+        m.runs.len().min(8) as u16 + 2
+    };
+    let [head, table, runs, keys] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(3),
+        Constraint::Length(runs_height),
         Constraint::Length(1),
     ])
     .areas(f.area());
@@ -263,6 +269,36 @@ pub fn jobs(f: &mut Frame, m: &JobsModel, server: &str, foot: &Footer) {
         widths.insert(5, Constraint::Length(10));
         widths.push(Constraint::Length(10));
         widths.push(Constraint::Length(20));
+    }
+    if !m.runs.is_empty() {
+        let rows = m.runs.iter().map(|r| {
+            Row::new(vec![
+                r.pid.to_string(),
+                r.user.clone(),
+                format!("{:.1}s", r.elapsed_s),
+                r.memory_bytes.map_or("-".into(), units::bytes),
+                r.command.clone(),
+            ])
+        });
+        f.render_widget(
+            Table::new(
+                rows,
+                [
+                    Constraint::Length(8),
+                    Constraint::Length(12),
+                    Constraint::Length(9),
+                    Constraint::Length(10),
+                    Constraint::Min(10),
+                ],
+            )
+            .header(Row::new(vec!["PID", "USER", "WALL", "MEMORY", "RUN"]).style(BOLD))
+            .block(
+                Block::default()
+                    .borders(Borders::TOP)
+                    .title("runs traced by the node daemon"),
+            ),
+            runs,
+        );
     }
     let mut state = TableState::default().with_selected(Some(m.selected));
     f.render_stateful_widget(
@@ -405,6 +441,13 @@ mod tests {
         });
         let mut m = JobsModel::default();
         m.set(vec![failed, done, running]);
+        m.runs = vec![crate::top::model::RunRow {
+            pid: 4242,
+            user: "bob".into(),
+            command: "bwa mem ref.fa reads.fq".into(),
+            elapsed_s: 61.5,
+            memory_bytes: Some(3 << 30),
+        }];
         m
     }
 

@@ -146,15 +146,47 @@ async fn top_shows_a_growing_job_and_pauses_resumes_and_stops_it() {
     );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     svc.wait_running(&id).await;
+    // Plain runs traced by the node daemon: the user's own, and another user's.
+    let tracer = dir.join("data.tracer.sock");
+    let other = "denet-topv";
+    test_user(other);
+    let runs: Vec<std::process::Child> = [(user, "30.5"), (other, "31.5")]
+        .iter()
+        .map(|(who, secs)| {
+            Command::new("runuser")
+                .args(["-u", who, "--"])
+                .arg(agent_bin())
+                .arg("run")
+                .arg("--node-socket")
+                .arg(&tracer)
+                .arg("-o")
+                .arg(work.join(format!("{who}.jsonl")))
+                .args(["--", "sleep", secs])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
     let session = format!("denet-top-{}", std::process::id());
     let tmux = Tmux::start(
         &session,
         &format!(
-            "runuser -u {user} -- {} top --server {}",
+            "runuser -u {user} -- {} top --server {} --node-socket {}",
             agent_bin().display(),
-            svc.server
+            svc.server,
+            tracer.display()
         ),
     );
+    // The user's own run is listed; the other user's is not.
+    let s = tmux.wait_for("sleep 30.5", Duration::from_secs(20));
+    assert!(s.contains("runs traced by the node daemon"), "{s}");
+    assert!(!s.contains("sleep 31.5"), "another user's run shown:\n{s}");
+    for mut r in runs {
+        // SIGTERM: the agent stops its tree and ends its trace.
+        let _ = Command::new("kill").arg(r.id().to_string()).status();
+        let _ = r.wait();
+    }
     let s = tmux.wait_for("grower", Duration::from_secs(20));
     assert!(s.contains("running"), "{s}");
     // The tree grows: the list's process count reaches the shell and its 6 sleeps.
