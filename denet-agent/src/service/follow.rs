@@ -109,6 +109,11 @@ fn on_trace_line(job: &Job, line: &[u8]) {
             }
             let mut st = job.state();
             let rss_kb = sample.rss_kb.unwrap_or(0);
+            let per_s = |bytes: Option<u64>| {
+                let window_s = sample.window_ms? / 1e3;
+                let bytes = bytes? as f64;
+                (window_s > 0.0).then(|| (bytes / window_s).round())
+            };
             st.live = Some(Live {
                 cpu_percent: cpu,
                 rss_kb,
@@ -116,6 +121,8 @@ fn on_trace_line(job: &Job, line: &[u8]) {
                     (rss_kb as f64 * 1024.0 * 10_000.0 / limit.max(1) as f64).round() / 100.0
                 }),
                 process_count: u64::from(sample.process_count.unwrap_or(0)),
+                read_bytes_per_s: per_s(sample.blk_read_bytes),
+                write_bytes_per_s: per_s(sample.blk_write_bytes),
                 sampled_unix_ms: unix_ms(),
             });
             if let Some(record) = raw() {

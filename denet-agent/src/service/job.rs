@@ -26,6 +26,12 @@ pub struct Live {
     #[serde(default)]
     pub memory_percent: Option<f64>,
     pub process_count: u64,
+    /// Storage bytes read and written per second by the tree over the last sample
+    /// window (the block layer's bytes, eBPF); null without eBPF.
+    #[serde(default)]
+    pub read_bytes_per_s: Option<f64>,
+    #[serde(default)]
+    pub write_bytes_per_s: Option<f64>,
     /// Sampled at, Unix time in ms.
     pub sampled_unix_ms: i64,
 }

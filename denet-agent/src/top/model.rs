@@ -29,6 +29,10 @@ pub struct Exit {
 #[derive(Debug, Clone)]
 pub struct LiveProc {
     pub pid: u32,
+    /// Its parent, when known (from /proc, for a trace of this machine).
+    pub ppid: Option<u32>,
+    /// Depth in the live tree (0: a root of it), once ordered by [`tree_order`].
+    pub depth: usize,
     pub label: String,
     /// 100 = one CPU, over the last sample window.
     pub cpu_percent: f64,
@@ -85,12 +89,7 @@ impl TraceModel {
                     self.history.pop_front();
                 }
                 self.live = s.procs.iter().map(|p| self.live_proc(p)).collect();
-                self.live.sort_by(|a, b| {
-                    b.cpu_percent
-                        .total_cmp(&a.cpu_percent)
-                        .then(b.rss_kb.cmp(&a.rss_kb))
-                        .then(a.pid.cmp(&b.pid))
-                });
+                tree_order(&mut self.live);
             }
             Record::Process(p) => self.on_exit(&p),
             Record::Summary(s) => {
@@ -141,6 +140,8 @@ impl TraceModel {
             .clone();
         LiveProc {
             pid,
+            ppid: if from_proc { proc_ppid(pid) } else { None },
+            depth: 0,
             label,
             cpu_percent: p.cpu_percent.unwrap_or(0.0),
             rss_kb: p.rss_kb.unwrap_or(0),
@@ -173,6 +174,63 @@ fn proc_label(pid: u32) -> String {
             command::label(&argv, None)
         })
         .unwrap_or_else(|| format!("pid {pid}"))
+}
+
+/// The parent of a live pid, from /proc/PID/stat.
+fn proc_ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Orders the live processes as their tree (parents before their children, each
+/// level by CPU, then RSS, then pid) and sets their depth; without parents known,
+/// that is a flat list by CPU.
+pub fn tree_order(live: &mut Vec<LiveProc>) {
+    use std::collections::{BTreeMap, HashSet};
+    live.sort_by(|a, b| {
+        b.cpu_percent
+            .total_cmp(&a.cpu_percent)
+            .then(b.rss_kb.cmp(&a.rss_kb))
+            .then(a.pid.cmp(&b.pid))
+    });
+    let pids: HashSet<u32> = live.iter().map(|p| p.pid).collect();
+    let mut children: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    let mut roots = Vec::new();
+    for (i, p) in live.iter().enumerate() {
+        match p.ppid.filter(|pp| pids.contains(pp) && *pp != p.pid) {
+            Some(pp) => children.entry(pp).or_default().push(i),
+            None => roots.push(i),
+        }
+    }
+    let mut order = Vec::with_capacity(live.len());
+    let mut stack: Vec<(usize, usize)> = roots.into_iter().rev().map(|i| (i, 0)).collect();
+    let mut seen = HashSet::new();
+    while let Some((i, depth)) = stack.pop() {
+        if !seen.insert(i) {
+            continue;
+        }
+        order.push((i, depth));
+        if let Some(kids) = children.get(&live[i].pid) {
+            stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
+        }
+    }
+    // A cycle of parents (pids reused while reading /proc) leaves some unplaced.
+    for i in 0..live.len() {
+        if !seen.contains(&i) {
+            order.push((i, 0));
+        }
+    }
+    let mut taken: Vec<Option<LiveProc>> = std::mem::take(live).into_iter().map(Some).collect();
+    for (i, depth) in order {
+        if let Some(mut p) = taken[i].take() {
+            p.depth = depth;
+            live.push(p);
+        }
+    }
 }
 
 /// Where most of a process's window went, from its eBPF window counters.
@@ -351,5 +409,46 @@ pub fn rss_kb(j: &JobView) -> u64 {
         (Some(l), _) => l.rss_kb,
         (None, Some(r)) => r.peak_rss_kb.max(0) as u64,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: u32, ppid: Option<u32>, cpu: f64) -> LiveProc {
+        LiveProc {
+            pid,
+            ppid,
+            depth: 0,
+            label: format!("p{pid}"),
+            cpu_percent: cpu,
+            rss_kb: 0,
+            threads: 1,
+            state: None,
+        }
+    }
+
+    #[test]
+    fn live_processes_are_ordered_as_their_tree() {
+        // 1 -> {2 -> {4}, 3}; 3 is busier than 2; 9's parent is not live.
+        let mut live = vec![
+            p(4, Some(2), 50.0),
+            p(2, Some(1), 1.0),
+            p(3, Some(1), 90.0),
+            p(1, None, 0.0),
+            p(9, Some(77), 5.0),
+        ];
+        tree_order(&mut live);
+        let got: Vec<(u32, usize)> = live.iter().map(|p| (p.pid, p.depth)).collect();
+        assert_eq!(got, [(9, 0), (1, 0), (3, 1), (2, 1), (4, 2)]);
+        // No parents known: by CPU.
+        let mut flat = vec![p(1, None, 1.0), p(2, None, 3.0)];
+        tree_order(&mut flat);
+        assert_eq!(flat[0].pid, 2);
+        // A parent cycle does not lose anyone.
+        let mut cyc = vec![p(1, Some(2), 1.0), p(2, Some(1), 1.0)];
+        tree_order(&mut cyc);
+        assert_eq!(cyc.len(), 2);
     }
 }

@@ -121,7 +121,7 @@ pub fn trace(f: &mut Frame, m: &TraceModel, title: &str, panel: Option<&Panel>, 
         if wide {
             cells.push(p.state.unwrap_or("-").to_string());
         }
-        cells.push(p.label.clone());
+        cells.push(format!("{}{}", "  ".repeat(p.depth.min(12)), p.label));
         Row::new(cells)
     });
     let mut widths = vec![
@@ -222,7 +222,12 @@ pub fn jobs(f: &mut Frame, m: &JobsModel, server: &str, foot: &Footer) {
     let mut header = vec!["NAME", "STATUS", "WALL", "CPU%", "RSS", "PROCS"];
     if wide {
         header.insert(5, "LIMIT");
+        header.push("READ/s");
+        header.push("WRITE/s");
         header.push("USER");
+    }
+    let widest = table.width >= 150;
+    if widest {
         header.push("ID");
     }
     let rows = shown.iter().map(|j| {
@@ -252,7 +257,13 @@ pub fn jobs(f: &mut Frame, m: &JobsModel, server: &str, foot: &Footer) {
                 .and_then(|l| l.memory_bytes)
                 .map_or("-".into(), units::bytes);
             cells.insert(5, Cell::from(limit));
+            let rate = |v: Option<f64>| v.map_or("-".into(), |b| units::bytes(b as u64));
+            let live = j.live.as_ref();
+            cells.push(Cell::from(rate(live.and_then(|l| l.read_bytes_per_s))));
+            cells.push(Cell::from(rate(live.and_then(|l| l.write_bytes_per_s))));
             cells.push(Cell::from(j.user.clone()));
+        }
+        if widest {
             cells.push(Cell::from(j.id.clone()));
         }
         Row::new(cells)
@@ -268,6 +279,10 @@ pub fn jobs(f: &mut Frame, m: &JobsModel, server: &str, foot: &Footer) {
     if wide {
         widths.insert(5, Constraint::Length(10));
         widths.push(Constraint::Length(10));
+        widths.push(Constraint::Length(10));
+        widths.push(Constraint::Length(10));
+    }
+    if widest {
         widths.push(Constraint::Length(20));
     }
     if !m.runs.is_empty() {
@@ -437,6 +452,8 @@ mod tests {
             rss_kb: 3_500_000,
             memory_percent: Some(41.7),
             process_count: 12,
+            read_bytes_per_s: Some(52_428_800.0),
+            write_bytes_per_s: Some(1_048_576.0),
             ..Live::default()
         });
         let mut m = JobsModel::default();

@@ -213,6 +213,22 @@ async fn top_shows_a_growing_job_and_pauses_resumes_and_stops_it() {
     tmux.keys("Enter");
     let s = tmux.wait_for("live processes", Duration::from_secs(10));
     assert!(s.contains("job grower"), "{s}");
+    // The live tree: the sleeps indented under their shell.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = tmux.screen();
+        let col = |needle: &str| {
+            s.lines()
+                .skip_while(|l| !l.contains("live processes"))
+                .find_map(|l| l.find(needle))
+        };
+        if let (Some(sh), Some(sleep)) = (col("sh -c"), col("sleep 60")) {
+            assert_eq!(sleep, sh + 2, "children indented under their parent:\n{s}");
+            break;
+        }
+        assert!(Instant::now() < until, "no live tree:\n{s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // `l`: its output's last lines, from the service.
     tmux.keys("l");
     tmux.wait_for("stderr: grower-started", Duration::from_secs(10));
