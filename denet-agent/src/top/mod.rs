@@ -221,6 +221,18 @@ pub fn run(args: TopArgs) -> Result<i32> {
             anyhow::bail!("{e}");
         }
     }
+    // The terminal may go away (its window or session closed) without a hangup
+    // signal reaching us (under runuser or sudo): nobody is watching then, and the
+    // keyboard reader would spin on end of file, so a watchdog ends the process.
+    std::thread::Builder::new()
+        .name("denet-top-tty".into())
+        .spawn(|| loop {
+            std::thread::sleep(Duration::from_millis(250));
+            if terminal_gone() {
+                std::process::exit(0);
+            }
+        })
+        .context("starting the terminal watchdog")?;
     // ratatui::init restores the terminal on a panic too.
     let mut terminal = ratatui::init();
     let result = app.run(&mut terminal);
@@ -512,5 +524,25 @@ async fn with_limit<T>(fut: impl std::future::Future<Output = Result<T>>) -> Res
     match tokio::time::timeout(HTTP_LIMIT, fut).await {
         Ok(r) => r,
         Err(_) => anyhow::bail!("the service did not answer within {HTTP_LIMIT:?}"),
+    }
+}
+
+/// Whether the terminal on stdin has gone: hung up, or (a pseudo-terminal whose
+/// window closed) deleted, when reads only return end of file.
+fn terminal_gone() -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    if std::fs::read_link("/proc/self/fd/0")
+        .is_ok_and(|p| p.to_string_lossy().ends_with(" (deleted)"))
+    {
+        return true;
+    }
+    let stdin = std::io::stdin();
+    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0].revents().is_some_and(|r| {
+            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+        }),
+        Err(_) => false,
     }
 }

@@ -247,14 +247,71 @@ async fn top_shows_a_growing_job_and_pauses_resumes_and_stops_it() {
     let s = tmux.wait_for("cancelled", Duration::from_secs(10));
     assert!(s.contains("grower"), "{s}");
     tmux.keys("q");
+    wait_gone(&session);
+}
+
+/// Waits until the tmux session `session` has ended (its `top` quit).
+fn wait_gone(session: &str) {
     let until = Instant::now() + Duration::from_secs(5);
     while Command::new("tmux")
-        .args(["has-session", "-t", &session])
+        .args(["has-session", "-t", session])
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
     {
         assert!(Instant::now() < until, "top did not quit on q");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `top` whose terminal goes away (its tmux session killed, a closed ssh window)
+/// ends instead of running on unseen.
+#[test]
+fn top_ends_when_its_terminal_goes_away() {
+    let test = "top_ends_when_its_terminal_goes_away";
+    if !tmux_ready(test) {
+        return;
+    }
+    let dir = scratch_dir("top-hup");
+    let trace = dir.join("t.jsonl");
+    std::fs::write(
+        &trace,
+        "{\"kind\":\"header\",\"schema_version\":3,\"argv\":[\"x\"]}\n",
+    )
+    .unwrap();
+    let session = format!("denet-top-hup-{}", std::process::id());
+    // Under runuser, as an ordinary user's `top` in a login shell is: the hangup
+    // signal does not reach it, only its terminal's end does.
+    let user = "denet-topu";
+    test_user(user);
+    let tmux = Tmux::start(
+        &session,
+        &format!(
+            "runuser -u {user} -- {} top {}",
+            agent_bin().display(),
+            trace.display()
+        ),
+    );
+    tmux.wait_for("[running]", Duration::from_secs(10));
+    // top itself (the pane's shell may have exec'ed it, or not).
+    let pid = Command::new("pgrep")
+        .args(["-f", &format!("top {}", trace.display())])
+        .output()
+        .unwrap();
+    let pid: u32 = String::from_utf8_lossy(&pid.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .find(|p: &u32| {
+            std::fs::read(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with(b"denet-agent"))
+        })
+        .expect("top's pid");
+    drop(tmux);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < until,
+            "top (pid {pid}) still runs without its terminal"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
