@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::{
+    process::procfs,
     report::{command, units},
     service::job::JobView,
     trace::{Header, ProcSample, Process, Record, Summary},
@@ -162,28 +163,16 @@ impl TraceModel {
 /// The command line of a live pid, from /proc (top runs on the traced node); its
 /// pid when it is gone or not ours to read.
 fn proc_label(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
-        .filter(|b| !b.is_empty())
-        .map(|b| {
-            let argv: Vec<String> = b
-                .split(|&c| c == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            command::label(&argv, None)
-        })
-        .unwrap_or_else(|| format!("pid {pid}"))
+    let argv = procfs::read_cmdline(pid);
+    if argv.is_empty() {
+        return format!("pid {pid}");
+    }
+    command::label(&argv, None)
 }
 
 /// The parent of a live pid, from /proc/PID/stat.
 fn proc_ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    procfs::read_stat(pid).ok().map(|s| s.ppid)
 }
 
 /// Orders the live processes as their tree (parents before their children, each
