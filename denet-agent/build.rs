@@ -53,6 +53,7 @@ fn offsets_source_hash(root: &std::path::Path) -> Result<(), String> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for file in [
         "denet-agent/src/kernel/tracer.rs",
+        "denet-agent/src/kernel/hooks.rs",
         "denet-common/src/lib.rs",
     ] {
         let path = root.join(file);

@@ -377,11 +377,13 @@ pub struct KernelOffsets {
     pub mm_arg_end: u32,
     pub mm_hiwater_rss: u32,
     pub mm_hiwater_vm: u32,
-    /// `mm_struct.rss_stat`: `struct percpu_counter[NR_MM_COUNTERS]`.
+    /// `mm_struct.rss_stat`: `struct percpu_counter[NR_MM_COUNTERS]` (6.2 on), or
+    /// `struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }` before.
     pub mm_rss_stat: u32,
-    /// `sizeof(struct percpu_counter)`.
+    /// The stride of one RSS counter: `sizeof(struct percpu_counter)`, or 8 for
+    /// `atomic_long_t`.
     pub percpu_counter_size: u32,
-    /// `percpu_counter.count`.
+    /// The counter's value within it: `percpu_counter.count`, or 0.
     pub percpu_counter_count: u32,
     pub binprm_filename: u32,
     /// `pt_regs.di`, `.si`, `.dx`, `.orig_ax`: syscall arguments 0-2 and number.
@@ -396,7 +398,8 @@ pub struct KernelOffsets {
     /// `bio.bi_iter` + `bvec_iter.bi_size`.
     pub bio_size: u32,
     pub request_bio: u32,
-    pub _pad: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
 }
 
 /// Settings the agent writes into the programs before loading.

@@ -20,9 +20,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
     },
-    macros::{map, raw_tracepoint},
+    macros::{fentry, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::RawTracePointContext,
+    programs::{FEntryContext, RawTracePointContext},
 };
 mod block;
 mod files;
@@ -70,7 +70,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     bio_opf: 0,
     bio_size: 0,
     request_bio: 0,
-    _pad: 0,
+    socket_sk: 0,
 };
 
 /// Tracked processes: tgid -> run id (the run whose tree the process is in).
@@ -373,19 +373,32 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `sched_process_exit(struct task_struct *p, bool group_dead)`: fires for every
-/// exiting thread, before `exit_mm()`. Each thread's counters are sent so the agent can
-/// sum them; the last thread (group_dead) ends the process and adds its memory marks.
+/// `sched_process_exit(struct task_struct *p, bool group_dead)` (6.16 on): fires for
+/// every exiting thread, before `exit_mm()`.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    task_exit(ctx.arg(0), ctx.arg::<u64>(1) & 0xff != 0)
+}
+
+/// `taskstats_exit(struct task_struct *tsk, int group_dead)`, for kernels whose exit
+/// tracepoint takes only the task and fires after `exit_mm()`: called by `do_exit()`
+/// just before `exit_mm()`, with the exit code set, so it sees what the newer
+/// tracepoint sees.
+#[fentry(function = "taskstats_exit")]
+pub fn taskstats_exit(ctx: FEntryContext) -> i32 {
+    task_exit(ctx.arg(0), ctx.arg::<u64>(1) as u32 != 0)
+}
+
+/// One exiting thread. Each thread's counters are sent so the agent can sum them; the
+/// last thread (group_dead) ends the process and adds its memory marks.
+#[inline(always)]
+fn task_exit(task: *const u8, group_dead: bool) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let run = run_of(tgid);
     if run == 0 {
         return 0;
     }
-    let group_dead = ctx.arg::<u64>(1) & 0xff != 0;
-    let task: *const u8 = ctx.arg(0);
     sched::thread_exit(pid_tgid as u32, tgid, run);
     let hdr = header(EventKind::Exit, pid_tgid as u32, tgid);
     if group_dead {
@@ -444,12 +457,16 @@ fn rss_pages(mm: *const u8) -> u64 {
     rss
 }
 
-/// `mark_victim(struct task_struct *task, uid_t uid)`: the OOM killer chose `task`
-/// (of any cgroup or the whole machine). Fires in the context of the task that ran
-/// out of memory, so the victim is read from the argument.
+/// `mark_victim(struct task_struct *task, uid_t uid)`: the OOM killer chose
+/// `task` (of any cgroup or the whole machine). Fires in the context of the task that
+/// ran out of memory, so the victim is read from the argument.
 #[raw_tracepoint(tracepoint = "mark_victim")]
 pub fn mark_victim(ctx: RawTracePointContext) -> i32 {
-    let task: *const u8 = ctx.arg(0);
+    oom_victim(ctx.arg(0))
+}
+
+#[inline(always)]
+fn oom_victim(task: *const u8) -> i32 {
     let tgid: u32 = read_at(task, off!(task_tgid));
     if !is_tracked(tgid) {
         return 0;

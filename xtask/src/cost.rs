@@ -83,20 +83,11 @@ impl Drop for Background {
 
 /// Untraced `dd bs=1` with N agents running beside it, each configuration measured
 /// in turn within every round (so slow drift hits all of them alike).
-fn beside(agent: &Path, opts: &BenchOptions, dd: &[String]) -> Result<()> {
-    let configs: Vec<(usize, &[&str])> = vec![
-        (0, &[]),
-        (1, &[]),
-        (4, &[]),
-        (16, &[]),
-        (1, FULL),
-        (4, FULL),
-        (16, FULL),
-    ];
+fn beside(agent: &Path, runs: usize, dd: &[String], configs: &[(usize, &[&str])]) -> Result<()> {
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     run_quiet(dd)?;
-    for round in 0..opts.runs {
+    for round in 0..runs {
         for k in 0..configs.len() {
             let i = (k + round) % configs.len();
             let (n, flags) = configs[i];
@@ -114,7 +105,7 @@ fn beside(agent: &Path, opts: &BenchOptions, dd: &[String]) -> Result<()> {
          and dd's own CPU time (user + system, wait4), which does not count waiting for a \
          CPU on this shared machine.\n",
         dd.join(" "),
-        opts.runs
+        runs
     );
     println!(
         "| agents beside it | flags | wall median s (min-max) | wall ratio | CPU median s | CPU ratio |"
@@ -394,7 +385,16 @@ pub fn run(root: &Path, agent: &Path, opts: &BenchOptions) -> Result<()> {
         ("bwa mem + samtools sort", pipeline, 1.03),
     ];
     println!("## What a run costs the machine (`--suite cost`)\n");
-    beside(agent, opts, &dd)?;
+    let configs: &[(usize, &[&str])] = &[
+        (0, &[]),
+        (1, &[]),
+        (4, &[]),
+        (16, &[]),
+        (1, FULL),
+        (4, FULL),
+        (16, FULL),
+    ];
+    beside(agent, opts.runs, &dd, configs)?;
     if opts.suite == "beside" {
         return Ok(());
     }
@@ -402,4 +402,12 @@ pub fn run(root: &Path, agent: &Path, opts: &BenchOptions) -> Result<()> {
     fixed_cost(agent, opts)?;
     programs(agent, &workloads)?;
     Ok(())
+}
+
+/// The `beside` table inside a kernel-test guest: alone, beside four default runs and
+/// beside four with the syscall hooks, on a smaller dd (guest code is slow).
+pub fn guest_beside(root: &Path, runs: usize) -> Result<()> {
+    let agent = root.join("target/release/denet-agent");
+    let dd = strings(&["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=200K"]);
+    beside(&agent, runs, &dd, &[(0, &[]), (4, &[]), (4, FULL)])
 }

@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask build-ebpf`, `bench`, `dist`, `wheel`.
+//! Project tasks: `cargo xtask build-ebpf`, `bench`, `dist`, `wheel`, `kernel-test`.
 
 mod bench;
 mod cost;
 mod dist;
+mod kernel_test;
 mod node;
 mod wheel;
 
@@ -46,6 +47,27 @@ enum Task {
         #[arg(long, default_value = "all")]
         suite: String,
     },
+    /// The eBPF integration tests on Debian's stock kernels under QEMU (see
+    /// docs/kernels.md); results in target/kernel-test/report.md.
+    KernelTest {
+        /// A kernel series of the matrix (6.1, 6.12); repeatable; default all.
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Rounds of the cost measurement inside each guest.
+        #[arg(long, default_value_t = 3)]
+        cost_runs: usize,
+        /// Run this shell script in each guest instead of the tests (to look at a
+        /// kernel: it runs as root in the host's root, overlaid; its output is the
+        /// console).
+        #[arg(long)]
+        job: Option<PathBuf>,
+    },
+    /// Inside a kernel-test guest: an untraced `dd bs=1` alone and beside four runs.
+    #[command(hide = true)]
+    GuestCost {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -81,6 +103,19 @@ fn main() -> Result<()> {
                 },
             )?;
         }
+        Task::KernelTest {
+            kernels,
+            cost_runs,
+            job,
+        } => kernel_test::run(
+            &root,
+            &kernel_test::Options {
+                kernels,
+                cost_runs: cost_runs.max(1),
+                job,
+            },
+        )?,
+        Task::GuestCost { runs } => cost::guest_beside(&root, runs.max(1))?,
         Task::Wheel => println!("{}", wheel::wheel(&root)?.display()),
         Task::Dist => {
             let (deb, tarball) = dist::dist(&root)?;

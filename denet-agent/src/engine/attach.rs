@@ -251,6 +251,14 @@ pub(super) fn header(
         ebpf: Some(kernel.tracer.is_some()),
         tracer: kernel.tracer.as_ref().map(|t| t.name().into()),
         ebpf_unavailable_reason: kernel.unavailable.clone(),
+        kernel_hooks: match &kernel.tracer {
+            Some(Tracer::Own(t)) => Some(t.hooks()),
+            _ => None,
+        },
+        kernel_hooks_unavailable: match &kernel.tracer {
+            Some(Tracer::Own(t)) => Some(t.unavailable()).filter(|m| !m.is_empty()),
+            _ => None,
+        },
         syscalls_counted: Some(kernel.tracer.is_some() && kernel.syscalls),
         files: Some(kernel.tracer.is_some() && kernel.files),
         events: Some(kernel.tracer.is_some() && kernel.events),

@@ -357,6 +357,16 @@ impl Btf {
         Err(BtfError::StructNotFound(struct_name.to_owned()))
     }
 
+    /// Whether the kernel has a function `name` that BTF describes (one fentry/fexit
+    /// can attach to). A scan of every type: functions are not indexed, and this is
+    /// asked only on kernels where a tracepoint is missing.
+    pub fn has_function(&self, name: &str) -> bool {
+        (1..self.type_offs.len() as u32).any(|id| {
+            self.ty(id).is_ok_and(|t| t.kind() == KIND_FUNC)
+                && self.type_name(id).is_ok_and(|n| n == name.as_bytes())
+        })
+    }
+
     /// Number of arguments of tracepoint `tracepoint`, from the prototype
     /// behind `typedef btf_trace_<tracepoint>` (a pointer to a FUNC_PROTO
     /// whose first parameter is the `void *` context, not counted).
@@ -591,6 +601,8 @@ mod tests {
         let Some(btf) = vmlinux() else { return };
         assert_eq!(btf.tracepoint_arg_count("sched_process_fork").unwrap(), 2);
         assert_eq!(btf.tracepoint_arg_count("sched_process_exit").unwrap(), 2);
+        assert!(btf.has_function("taskstats_exit"));
+        assert!(!btf.has_function("no_such_function_in_any_kernel"));
         assert_eq!(btf.tracepoint_arg_count("sched_process_exec").unwrap(), 3);
         assert!(matches!(
             btf.tracepoint_arg_count("no_such_tracepoint"),

@@ -1,4 +1,4 @@
-//! The kernel struct offsets of this kernel build, kept between runs.
+//! The kernel struct offsets and hook plan of this kernel build, kept between runs.
 //!
 //! Reading and indexing the kernel's 5.5 MB BTF is the largest part of a run's
 //! start-up, and its result depends only on the kernel build and the agent. So a run
@@ -19,11 +19,16 @@ use std::{
 
 use denet_common::{read_event, KernelOffsets};
 
+use super::hooks::Plan;
+
+/// The file: the offsets' bytes, then the plan's program bits (u64, native order).
+const SIZE: usize = size_of::<KernelOffsets>() + 8;
+
 const DIR: &str = "/run/denet-agent";
 const NOTES: &str = "/sys/kernel/notes";
 /// Bumped when the file's layout changes. The key also holds a hash of the sources
 /// that compute the offsets (build.rs), so another build never reads this one's.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// The cache file of the running kernel build, or None when the build id is unknown.
 pub(crate) fn path() -> Option<PathBuf> {
@@ -68,9 +73,9 @@ fn trusted(meta: &fs::Metadata) -> bool {
     meta.uid() == 0 && meta.mode() & 0o022 == 0
 }
 
-/// The offsets stored at `path`, if root stored them there. The file is opened
+/// The offsets and plan stored at `path`, if root stored them there. The file is opened
 /// without following links and checked through the open descriptor.
-pub(crate) fn read(path: &Path) -> Option<KernelOffsets> {
+pub(crate) fn read(path: &Path) -> Option<(KernelOffsets, Plan)> {
     use std::io::Read;
     let dir = path.parent()?;
     if !trusted(&fs::symlink_metadata(dir).ok()?) {
@@ -82,25 +87,26 @@ pub(crate) fn read(path: &Path) -> Option<KernelOffsets> {
         .open(path)
         .ok()?;
     let meta = f.metadata().ok()?;
-    let size = size_of::<KernelOffsets>();
-    if !meta.is_file() || !trusted(&meta) || meta.len() != size as u64 {
+    if !meta.is_file() || !trusted(&meta) || meta.len() != SIZE as u64 {
         return None;
     }
-    let mut bytes = vec![0u8; size];
+    let mut bytes = vec![0u8; SIZE];
     f.read_exact(&mut bytes).ok()?;
-    read_event(&bytes)
+    let offsets = read_event(&bytes)?;
+    let chosen = u64::from_ne_bytes(bytes[size_of::<KernelOffsets>()..].try_into().ok()?);
+    Some((offsets, Plan { chosen }))
 }
 
 /// Stores the offsets for later runs; only as root, best effort (a failure only
 /// means the next run reads the BTF again).
-pub(crate) fn write(path: &Path, offsets: &KernelOffsets) {
+pub(crate) fn write(path: &Path, offsets: &KernelOffsets, plan: &Plan) {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
-    let _ = try_write(path, offsets);
+    let _ = try_write(path, offsets, plan);
 }
 
-fn try_write(path: &Path, offsets: &KernelOffsets) -> std::io::Result<()> {
+fn try_write(path: &Path, offsets: &KernelOffsets, plan: &Plan) -> std::io::Result<()> {
     let dir = path.parent().ok_or(std::io::ErrorKind::InvalidInput)?;
     match fs::DirBuilder::new().mode(0o755).create(dir) {
         Ok(()) => {}
@@ -133,7 +139,10 @@ fn try_write(path: &Path, offsets: &KernelOffsets) -> std::io::Result<()> {
             size_of::<KernelOffsets>(),
         )
     };
-    let written = f.write_all(bytes).and_then(|()| f.sync_all());
+    let written = f
+        .write_all(bytes)
+        .and_then(|()| f.write_all(&plan.chosen.to_ne_bytes()))
+        .and_then(|()| f.sync_all());
     drop(f);
     match written.and_then(|()| fs::rename(&tmp, path)) {
         Ok(()) => Ok(()),
@@ -192,8 +201,9 @@ mod tests {
             request_bio: 77,
             ..Default::default()
         };
-        write(&path, &offsets);
-        assert_eq!(read(&path), Some(offsets));
+        let plan = Plan { chosen: 0b1011 };
+        write(&path, &offsets, &plan);
+        assert_eq!(read(&path), Some((offsets, plan)));
         // Writable by others: not trusted.
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
         assert_eq!(read(&path), None);

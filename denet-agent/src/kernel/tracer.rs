@@ -5,9 +5,11 @@
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint},
+    programs::{raw_trace_point::RawTracePointLinkId, FEntry, FExit, RawTracePoint},
     Ebpf,
 };
+use std::collections::BTreeMap;
+
 use denet_common::{
     counter, run_counter, run_flag, IoAccounting, KernelOffsets, Settings, FILE_STATS_MAX_ENTRIES,
     MAX_RUNS, TRACKED_MAX_ENTRIES,
@@ -16,6 +18,7 @@ use denet_common::{
 use super::{
     btf::Btf,
     counters::{ProcDepth, StatsMaps},
+    hooks::{Feature, Hook, Missing, Needs, Plan, Program},
     offsets_cache,
 };
 
@@ -52,47 +55,6 @@ pub(crate) mod names {
         TASK_STATE,
     ];
 }
-
-/// When a program is loaded and attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Needs {
-    /// Every run: lifecycle, exit accounting, scheduler, block, network.
-    Always,
-    /// Only with `--files` or `--syscalls`: on `raw_syscalls`, so while attached it
-    /// runs for every syscall of every task on the machine.
-    SyscallHooks,
-}
-
-/// One kernel program: its name in the eBPF object (= its raw tracepoint), the
-/// number of `TP_PROTO` arguments it reads by position, and when it is needed.
-struct Program {
-    name: &'static str,
-    args: u32,
-    needs: Needs,
-}
-
-const fn program(name: &'static str, args: u32, needs: Needs) -> Program {
-    Program { name, args, needs }
-}
-
-/// The program table, in attach order: the per-process accounting first, then exit
-/// and exec, and fork last, so no process can enter the tracked set before everything
-/// that follows it is watching.
-const PROGRAMS: &[Program] = &[
-    program("sched_switch", 4, Needs::Always),
-    program("sched_wakeup", 1, Needs::Always),
-    program("sched_wakeup_new", 1, Needs::Always),
-    program("sys_enter", 2, Needs::SyscallHooks),
-    program("sys_exit", 2, Needs::SyscallHooks),
-    program("block_bio_queue", 1, Needs::Always),
-    program("block_rq_complete", 3, Needs::Always),
-    program("sock_send_length", 3, Needs::Always),
-    program("sock_recv_length", 3, Needs::Always),
-    program("mark_victim", 2, Needs::Always),
-    program("sched_process_exit", 2, Needs::Always),
-    program("sched_process_exec", 3, Needs::Always),
-    program("sched_process_fork", 2, Needs::Always),
-];
 
 /// What the kernel side collects besides the lifecycle.
 #[derive(Debug, Clone, Copy)]
@@ -140,11 +102,10 @@ pub const STANDALONE_RUN: u32 = 1;
 pub enum TracerError {
     #[error("kernel BTF (/sys/kernel/btf/vmlinux): {0}")]
     Btf(String),
-    #[error("tracepoint {name} has {found} arguments on this kernel, expected {expected}")]
-    TracepointShape {
-        name: &'static str,
-        found: u32,
-        expected: u32,
+    #[error("this kernel cannot serve {feature}: {reason}")]
+    Unsupported {
+        feature: &'static str,
+        reason: String,
     },
     #[error("loading eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
@@ -213,6 +174,9 @@ pub struct KernelTracer {
     /// The syscall hooks while they are attached.
     syscall_links: Vec<(&'static str, RawTracePointLinkId)>,
     nr_cpus: usize,
+    /// The hook of each feature on this kernel, and what it cannot serve.
+    plan: Plan,
+    missing: Vec<Missing>,
 }
 
 fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, TracerError> {
@@ -247,6 +211,11 @@ fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, TracerError> {
             "unexpected task_io_accounting size".into(),
         ));
     }
+    // The RSS counters: per-CPU counters since 6.2, an atomic_long_t array before.
+    let (rss_stride, rss_count) = match btf.struct_size("mm_rss_stat") {
+        Ok(_) => (8, off("mm_rss_stat", "count")?),
+        Err(_) => (size("percpu_counter")?, off("percpu_counter", "count")?),
+    };
     Ok(KernelOffsets {
         task_pid: off("task_struct", "pid")?,
         task_tgid: off("task_struct", "tgid")?,
@@ -265,8 +234,8 @@ fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, TracerError> {
         mm_hiwater_rss: off("mm_struct", "hiwater_rss")?,
         mm_hiwater_vm: off("mm_struct", "hiwater_vm")?,
         mm_rss_stat: off("mm_struct", "rss_stat")?,
-        percpu_counter_size: size("percpu_counter")?,
-        percpu_counter_count: off("percpu_counter", "count")?,
+        percpu_counter_size: rss_stride,
+        percpu_counter_count: rss_count,
         binprm_filename: off("linux_binprm", "filename")?,
         regs_di: off("pt_regs", "di")?,
         regs_si: off("pt_regs", "si")?,
@@ -277,54 +246,56 @@ fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, TracerError> {
         bio_opf: off("bio", "bi_opf")?,
         bio_size: off("bio", "bi_iter")? + off("bvec_iter", "bi_size")?,
         request_bio: off("request", "bio")?,
-        _pad: 0,
+        socket_sk: off("socket", "sk")?,
     })
 }
 
-/// The programs read tracepoint arguments by position: refuse kernels where the
-/// prototypes differ rather than read garbage.
-fn check_tracepoints(btf: &Btf) -> Result<(), TracerError> {
-    for p in PROGRAMS {
-        let found = btf
-            .tracepoint_arg_count(p.name)
-            .map_err(|e| TracerError::Btf(format!("btf_trace_{}: {e}", p.name)))?;
-        if found != p.args {
-            return Err(TracerError::TracepointShape {
-                name: p.name,
-                found,
-                expected: p.args,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The struct offsets of this kernel, from the cache root keeps for this kernel
-/// build, else from its BTF (checked against the tracepoint prototypes). The parsed
-/// BTF is freed before aya's loader runs, so the two never sit in memory together.
-fn kernel_offsets() -> Result<KernelOffsets, TracerError> {
+/// What this kernel offers: the struct offsets and the hook of each feature, from
+/// the cache root keeps for this kernel build, else from its BTF. The parsed BTF is
+/// freed before aya's loader runs, so the two never sit in memory together. A kernel
+/// that lacks a feature is never cached, so its reasons are always current.
+fn kernel_offsets() -> Result<(KernelOffsets, Plan, Vec<Missing>), TracerError> {
     let cache = offsets_cache::path();
-    if let Some(offsets) = cache.as_deref().and_then(offsets_cache::read) {
-        return Ok(offsets);
+    if let Some((offsets, plan)) = cache.as_deref().and_then(offsets_cache::read) {
+        return Ok((offsets, plan, Vec::new()));
     }
     let btf = Btf::from_sys_fs().map_err(|e| TracerError::Btf(e.to_string()))?;
-    check_tracepoints(&btf)?;
-    let offsets = resolve_offsets(&btf)?;
-    if let Some(path) = &cache {
-        offsets_cache::write(path, &offsets);
+    let (plan, missing) = Plan::from_btf(&btf);
+    if let Some(m) = missing.iter().find(|m| m.feature.essential()) {
+        return Err(TracerError::Unsupported {
+            feature: m.feature.name(),
+            reason: m.reason.clone(),
+        });
     }
-    Ok(offsets)
+    let offsets = resolve_offsets(&btf)?;
+    if let (Some(path), true) = (&cache, missing.is_empty()) {
+        offsets_cache::write(path, &offsets, &plan);
+    }
+    Ok((offsets, plan, missing))
 }
 
-/// Loads (verifies) the needed programs of the table, on every CPU at once: the
-/// kernel's verifier is most of a run's start-up and runs in the loading thread.
-fn load_programs(ebpf: &mut Ebpf, needed: impl Fn(&Program) -> bool) -> Result<(), TracerError> {
-    let mut jobs: Vec<(&'static str, &mut aya::programs::Program)> = Vec::new();
+/// Loads (verifies) the programs of the plan that `needed` selects, on every CPU at
+/// once: the kernel's verifier is most of a run's start-up and runs in the loading
+/// thread. Returns each program's result. Trampolines (fentry/fexit) need aya's own
+/// parse of the kernel BTF, done only when the plan has one.
+/// A program of the plan and whether the kernel accepted it.
+type Loaded = (&'static Program, Result<(), TracerError>);
+
+fn load_programs(
+    ebpf: &mut Ebpf,
+    plan: &Plan,
+    needed: impl Fn(&Program) -> bool,
+) -> Result<Vec<Loaded>, TracerError> {
+    let wanted: Vec<&'static Program> = plan.programs().filter(|p| needed(p)).collect();
+    let kernel_btf = if wanted.iter().any(|p| !matches!(p.hook, Hook::RawTp { .. })) {
+        Some(aya::Btf::from_sys_fs().map_err(|e| TracerError::Btf(e.to_string()))?)
+    } else {
+        None
+    };
+    let mut jobs: Vec<(&'static Program, &mut aya::programs::Program)> = Vec::new();
     for (name, program) in ebpf.programs_mut() {
-        if let Some(p) = PROGRAMS.iter().find(|p| p.name == name) {
-            if needed(p) {
-                jobs.push((p.name, program));
-            }
+        if let Some(p) = wanted.iter().find(|p| p.name == name) {
+            jobs.push((p, program));
         }
     }
     // A needed program missing from the object is reported by the attach loop.
@@ -332,31 +303,72 @@ fn load_programs(ebpf: &mut Ebpf, needed: impl Fn(&Program) -> bool) -> Result<(
         .map_or(1, |n| n.get())
         .clamp(1, jobs.len().max(1));
     let per_worker = jobs.len().div_ceil(workers).max(1);
-    std::thread::scope(|scope| {
+    let btf = kernel_btf.as_ref();
+    let results = std::thread::scope(|scope| {
         let workers: Vec<_> = jobs
             .chunks_mut(per_worker)
             .map(|part| {
-                scope.spawn(move || -> Result<(), TracerError> {
-                    for (name, program) in part.iter_mut() {
-                        let name: &'static str = name;
-                        let program: &mut RawTracePoint = (&mut **program)
-                            .try_into()
-                            .map_err(|source| TracerError::Program { name, source })?;
-                        program
-                            .load()
-                            .map_err(|source| TracerError::Program { name, source })?;
-                    }
-                    Ok(())
+                scope.spawn(move || {
+                    part.iter_mut()
+                        .map(|(p, program)| (*p, load_one(p, program, btf)))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        // Every worker is joined before the first error is returned.
-        let results: Vec<Result<(), TracerError>> = workers
+        workers
             .into_iter()
-            .map(|w| w.join().unwrap_or(Err(TracerError::LoaderThread)))
-            .collect();
-        results.into_iter().collect::<Result<(), TracerError>>()
-    })
+            .map(|w| w.join().map_err(|_| TracerError::LoaderThread))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    Ok(results.into_iter().flatten().collect())
+}
+
+fn load_one(
+    p: &'static Program,
+    program: &mut aya::programs::Program,
+    btf: Option<&aya::Btf>,
+) -> Result<(), TracerError> {
+    let name = p.name;
+    let err = |source| TracerError::Program { name, source };
+    match p.hook {
+        Hook::RawTp { .. } => {
+            let program: &mut RawTracePoint = program.try_into().map_err(err)?;
+            program.load().map_err(err)
+        }
+        Hook::FEntry(function) | Hook::FExit(function) => {
+            let btf = btf.ok_or(TracerError::Missing("kernel BTF for a trampoline"))?;
+            if matches!(p.hook, Hook::FEntry(_)) {
+                let program: &mut FEntry = program.try_into().map_err(err)?;
+                program.load(function, btf).map_err(err)
+            } else {
+                let program: &mut FExit = program.try_into().map_err(err)?;
+                program.load(function, btf).map_err(err)
+            }
+        }
+    }
+}
+
+/// Attaches one loaded program. The link stays with the object: dropping the
+/// tracer detaches it.
+fn attach_one(ebpf: &mut Ebpf, p: &'static Program) -> Result<(), TracerError> {
+    let name = p.name;
+    let err = |source| TracerError::Program { name, source };
+    let program = ebpf.program_mut(name).ok_or(TracerError::Missing(name))?;
+    match p.hook {
+        Hook::RawTp { tracepoint, .. } => {
+            let program: &mut RawTracePoint = program.try_into().map_err(err)?;
+            program.attach(tracepoint).map_err(err)?;
+        }
+        Hook::FEntry(_) => {
+            let program: &mut FEntry = program.try_into().map_err(err)?;
+            program.attach().map_err(err)?;
+        }
+        Hook::FExit(_) => {
+            let program: &mut FExit = program.try_into().map_err(err)?;
+            program.attach().map_err(err)?;
+        }
+    }
+    Ok(())
 }
 
 fn raw_tp<'a>(
@@ -372,7 +384,7 @@ fn raw_tp<'a>(
 impl KernelTracer {
     /// Loads the programs with offsets from this kernel's BTF and attaches them.
     pub fn load(options: TracerOptions) -> Result<Self, TracerError> {
-        let offsets = kernel_offsets()?;
+        let (offsets, mut plan, mut missing) = kernel_offsets()?;
         let nr_cpus =
             aya::util::nr_cpus().map_err(|(what, e)| TracerError::Btf(format!("{what}: {e}")))?;
         let settings = Settings {
@@ -404,16 +416,25 @@ impl KernelTracer {
         // path: a standalone run neither loads nor attaches them unless asked; the
         // node daemon loads them once and attaches them while a run needs them.
         let syscall_hooks = options.syscall_hooks();
-        load_programs(&mut ebpf, |p| {
+        let loaded = load_programs(&mut ebpf, &plan, |p| {
             p.needs == Needs::Always || syscall_hooks || options.shared
         })?;
-        for p in PROGRAMS.iter().filter(|p| p.needs == Needs::Always) {
-            raw_tp(&mut ebpf, p.name)?
-                .attach(p.name)
-                .map_err(|source| TracerError::Program {
-                    name: p.name,
-                    source,
-                })?;
+        // A program the kernel refuses (trampolines on some kernels) costs its
+        // feature, or the run when the feature is essential.
+        for (p, result) in loaded {
+            if let Err(e) = result {
+                if p.feature.essential() || p.feature == Feature::Syscalls {
+                    return Err(e);
+                }
+                plan.drop_feature(p.feature);
+                missing.push(Missing {
+                    feature: p.feature,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        for p in plan.programs().filter(|p| p.needs == Needs::Always) {
+            attach_one(&mut ebpf, p)?;
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(TracerError::Missing(name))
@@ -457,6 +478,8 @@ impl KernelTracer {
             stats: Some((collector, sampler)),
             syscall_links: Vec::new(),
             nr_cpus,
+            plan,
+            missing,
         };
         if syscall_hooks && !options.shared {
             tracer.set_syscall_hooks(true)?;
@@ -470,7 +493,11 @@ impl KernelTracer {
             return Ok(());
         }
         if on {
-            for p in PROGRAMS.iter().filter(|p| p.needs == Needs::SyscallHooks) {
+            for p in self
+                .plan
+                .programs()
+                .filter(|p| p.needs == Needs::SyscallHooks)
+            {
                 let link = raw_tp(&mut self.ebpf, p.name)?
                     .attach(p.name)
                     .map_err(|source| TracerError::Program {
@@ -491,6 +518,19 @@ impl KernelTracer {
 
     pub fn syscall_hooks_attached(&self) -> bool {
         !self.syscall_links.is_empty()
+    }
+
+    /// Feature name to the hooks serving it now (the syscall hooks while attached).
+    pub fn hooks(&self) -> BTreeMap<String, Vec<String>> {
+        self.plan.hooks(self.syscall_hooks_attached())
+    }
+
+    /// Features this kernel cannot serve, with the reasons.
+    pub fn unavailable(&self) -> BTreeMap<String, String> {
+        self.missing
+            .iter()
+            .map(|m| (m.feature.name().to_owned(), m.reason.clone()))
+            .collect()
     }
 
     /// Starts run `run` asking for `flags` (`denet_common::run_flag`), with its
@@ -643,7 +683,10 @@ mod tests {
         let obj = aya_obj::Object::parse(OBJECT).expect("embedded eBPF object");
         let mut in_object: Vec<&str> = obj.programs.keys().map(String::as_str).collect();
         in_object.sort_unstable();
-        let mut in_table: Vec<&str> = PROGRAMS.iter().map(|p| p.name).collect();
+        let mut in_table: Vec<&str> = super::super::hooks::PROGRAMS
+            .iter()
+            .map(|p| p.name)
+            .collect();
         in_table.sort_unstable();
         assert_eq!(in_table, in_object);
         for map in names::MAPS {

@@ -116,6 +116,11 @@ pub struct Header {
     pub tracer: Option<Word>,
     /// Why eBPF is off, when it is.
     pub ebpf_unavailable_reason: Option<String>,
+    /// Which kernel hook serves each feature on this kernel (`raw_tp/…`,
+    /// `fentry/…`, `fexit/…`), for a run with its own programs; null otherwise.
+    pub kernel_hooks: Option<BTreeMap<String, Vec<String>>>,
+    /// Features this kernel cannot serve, with the reason (their fields read 0).
+    pub kernel_hooks_unavailable: Option<BTreeMap<String, String>>,
     /// Per-process syscall counts are collected (eBPF mode with `--syscalls`).
     /// Named `syscalls` before schema 3, the name of the records' syscall lists.
     #[serde(alias = "syscalls")]
@@ -655,6 +660,8 @@ mod tests {
             ebpf: Some(true),
             tracer: Some("own".into()),
             ebpf_unavailable_reason: None,
+            kernel_hooks: None,
+            kernel_hooks_unavailable: None,
             syscalls_counted: Some(true),
             files: Some(true),
             events: Some(false),

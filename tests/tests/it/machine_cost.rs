@@ -15,6 +15,16 @@ use serde_json::Value;
 
 use crate::helpers::WORKLOAD;
 
+/// The name of BPF program `id`, from bpftool.
+fn prog_name(id: &str) -> String {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "id", id, "--json"])
+        .output()
+        .expect("bpftool (scripts/setup-tests.sh installs it)");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    v["name"].as_str().expect("program name").to_owned()
+}
+
 /// A run in the background, writing its trace to `out`.
 struct Running {
     child: Child,
@@ -54,8 +64,10 @@ impl Running {
         panic!("{} never got its header", self.out.display());
     }
 
-    /// Tracepoint name -> number of raw tracepoint links the agent holds, read from
-    /// /proc/PID/fdinfo (the kernel's record of each BPF link).
+    /// Hook (`raw_tp/<tracepoint>`, `fentry/<program>`, `fexit/<program>`, as the
+    /// header names them) -> number of links the agent holds, read from
+    /// /proc/PID/fdinfo (the kernel's record of each BPF link); a trampoline's
+    /// program is named after its kernel function, and bpftool gives the name.
     fn links(&self) -> BTreeMap<String, usize> {
         let mut links = BTreeMap::new();
         let dir = format!("/proc/{}/fdinfo", self.child.id());
@@ -63,14 +75,28 @@ impl Running {
             let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else {
                 continue;
             };
-            if !info.contains("link_type:\traw_tracepoint") {
-                continue;
-            }
-            let tp = info
-                .lines()
-                .find_map(|l| l.strip_prefix("tp_name:\t"))
-                .expect("raw tracepoint link without tp_name");
-            *links.entry(tp.to_string()).or_default() += 1;
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(":\t"))
+                    .map(str::to_owned)
+            };
+            let hook = match field("link_type").as_deref() {
+                Some("raw_tracepoint") => format!(
+                    "raw_tp/{}",
+                    field("tp_name").expect("raw tracepoint link without tp_name")
+                ),
+                Some("tracing") => {
+                    // BPF_TRACE_FENTRY 24, BPF_TRACE_FEXIT 25.
+                    let kind = match field("attach_type").as_deref() {
+                        Some("24") => "fentry",
+                        Some("25") => "fexit",
+                        other => panic!("tracing link of attach type {other:?}: {info}"),
+                    };
+                    format!("{kind}/{}", prog_name(&field("prog_id").expect("prog_id")))
+                }
+                _ => continue,
+            };
+            *links.entry(hook).or_default() += 1;
         }
         links
     }
@@ -102,14 +128,6 @@ fn syscall_hooks_only_when_asked_for_and_as_one_pair() {
         return;
     }
     let dir = scratch_dir("links");
-    let lifecycle = [
-        "sched_process_fork",
-        "sched_process_exec",
-        "sched_process_exit",
-        "sched_switch",
-        "block_rq_complete",
-        "sock_send_length",
-    ];
     for (i, (flags, hooks)) in [
         (&[][..], 0),
         (&["--files"][..], 1),
@@ -122,10 +140,29 @@ fn syscall_hooks_only_when_asked_for_and_as_one_pair() {
         let run = start(flags, &dir.join(format!("{i}.jsonl")), &["sleep", "30"]);
         run.wait_released();
         let links = run.links();
-        for tp in lifecycle {
-            assert_eq!(links.get(tp), Some(&1), "{flags:?}: {tp} in {links:?}");
+        // Every hook the header names is attached once, and nothing else.
+        let header = parse_jsonl(&std::fs::read_to_string(&run.out).expect("trace"))
+            .into_iter()
+            .next()
+            .expect("header");
+        let mut named: Vec<String> = header["kernel_hooks"]
+            .as_object()
+            .expect("kernel_hooks")
+            .values()
+            .flat_map(|v| v.as_array().expect("hooks").iter())
+            .map(|h| h.as_str().expect("hook").to_owned())
+            .collect();
+        named.sort();
+        assert!(
+            named.iter().any(|h| h.ends_with("sched_process_fork")),
+            "{named:?}"
+        );
+        let attached: Vec<String> = links.keys().cloned().collect();
+        assert_eq!(attached, named, "{flags:?}");
+        for hook in &named {
+            assert_eq!(links[hook], 1, "{flags:?}: {hook} in {links:?}");
         }
-        for tp in ["sys_enter", "sys_exit"] {
+        for tp in ["raw_tp/sys_enter", "raw_tp/sys_exit"] {
             assert_eq!(
                 links.get(tp).copied().unwrap_or(0),
                 hooks,

@@ -11,6 +11,7 @@ mod export_formats;
 mod failure_context;
 mod golden_schema;
 mod history_db;
+mod kernel_hooks;
 mod machine_cost;
 mod memory_limits;
 mod notebook_example;

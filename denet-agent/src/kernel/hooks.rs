@@ -1,0 +1,302 @@
+//! Which kernel hook serves each feature on the running kernel.
+//!
+//! Tracepoints change shape between kernels: `sched_process_exit` gained
+//! `group_dead` and moved before `exit_mm()` in 6.16, `mark_victim` passed only the
+//! pid before it passed the task (Debian's 6.1 already passes the task), and
+//! `sock_send_length`/`sock_recv_length` exist since 6.3. So each feature lists its hooks best first, and the plan takes, for
+//! each, the first whose tracepoint has the prototype the program reads or whose
+//! kernel function BTF describes (fentry/fexit, which some kernels refuse at load:
+//! then the feature is dropped, or the run falls back, see `KernelTracer::load`).
+//! The header of every trace records the choice.
+
+use std::collections::BTreeMap;
+
+use super::btf::Btf;
+
+/// How a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// A raw tracepoint whose `TP_PROTO` has `args` arguments (read by position).
+    RawTp { tracepoint: &'static str, args: u32 },
+    /// A BTF trampoline on entry to a kernel function.
+    FEntry(&'static str),
+    /// A BTF trampoline on return from a kernel function.
+    FExit(&'static str),
+}
+
+impl Hook {
+    /// `raw_tp/sched_switch`, `fentry/taskstats_exit`, `fexit/sock_sendmsg`.
+    pub fn describe(&self) -> String {
+        match self {
+            Hook::RawTp { tracepoint, .. } => format!("raw_tp/{tracepoint}"),
+            Hook::FEntry(f) => format!("fentry/{f}"),
+            Hook::FExit(f) => format!("fexit/{f}"),
+        }
+    }
+
+    /// Why this kernel cannot serve the hook, judged from its BTF.
+    fn unusable(&self, btf: &Btf) -> Option<String> {
+        match *self {
+            Hook::RawTp { tracepoint, args } => match btf.tracepoint_arg_count(tracepoint) {
+                Ok(n) if n == args => None,
+                Ok(n) => Some(format!(
+                    "tracepoint {tracepoint} has {n} arguments here, the program reads {args}"
+                )),
+                Err(e) => Some(format!("tracepoint {tracepoint}: {e}")),
+            },
+            Hook::FEntry(f) | Hook::FExit(f) => {
+                (!btf.has_function(f)).then(|| format!("no kernel function {f} in BTF"))
+            }
+        }
+    }
+}
+
+/// What a run needs from the kernel; each is served by one alternative's programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Feature {
+    Scheduler,
+    Syscalls,
+    BlockIo,
+    Network,
+    OomVictim,
+    Exit,
+    Exec,
+    Fork,
+}
+
+impl Feature {
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::Scheduler => "scheduler",
+            Feature::Syscalls => "syscalls",
+            Feature::BlockIo => "block_io",
+            Feature::Network => "network",
+            Feature::OomVictim => "oom_victim",
+            Feature::Exit => "exit",
+            Feature::Exec => "exec",
+            Feature::Fork => "fork",
+        }
+    }
+
+    /// Without these there is no process tree: the run falls back to /proc.
+    pub fn essential(self) -> bool {
+        matches!(self, Feature::Exit | Feature::Exec | Feature::Fork)
+    }
+}
+
+/// When a program is loaded and attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Every run: lifecycle, exit accounting, scheduler, block, network.
+    Always,
+    /// Only with `--files` or `--syscalls`: on `raw_syscalls`, so while attached it
+    /// runs for every syscall of every task on the machine.
+    SyscallHooks,
+}
+
+/// One kernel program: its name in the eBPF object, the feature it serves, its
+/// alternative (0 is preferred; all programs of one alternative go together), and
+/// how it attaches.
+pub struct Program {
+    pub name: &'static str,
+    pub feature: Feature,
+    pub alt: u8,
+    pub hook: Hook,
+    pub needs: Needs,
+}
+
+const fn tp(name: &'static str, feature: Feature, alt: u8, args: u32, needs: Needs) -> Program {
+    Program {
+        name,
+        feature,
+        alt,
+        hook: Hook::RawTp {
+            tracepoint: name,
+            args,
+        },
+        needs,
+    }
+}
+
+const fn tramp(name: &'static str, feature: Feature, alt: u8, hook: Hook) -> Program {
+    Program {
+        name,
+        feature,
+        alt,
+        hook,
+        needs: Always,
+    }
+}
+
+use Feature as F;
+use Needs::{Always, SyscallHooks};
+
+/// The program table, in attach order: the per-process accounting first, then exit
+/// and exec, and fork last, so no process can enter the tracked set before everything
+/// that follows it is watching.
+pub const PROGRAMS: &[Program] = &[
+    tp("sched_switch", F::Scheduler, 0, 4, Always),
+    tp("sched_wakeup", F::Scheduler, 0, 1, Always),
+    tp("sched_wakeup_new", F::Scheduler, 0, 1, Always),
+    tp("sys_enter", F::Syscalls, 0, 2, SyscallHooks),
+    tp("sys_exit", F::Syscalls, 0, 2, SyscallHooks),
+    tp("block_bio_queue", F::BlockIo, 0, 1, Always),
+    tp("block_rq_complete", F::BlockIo, 0, 3, Always),
+    tp("sock_send_length", F::Network, 0, 3, Always),
+    tp("sock_recv_length", F::Network, 0, 3, Always),
+    tramp("inet_sendmsg", F::Network, 1, Hook::FExit("inet_sendmsg")),
+    tramp("inet6_sendmsg", F::Network, 1, Hook::FExit("inet6_sendmsg")),
+    tramp("inet_recvmsg", F::Network, 1, Hook::FExit("inet_recvmsg")),
+    tramp("inet6_recvmsg", F::Network, 1, Hook::FExit("inet6_recvmsg")),
+    tp("mark_victim", F::OomVictim, 0, 2, Always),
+    tp("sched_process_exit", F::Exit, 0, 2, Always),
+    tramp("taskstats_exit", F::Exit, 1, Hook::FEntry("taskstats_exit")),
+    tp("sched_process_exec", F::Exec, 0, 3, Always),
+    tp("sched_process_fork", F::Fork, 0, 2, Always),
+];
+
+/// The programs chosen for this kernel: bit `i` is `PROGRAMS[i]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub chosen: u64,
+}
+
+/// A feature this kernel cannot serve, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub feature: Feature,
+    pub reason: String,
+}
+
+fn features() -> Vec<Feature> {
+    let mut f: Vec<Feature> = PROGRAMS.iter().map(|p| p.feature).collect();
+    f.sort_unstable();
+    f.dedup();
+    f
+}
+
+impl Plan {
+    /// For each feature, the first alternative all of whose hooks this kernel's BTF
+    /// can serve. The features none can serve are returned with the reasons.
+    pub fn from_btf(btf: &Btf) -> (Plan, Vec<Missing>) {
+        let mut plan = Plan::default();
+        let mut missing = Vec::new();
+        for feature in features() {
+            let mut reasons = Vec::new();
+            let alts = PROGRAMS
+                .iter()
+                .filter(|p| p.feature == feature)
+                .map(|p| p.alt)
+                .max()
+                .unwrap_or(0);
+            let found = (0..=alts).find(|&alt| {
+                let members = || {
+                    PROGRAMS
+                        .iter()
+                        .enumerate()
+                        .filter(move |(_, p)| p.feature == feature && p.alt == alt)
+                };
+                let why: Vec<String> = members()
+                    .filter_map(|(_, p)| p.hook.unusable(btf))
+                    .collect();
+                if why.is_empty() {
+                    for (i, _) in members() {
+                        plan.chosen |= 1 << i;
+                    }
+                    true
+                } else {
+                    reasons.extend(why);
+                    false
+                }
+            });
+            if found.is_none() {
+                missing.push(Missing {
+                    feature,
+                    reason: reasons.join("; "),
+                });
+            }
+        }
+        (plan, missing)
+    }
+
+    /// The chosen programs, in attach order.
+    pub fn programs(&self) -> impl Iterator<Item = &'static Program> + '_ {
+        PROGRAMS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.chosen & (1 << i) != 0)
+            .map(|(_, p)| p)
+    }
+
+    /// Stops using a feature (its programs failed to load).
+    pub fn drop_feature(&mut self, feature: Feature) {
+        for (i, p) in PROGRAMS.iter().enumerate() {
+            if p.feature == feature {
+                self.chosen &= !(1 << i);
+            }
+        }
+    }
+
+    /// Feature name to the hooks that serve it, for the header; the syscall hooks
+    /// only when attached for this run.
+    pub fn hooks(&self, syscall_hooks: bool) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in self.programs() {
+            if p.needs == SyscallHooks && !syscall_hooks {
+                continue;
+            }
+            out.entry(p.feature.name().to_owned())
+                .or_default()
+                .push(p.hook.describe());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_fits_the_plan_and_every_feature_has_a_first_choice() {
+        assert!(PROGRAMS.len() <= 64);
+        for f in features() {
+            assert!(
+                PROGRAMS.iter().any(|p| p.feature == f && p.alt == 0),
+                "{f:?}"
+            );
+        }
+        // Names are unique: they are the object's program names.
+        let mut names: Vec<&str> = PROGRAMS.iter().map(|p| p.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), PROGRAMS.len());
+    }
+
+    /// On the running kernel: every feature is served, and the header lists them.
+    #[test]
+    fn plan_of_the_running_kernel() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("skipped: no /sys/kernel/btf/vmlinux");
+            return;
+        };
+        let (plan, missing) = Plan::from_btf(&btf);
+        assert!(missing.is_empty(), "{missing:?}");
+        let hooks = plan.hooks(false);
+        assert!(hooks.contains_key("exit") && hooks.contains_key("fork"));
+        assert!(!hooks.contains_key("syscalls"));
+        assert!(plan.hooks(true).contains_key("syscalls"));
+        // One alternative per feature.
+        for f in features() {
+            let alts: Vec<u8> = plan
+                .programs()
+                .filter(|p| p.feature == f)
+                .map(|p| p.alt)
+                .collect();
+            assert!(alts.windows(2).all(|w| w[0] == w[1]), "{f:?}: {alts:?}");
+        }
+        let mut dropped = plan;
+        dropped.drop_feature(Feature::Network);
+        assert!(!dropped.hooks(false).contains_key("network"));
+    }
+}
