@@ -425,6 +425,9 @@ pub mod run_flag {
     pub const SYSCALLS: u32 = 4;
     /// Raw scheduler and block I/O events through the ring buffer.
     pub const EVENTS: u32 = 8;
+    /// With FILES: the file accounting comes from the trampolines on the file
+    /// syscalls' functions, and the raw syscall hooks leave files alone.
+    pub const FILE_TRAMPOLINES: u32 = 16;
 }
 
 /// Slots of each run in the per-CPU `RUN_COUNTERS` array: run `r` has slots

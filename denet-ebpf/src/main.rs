@@ -25,6 +25,7 @@ use aya_ebpf::{
     programs::{FEntryContext, RawTracePointContext},
 };
 mod block;
+mod file_hooks;
 mod files;
 mod net;
 mod sched;

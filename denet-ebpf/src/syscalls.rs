@@ -1,7 +1,9 @@
 //! Syscall counts per process (at sys_enter, so calls that never return, like
 //! exit_group, count too) and the hooks of the per-file accounting (at sys_exit,
 //! where the result is known). Both run for every syscall on the machine, so the
-//! tracked check comes first.
+//! tracked check comes first. Where the kernel takes trampolines, the file
+//! accounting comes from `file_hooks` instead (only the callers of the file syscalls
+//! pay) and these leave files alone.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
@@ -11,30 +13,30 @@ use denet_common::{run_flag, EventKind, SYSCALL_SLOTS};
 use crate::{files, off, read_at, run_of, stats::SYSCALLS, wants};
 
 // x86_64 syscall numbers of the file accounting.
-const SYS_READ: u64 = 0;
-const SYS_WRITE: u64 = 1;
-const SYS_OPEN: u64 = 2;
-const SYS_CLOSE: u64 = 3;
-const SYS_PREAD64: u64 = 17;
-const SYS_PWRITE64: u64 = 18;
-const SYS_READV: u64 = 19;
-const SYS_WRITEV: u64 = 20;
-const SYS_CREAT: u64 = 85;
-const SYS_OPENAT: u64 = 257;
-const SYS_PREADV: u64 = 295;
-const SYS_PWRITEV: u64 = 296;
-const SYS_PREADV2: u64 = 327;
-const SYS_PWRITEV2: u64 = 328;
-const SYS_OPENAT2: u64 = 437;
-const SYS_SENDFILE: u64 = 40;
-const SYS_SPLICE: u64 = 275;
-const SYS_COPY_FILE_RANGE: u64 = 326;
-const SYS_CHDIR: u64 = 80;
-const SYS_FCHDIR: u64 = 81;
-const SYS_DUP: u64 = 32;
-const SYS_DUP2: u64 = 33;
-const SYS_FCNTL: u64 = 72;
-const SYS_DUP3: u64 = 292;
+pub(crate) const SYS_READ: u64 = 0;
+pub(crate) const SYS_WRITE: u64 = 1;
+pub(crate) const SYS_OPEN: u64 = 2;
+pub(crate) const SYS_CLOSE: u64 = 3;
+pub(crate) const SYS_PREAD64: u64 = 17;
+pub(crate) const SYS_PWRITE64: u64 = 18;
+pub(crate) const SYS_READV: u64 = 19;
+pub(crate) const SYS_WRITEV: u64 = 20;
+pub(crate) const SYS_CREAT: u64 = 85;
+pub(crate) const SYS_OPENAT: u64 = 257;
+pub(crate) const SYS_PREADV: u64 = 295;
+pub(crate) const SYS_PWRITEV: u64 = 296;
+pub(crate) const SYS_PREADV2: u64 = 327;
+pub(crate) const SYS_PWRITEV2: u64 = 328;
+pub(crate) const SYS_OPENAT2: u64 = 437;
+pub(crate) const SYS_SENDFILE: u64 = 40;
+pub(crate) const SYS_SPLICE: u64 = 275;
+pub(crate) const SYS_COPY_FILE_RANGE: u64 = 326;
+pub(crate) const SYS_CHDIR: u64 = 80;
+pub(crate) const SYS_FCHDIR: u64 = 81;
+pub(crate) const SYS_DUP: u64 = 32;
+pub(crate) const SYS_DUP2: u64 = 33;
+pub(crate) const SYS_FCNTL: u64 = 72;
+pub(crate) const SYS_DUP3: u64 = 292;
 const F_DUPFD: u64 = 0;
 const F_DUPFD_CLOEXEC: u64 = 1030;
 
@@ -66,7 +68,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
             }
         }
     }
-    if id == SYS_CLOSE && wants(run, run_flag::FILES) {
+    if id == SYS_CLOSE && files_here(run, false) {
         let regs: *const u8 = ctx.arg(0);
         let fd: u64 = read_at(regs, off!(regs_di));
         files::close(tgid, pid_tgid as u32, fd as u32);
@@ -78,18 +80,36 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 /// arguments: `orig_ax` is the syscall number, `di`/`si`/`dx` arguments 0-2.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    returned(regs, ctx.arg(1), None)
+}
+
+/// Whether `run` wants its files counted by this path: the trampolines
+/// (`trampoline`) or the raw syscall hooks.
+#[inline(always)]
+pub(crate) fn files_here(run: u32, trampoline: bool) -> bool {
+    wants(run, run_flag::FILES) && wants(run, run_flag::FILE_TRAMPOLINES) == trampoline
+}
+
+/// A file syscall returned `ret` with its arguments in `regs`. `nr` is the syscall
+/// number when the caller is a trampoline on its function; the raw `sys_exit` hook
+/// reads it from `regs`.
+#[inline(always)]
+pub(crate) fn returned(regs: *const u8, ret: u64, nr: Option<u64>) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let run = run_of(tgid);
-    if run == 0 || !wants(run, run_flag::FILES) {
+    if run == 0 || !files_here(run, nr.is_some()) {
         return 0;
     }
-    let ret = ctx.arg::<u64>(1) as i64;
+    let ret = ret as i64;
     if ret < 0 {
         return 0;
     }
-    let regs: *const u8 = ctx.arg(0);
-    let nr: u64 = read_at(regs, off!(regs_orig_ax));
+    let nr: u64 = match nr {
+        Some(nr) => nr,
+        None => read_at(regs, off!(regs_orig_ax)),
+    };
     let tid = pid_tgid as u32;
     match nr {
         SYS_READ | SYS_PREAD64 | SYS_READV | SYS_PREADV | SYS_PREADV2 => {

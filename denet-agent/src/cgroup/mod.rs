@@ -2,10 +2,14 @@
 //! nothing it does escapes it. It gives the tree's exact memory peak (page cache
 //! included), the limits a run asks for, and the kernel's own OOM-kill count.
 //!
-//! cgroup v1 (the memory, pids, cpu and cpuacct controllers mounted under
-//! /sys/fs/cgroup/<controller>), as on this project's machines. The run's cgroup is
-//! made inside the cgroup the command would have been in (the agent's, or the node
-//! daemon's caller's), so a manager's limits (a Slurm step, a container) still hold.
+//! cgroup v1 where its controllers are mounted (`v1`, as on this project's
+//! machines), else cgroup v2 (`v2`, the default of modern distributions). The run's
+//! cgroup is made inside the cgroup the command would have been in (the agent's, or
+//! the node daemon's caller's), so a manager's limits (a Slurm step, a container)
+//! still hold.
+
+mod v1;
+mod v2;
 
 use std::{
     io,
@@ -14,7 +18,6 @@ use std::{
 };
 
 const ROOT: &str = "/sys/fs/cgroup";
-const CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "cpuacct", "blkio"];
 /// CFS period for `--cpus` (the kernel's default, 100 ms).
 const CFS_PERIOD_US: u64 = 100_000;
 
@@ -33,28 +36,46 @@ impl Limits {
     }
 }
 
+/// The CFS quota of `cpus` CPUs per period, at least 1 ms.
+fn cpu_quota_us(cpus: f64) -> u64 {
+    ((cpus * CFS_PERIOD_US as f64).round() as u64).max(1000)
+}
+
 /// What the cgroup counted, read at the end of the run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
-    /// `memory.max_usage_in_bytes`: the peak of the whole cgroup, page cache included.
+    /// The peak of the whole cgroup, page cache included (v1
+    /// `memory.max_usage_in_bytes`, v2 `memory.peak`).
     pub memory_peak_bytes: Option<u64>,
     /// The memory limit the cgroup had (None: unlimited).
     pub memory_limit_bytes: Option<u64>,
-    /// OOM kills the kernel did because this cgroup reached its limit
-    /// (`memory.oom_control` `oom_kill`).
+    /// Processes of this cgroup the kernel's OOM killer killed, for any reason (v1
+    /// `memory.oom_control`, v2 `memory.events` `oom_kill`).
     pub oom_kills: Option<u64>,
-    /// `cpuacct.usage`: CPU time of every task ever in the cgroup, ns.
+    /// Whether the cgroup's own memory limit was reached (v2 `memory.events` `oom`;
+    /// v1: the peak came within 1 MiB of the limit): tells an OOM kill at the run's
+    /// limit from one by the machine (or a cgroup around the run) running out.
+    pub limit_reached: Option<bool>,
+    /// CPU time of every task ever in the cgroup, ns (v1 `cpuacct.usage`, v2
+    /// `cpu.stat` `usage_usec`).
     pub cpu_ns: Option<u64>,
-    /// Bytes read from and written to block devices by the cgroup's tasks
-    /// (`blkio.throttle.io_service_bytes`, summed over devices).
+    /// Bytes read from and written to block devices by the cgroup's tasks, summed
+    /// over devices (v1 `blkio.throttle.io_service_bytes`, v2 `io.stat`).
     pub blk_read_bytes: Option<u64>,
     pub blk_write_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup v1 memory controller at {ROOT}/memory (cgroup v2 is not supported yet)")]
-    NoV1,
+    #[error("no cgroup hierarchy: neither v1's memory controller at {ROOT}/memory nor a cgroup v2 root at {ROOT}")]
+    NoHierarchy,
+    #[error("the cgroup v2 memory controller is not available in {0}")]
+    NoMemoryController(PathBuf),
+    #[error(
+        "cgroup {0} holds processes of its own, so cgroup v2 lets it give its children \
+         no controllers (a manager's cgroup: a login scope, a Slurm task, a container)"
+    )]
+    NotDelegated(PathBuf),
     #[error("process {pid} is in no {controller} cgroup")]
     NotInCgroup { pid: u32, controller: &'static str },
     #[error("{what} {path}: {source}")]
@@ -69,10 +90,17 @@ pub enum CgroupError {
 }
 
 impl CgroupError {
-    /// The caller may not create cgroups here (not root, or a manager's cgroup).
-    pub fn is_permission(&self) -> bool {
-        matches!(self, CgroupError::Io { source, .. }
-            if matches!(source.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem))
+    /// The caller may not create cgroups here (not root, or a manager's cgroup):
+    /// the run reads the cgroup it is in instead.
+    pub fn not_ours(&self) -> bool {
+        match self {
+            CgroupError::NotDelegated(_) => true,
+            CgroupError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -84,22 +112,6 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> C
     }
 }
 
-/// The path of `pid`'s cgroup in `controller`'s hierarchy, from /proc/PID/cgroup.
-fn cgroup_of(pid: u32, controller: &'static str) -> Result<String, CgroupError> {
-    let file = PathBuf::from(format!("/proc/{pid}/cgroup"));
-    let text = std::fs::read_to_string(&file).map_err(io_err("reading", &file))?;
-    text.lines()
-        .find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-            ctrls
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_string())
-        })
-        .ok_or(CgroupError::NotInCgroup { pid, controller })
-}
-
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     std::fs::write(path, value).map_err(io_err("writing", path))
 }
@@ -108,10 +120,39 @@ fn read_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// The run's cgroup: one directory per controller.
+/// Removes an empty cgroup directory, waiting briefly: the kernel may take a moment
+/// to let go of a memory cgroup whose last task just exited.
+fn remove_dir(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while dir.exists() {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => break,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => break,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Hierarchy {
+    V1(v1::Dirs),
+    V2(PathBuf),
+}
+
+fn hierarchy_in_use() -> Result<u8, CgroupError> {
+    if v1::mounted() {
+        Ok(1)
+    } else if v2::mounted() {
+        Ok(2)
+    } else {
+        Err(CgroupError::NoHierarchy)
+    }
+}
+
+/// The run's cgroup.
 #[derive(Debug)]
 pub struct RunCgroup {
-    dirs: Vec<(&'static str, PathBuf)>,
+    at: Hierarchy,
     pub limits: Limits,
     /// Made for the run (and removed after it); false: the cgroup the run was left
     /// in, a manager's, only read.
@@ -119,42 +160,29 @@ pub struct RunCgroup {
 }
 
 impl RunCgroup {
-    /// Makes cgroup `name` inside `parent_pid`'s cgroups, with `limits`.
+    /// Makes cgroup `name` inside `parent_pid`'s cgroup, with `limits`.
     pub fn create(name: &str, parent_pid: u32, limits: Limits) -> Result<RunCgroup, CgroupError> {
-        if !Path::new(ROOT)
-            .join("memory/memory.limit_in_bytes")
-            .exists()
-        {
-            return Err(CgroupError::NoV1);
-        }
+        let version = hierarchy_in_use()?;
         if let Some(cpus) = limits.cpus {
             if !(cpus.is_finite() && cpus > 0.0) {
                 return Err(CgroupError::Invalid(format!("cpus {cpus}")));
             }
         }
-        let mut cg = RunCgroup {
-            dirs: Vec::new(),
+        let at = if version == 1 {
+            Hierarchy::V1(v1::create(name, parent_pid)?)
+        } else {
+            Hierarchy::V2(v2::create(name, parent_pid)?)
+        };
+        let cg = RunCgroup {
+            at,
             limits,
             own: true,
         };
-        for controller in CONTROLLERS {
-            let parent = Path::new(ROOT)
-                .join(controller)
-                .join(cgroup_of(parent_pid, controller)?.trim_start_matches('/'));
-            let dir = parent.join(name);
-            // cpu and cpuacct may be one hierarchy (cpu,cpuacct): one directory.
-            if cg.dirs.iter().any(|(_, d)| same_dir(d, &dir)) {
-                cg.dirs.push((controller, dir));
-                continue;
-            }
-            if let Err(e) = std::fs::create_dir(&dir) {
-                // Undo what was made: the caller gets the first error.
-                cg.remove();
-                return Err(io_err("creating", &dir)(e));
-            }
-            cg.dirs.push((controller, dir));
-        }
-        if let Err(e) = cg.apply_limits() {
+        let applied = match &cg.at {
+            Hierarchy::V1(dirs) => v1::apply_limits(dirs, &limits),
+            Hierarchy::V2(dir) => v2::apply_limits(dir, &limits),
+        };
+        if let Err(e) = applied {
             cg.remove();
             return Err(e);
         }
@@ -164,86 +192,65 @@ impl RunCgroup {
     /// The cgroup `pid` is in, to read, not to change: where a run may not make one
     /// (a manager owns it), what it counts still covers the run.
     pub fn enclosing(pid: u32) -> Result<RunCgroup, CgroupError> {
-        if !Path::new(ROOT)
-            .join("memory/memory.limit_in_bytes")
-            .exists()
-        {
-            return Err(CgroupError::NoV1);
-        }
-        let mut dirs = Vec::new();
-        for controller in CONTROLLERS {
-            let dir = Path::new(ROOT)
-                .join(controller)
-                .join(cgroup_of(pid, controller)?.trim_start_matches('/'));
-            dirs.push((controller, dir));
-        }
-        let limit = dirs
-            .iter()
-            .find(|(c, _)| *c == "memory")
-            .and_then(|(_, d)| read_u64(&d.join("memory.limit_in_bytes")))
-            // v1 reports "no limit" as a huge page-rounded number.
-            .filter(|&b| b < (1 << 62));
+        let (at, memory_bytes) = if hierarchy_in_use()? == 1 {
+            let dirs = v1::of_pid(pid)?;
+            let limit = v1::memory_limit(&dirs);
+            (Hierarchy::V1(dirs), limit)
+        } else {
+            let dir = v2::of_pid(pid)?;
+            let limit = v2::memory_limit(&dir);
+            (Hierarchy::V2(dir), limit)
+        };
         Ok(RunCgroup {
-            dirs,
+            at,
             limits: Limits {
-                memory_bytes: limit,
+                memory_bytes,
                 ..Limits::default()
             },
             own: false,
         })
     }
 
-    fn dir(&self, controller: &str) -> Option<&Path> {
-        self.dirs
-            .iter()
-            .find(|(c, _)| *c == controller)
-            .map(|(_, d)| d.as_path())
+    /// 1 or 2.
+    pub fn version(&self) -> u8 {
+        match self.at {
+            Hierarchy::V1(_) => 1,
+            Hierarchy::V2(_) => 2,
+        }
     }
 
-    fn apply_limits(&self) -> Result<(), CgroupError> {
-        if let (Some(bytes), Some(dir)) = (self.limits.memory_bytes, self.dir("memory")) {
-            write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
-            // With swap accounting, swap may not be a way around the limit.
-            let memsw = dir.join("memory.memsw.limit_in_bytes");
-            if memsw.exists() {
-                write(&memsw, &bytes.to_string())?;
+    fn procs_dirs(&self) -> Vec<&Path> {
+        let mut seen: Vec<&Path> = Vec::new();
+        let all: Vec<&Path> = match &self.at {
+            Hierarchy::V1(dirs) => dirs.iter().map(|(_, d)| d.as_path()).collect(),
+            Hierarchy::V2(dir) => vec![dir.as_path()],
+        };
+        for d in all {
+            if !seen.contains(&d) {
+                seen.push(d);
             }
         }
-        if let (Some(n), Some(dir)) = (self.limits.max_pids, self.dir("pids")) {
-            write(&dir.join("pids.max"), &n.to_string())?;
-        }
-        if let (Some(cpus), Some(dir)) = (self.limits.cpus, self.dir("cpu")) {
-            write(&dir.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
-            let quota = ((cpus * CFS_PERIOD_US as f64).round() as u64).max(1000);
-            write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
-        }
-        Ok(())
+        seen
     }
 
-    /// Each controller's `cgroup.procs`, open for writing: a child writes "0" to them
+    /// Each hierarchy's `cgroup.procs`, open for writing: a child writes "0" to them
     /// between fork and exec to enter the cgroup itself (no path needed then).
     pub fn procs_files(&self) -> Result<Vec<std::fs::File>, CgroupError> {
-        let mut seen: Vec<&Path> = Vec::new();
-        let mut files = Vec::new();
-        for (_, dir) in &self.dirs {
-            if seen.contains(&dir.as_path()) {
-                continue;
-            }
-            seen.push(dir);
-            let path = dir.join("cgroup.procs");
-            files.push(
+        self.procs_dirs()
+            .into_iter()
+            .map(|dir| {
+                let path = dir.join("cgroup.procs");
                 std::fs::OpenOptions::new()
                     .write(true)
                     .open(&path)
-                    .map_err(io_err("opening", &path))?,
-            );
-        }
-        Ok(files)
+                    .map_err(io_err("opening", &path))
+            })
+            .collect()
     }
 
-    /// Moves `pid` (the held command) into every controller's cgroup.
+    /// Moves `pid` (the held command) into the cgroup of every hierarchy.
     pub fn enter(&self, pid: u32) -> Result<(), CgroupError> {
-        for (_, dir) in &self.dirs {
+        for dir in self.procs_dirs() {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
@@ -251,76 +258,30 @@ impl RunCgroup {
 
     /// The memory cgroup's path (for the header).
     pub fn memory_path(&self) -> String {
-        self.dir("memory")
-            .map(|d| d.display().to_string())
-            .unwrap_or_default()
-    }
-
-    pub fn usage(&self) -> Usage {
-        let memory = self.dir("memory");
-        let oom_kills = memory.and_then(|d| {
-            std::fs::read_to_string(d.join("memory.oom_control"))
-                .ok()?
-                .lines()
-                .find_map(|l| l.strip_prefix("oom_kill "))
-                .and_then(|v| v.trim().parse().ok())
-        });
-        Usage {
-            memory_peak_bytes: memory.and_then(|d| read_u64(&d.join("memory.max_usage_in_bytes"))),
-            memory_limit_bytes: self.limits.memory_bytes,
-            oom_kills,
-            cpu_ns: self
-                .dir("cpuacct")
-                .and_then(|d| read_u64(&d.join("cpuacct.usage"))),
-            blk_read_bytes: self.blkio("Read"),
-            blk_write_bytes: self.blkio("Write"),
+        match &self.at {
+            Hierarchy::V1(dirs) => v1::dir(dirs, "memory")
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            Hierarchy::V2(dir) => dir.display().to_string(),
         }
     }
 
-    /// `blkio.throttle.io_service_bytes` lines `MAJ:MIN Read N`, summed.
-    fn blkio(&self, op: &str) -> Option<u64> {
-        let text =
-            std::fs::read_to_string(self.dir("blkio")?.join("blkio.throttle.io_service_bytes"))
-                .ok()?;
-        Some(
-            text.lines()
-                .filter_map(|l| {
-                    let mut w = l.split_whitespace();
-                    let (_dev, kind, n) = (w.next()?, w.next()?, w.next()?);
-                    (kind == op).then(|| n.parse::<u64>().ok()).flatten()
-                })
-                .sum(),
-        )
+    pub fn usage(&self) -> Usage {
+        match &self.at {
+            Hierarchy::V1(dirs) => v1::usage(dirs, &self.limits),
+            Hierarchy::V2(dir) => v2::usage(dir, &self.limits),
+        }
     }
 
-    /// Removes the cgroup once its tasks are gone (the kernel may take a moment to
-    /// let go of a memory cgroup whose last task just exited).
+    /// Removes the cgroup once its tasks are gone; a cgroup not ours is left alone.
     pub fn remove(&self) {
         if !self.own {
             return;
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for (_, dir) in self.dirs.iter().rev() {
-            while dir.exists() {
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(_) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
-                    Err(_) => break,
-                }
-            }
+        match &self.at {
+            Hierarchy::V1(dirs) => v1::remove(dirs),
+            Hierarchy::V2(dir) => remove_dir(dir),
         }
-    }
-}
-
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (
-        a.parent().and_then(|p| p.canonicalize().ok()),
-        b.parent().and_then(|p| p.canonicalize().ok()),
-    ) {
-        (Some(pa), Some(pb)) => pa == pb && a.file_name() == b.file_name(),
-        _ => a == b,
     }
 }
 

@@ -82,7 +82,12 @@ pub(super) fn open_kernel(config: &RunConfig, options: TracerOptions) -> Result<
         }
     }
     match KernelTracer::load(options) {
-        Ok(tracer) => Ok(kernel(Some(Tracer::Own(Box::new(tracer))), None)),
+        Ok(tracer) => {
+            let files = tracer.files_on();
+            let mut k = kernel(Some(Tracer::Own(Box::new(tracer))), None);
+            k.files = files;
+            Ok(k)
+        }
         Err(e) => {
             let reason = if nix::unistd::geteuid().is_root() {
                 e.to_string()
@@ -120,6 +125,7 @@ pub(super) fn track_command(
             let flags = TracerOptions {
                 ringbuf_bytes: 0,
                 files: kernel.files,
+                files_if_cheap: false,
                 syscalls: kernel.syscalls,
                 events: kernel.events,
                 shared: false,
@@ -190,7 +196,7 @@ pub(super) fn own_cgroup(config: &RunConfig, kernel: &mut Kernel, pid: u32) -> R
     match made {
         Ok(cg) => kernel.cgroup = RunCg::Own(cg),
         Err(e) => {
-            let why = if e.is_permission() {
+            let why = if matches!(e, crate::cgroup::CgroupError::Io { .. }) && e.not_ours() {
                 format!("{e} (a cgroup needs root, or the node daemon, which makes its runs')")
             } else {
                 e.to_string()
@@ -203,7 +209,7 @@ pub(super) fn own_cgroup(config: &RunConfig, kernel: &mut Kernel, pid: u32) -> R
             kernel.cgroup_unavailable = Some(why);
             // Not ours to make: the cgroup the run is in (a manager's) still counts
             // it, alongside whatever else runs there; read it, change nothing.
-            if e.is_permission() {
+            if e.not_ours() {
                 if let Ok(cg) = RunCgroup::enclosing(std::process::id()) {
                     kernel.cgroup = RunCg::Own(cg);
                 }
@@ -267,13 +273,14 @@ pub(super) fn header(
         argv_max_bytes: Some(denet_common::ARGV_MAX as u64),
         timeout_s: config.timeout.map(|t| t.as_secs_f64()),
         cgroup: match &kernel.cgroup {
-            RunCg::Own(cg) => Some((cg.memory_path(), cg.own, cg.limits)),
-            RunCg::Node { path } => Some((path.clone(), true, config.limits)),
+            RunCg::Own(cg) => Some((cg.memory_path(), cg.own, cg.limits, Some(cg.version()))),
+            RunCg::Node { path } => Some((path.clone(), true, config.limits, None)),
             RunCg::None => None,
         }
-        .map(|(path, own, limits)| CgroupHeader {
+        .map(|(path, own, limits, version)| CgroupHeader {
             path,
             own,
+            version,
             memory_limit_bytes: limits.memory_bytes,
             cpus: limits.cpus,
             max_pids: limits.max_pids,

@@ -416,7 +416,9 @@ impl RunState {
         s.cgroup_blk_read_bytes = u.blk_read_bytes;
         s.cgroup_blk_write_bytes = u.blk_write_bytes;
         if s.oom_kills.unwrap_or(0) > 0 {
-            s.oom_scope = Some(if u.oom_kills.unwrap_or(0) > 0 {
+            // The victims' cgroup counts kills of any cause; whether its own limit
+            // was reached tells the cause.
+            s.oom_scope = Some(if u.limit_reached == Some(true) {
                 "run_limit".into()
             } else {
                 "machine".into()

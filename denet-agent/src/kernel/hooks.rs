@@ -56,6 +56,7 @@ impl Hook {
 pub enum Feature {
     Scheduler,
     Syscalls,
+    Files,
     BlockIo,
     Network,
     OomVictim,
@@ -69,6 +70,7 @@ impl Feature {
         match self {
             Feature::Scheduler => "scheduler",
             Feature::Syscalls => "syscalls",
+            Feature::Files => "files",
             Feature::BlockIo => "block_io",
             Feature::Network => "network",
             Feature::OomVictim => "oom_victim",
@@ -92,6 +94,9 @@ pub enum Needs {
     /// Only with `--files` or `--syscalls`: on `raw_syscalls`, so while attached it
     /// runs for every syscall of every task on the machine.
     SyscallHooks,
+    /// The file accounting on the file syscalls' own functions: only their callers
+    /// pay, so runs have file records by default where the kernel takes them.
+    Files,
 }
 
 /// One kernel program: its name in the eBPF object, the feature it serves, its
@@ -124,8 +129,17 @@ const fn tramp(name: &'static str, feature: Feature, alt: u8, hook: Hook) -> Pro
         feature,
         alt,
         hook,
-        needs: Always,
+        needs: if matches!(feature, Feature::Files) {
+            Needs::Files
+        } else {
+            Always
+        },
     }
+}
+
+/// `fexit` on `__x64_sys_<name>`, for the file accounting.
+const fn file_fexit(name: &'static str, function: &'static str) -> Program {
+    tramp(name, F::Files, 0, Hook::FExit(function))
 }
 
 use Feature as F;
@@ -140,6 +154,30 @@ pub const PROGRAMS: &[Program] = &[
     tp("sched_wakeup_new", F::Scheduler, 0, 1, Always),
     tp("sys_enter", F::Syscalls, 0, 2, SyscallHooks),
     tp("sys_exit", F::Syscalls, 0, 2, SyscallHooks),
+    file_fexit("f_read", "__x64_sys_read"),
+    file_fexit("f_write", "__x64_sys_write"),
+    file_fexit("f_pread64", "__x64_sys_pread64"),
+    file_fexit("f_pwrite64", "__x64_sys_pwrite64"),
+    file_fexit("f_readv", "__x64_sys_readv"),
+    file_fexit("f_writev", "__x64_sys_writev"),
+    file_fexit("f_preadv", "__x64_sys_preadv"),
+    file_fexit("f_pwritev", "__x64_sys_pwritev"),
+    file_fexit("f_preadv2", "__x64_sys_preadv2"),
+    file_fexit("f_pwritev2", "__x64_sys_pwritev2"),
+    file_fexit("f_sendfile", "__x64_sys_sendfile64"),
+    file_fexit("f_splice", "__x64_sys_splice"),
+    file_fexit("f_copy_range", "__x64_sys_copy_file_range"),
+    file_fexit("f_open", "__x64_sys_open"),
+    file_fexit("f_openat", "__x64_sys_openat"),
+    file_fexit("f_openat2", "__x64_sys_openat2"),
+    file_fexit("f_creat", "__x64_sys_creat"),
+    file_fexit("f_chdir", "__x64_sys_chdir"),
+    file_fexit("f_fchdir", "__x64_sys_fchdir"),
+    file_fexit("f_dup", "__x64_sys_dup"),
+    file_fexit("f_dup2", "__x64_sys_dup2"),
+    file_fexit("f_dup3", "__x64_sys_dup3"),
+    file_fexit("f_fcntl", "__x64_sys_fcntl"),
+    tramp("f_close", F::Files, 0, Hook::FEntry("__x64_sys_close")),
     tp("block_bio_queue", F::BlockIo, 0, 1, Always),
     tp("block_rq_complete", F::BlockIo, 0, 3, Always),
     tp("sock_send_length", F::Network, 0, 3, Always),
@@ -155,11 +193,15 @@ pub const PROGRAMS: &[Program] = &[
     tp("sched_process_fork", F::Fork, 0, 2, Always),
 ];
 
-/// The programs chosen for this kernel: bit `i` is `PROGRAMS[i]`.
+/// The programs chosen for this kernel: bit `i` is `PROGRAMS[i]`; bit 63 says the
+/// kernel refused trampoline programs when they were tried (kept with the plan in
+/// the offsets cache, so later runs do not try again).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Plan {
     pub chosen: u64,
 }
+
+const REFUSES_TRAMPOLINES: u64 = 1 << 63;
 
 /// A feature this kernel cannot serve, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +270,32 @@ impl Plan {
             .map(|(_, p)| p)
     }
 
+    /// Whether an earlier run found that this kernel refuses trampolines.
+    pub fn refuses_trampolines(&self) -> bool {
+        self.chosen & REFUSES_TRAMPOLINES != 0
+    }
+
+    /// Records that the kernel refused trampolines and drops every feature whose
+    /// chosen hooks are trampolines; returns the features dropped.
+    pub fn trampolines_refused(&mut self) -> Vec<Feature> {
+        self.chosen |= REFUSES_TRAMPOLINES;
+        let mut dropped: Vec<Feature> = self
+            .programs()
+            .filter(|p| !matches!(p.hook, Hook::RawTp { .. }))
+            .map(|p| p.feature)
+            .collect();
+        dropped.sort_unstable();
+        dropped.dedup();
+        for f in &dropped {
+            self.drop_feature(*f);
+        }
+        dropped
+    }
+
+    pub fn serves(&self, feature: Feature) -> bool {
+        self.programs().any(|p| p.feature == feature)
+    }
+
     /// Stops using a feature (its programs failed to load).
     pub fn drop_feature(&mut self, feature: Feature) {
         for (i, p) in PROGRAMS.iter().enumerate() {
@@ -238,11 +306,13 @@ impl Plan {
     }
 
     /// Feature name to the hooks that serve it, for the header; the syscall hooks
-    /// only when attached for this run.
-    pub fn hooks(&self, syscall_hooks: bool) -> BTreeMap<String, Vec<String>> {
+    /// and the file trampolines only when attached.
+    pub fn hooks(&self, syscall_hooks: bool, file_hooks: bool) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for p in self.programs() {
-            if p.needs == SyscallHooks && !syscall_hooks {
+            if (p.needs == SyscallHooks && !syscall_hooks)
+                || (p.needs == Needs::Files && !file_hooks)
+            {
                 continue;
             }
             out.entry(p.feature.name().to_owned())
@@ -259,7 +329,7 @@ mod tests {
 
     #[test]
     fn table_fits_the_plan_and_every_feature_has_a_first_choice() {
-        assert!(PROGRAMS.len() <= 64);
+        assert!(PROGRAMS.len() < 63);
         for f in features() {
             assert!(
                 PROGRAMS.iter().any(|p| p.feature == f && p.alt == 0),
@@ -282,10 +352,18 @@ mod tests {
         };
         let (plan, missing) = Plan::from_btf(&btf);
         assert!(missing.is_empty(), "{missing:?}");
-        let hooks = plan.hooks(false);
+        let hooks = plan.hooks(false, false);
         assert!(hooks.contains_key("exit") && hooks.contains_key("fork"));
-        assert!(!hooks.contains_key("syscalls"));
-        assert!(plan.hooks(true).contains_key("syscalls"));
+        assert!(!hooks.contains_key("syscalls") && !hooks.contains_key("files"));
+        assert!(plan.hooks(true, false).contains_key("syscalls"));
+        assert!(plan.hooks(false, true).contains_key("files"));
+        // A kernel that refuses trampolines loses the features they serve, and the
+        // plan remembers it.
+        let mut refused = plan;
+        let dropped = refused.trampolines_refused();
+        assert!(dropped.contains(&Feature::Files), "{dropped:?}");
+        assert!(refused.refuses_trampolines() && !refused.serves(Feature::Files));
+        assert!(refused.serves(Feature::Fork));
         // One alternative per feature.
         for f in features() {
             let alts: Vec<u8> = plan
@@ -297,6 +375,6 @@ mod tests {
         }
         let mut dropped = plan;
         dropped.drop_feature(Feature::Network);
-        assert!(!dropped.hooks(false).contains_key("network"));
+        assert!(!dropped.hooks(false, false).contains_key("network"));
     }
 }

@@ -60,8 +60,11 @@ pub(crate) mod names {
 #[derive(Debug, Clone, Copy)]
 pub struct TracerOptions {
     pub ringbuf_bytes: u32,
-    /// Per-file accounting (open/read/write/close per fd).
+    /// Per-file accounting (open/read/write/close per fd), asked for.
     pub files: bool,
+    /// Per-file accounting where it is cheap: the kernel takes trampolines on the
+    /// file syscalls' functions (only their callers pay).
+    pub files_if_cheap: bool,
     /// Per-process syscall counts.
     pub syscalls: bool,
     /// Raw scheduler and block I/O events through the ring buffer.
@@ -74,7 +77,8 @@ pub struct TracerOptions {
 
 impl TracerOptions {
     /// Files and syscall counts share one program pair on `raw_syscalls`; it runs
-    /// for every syscall of every task on the machine while attached.
+    /// for every syscall of every task on the machine while attached. (Files need it
+    /// only where the kernel refuses the file trampolines.)
     pub fn syscall_hooks(&self) -> bool {
         self.files || self.syscalls
     }
@@ -177,6 +181,10 @@ pub struct KernelTracer {
     /// The hook of each feature on this kernel, and what it cannot serve.
     plan: Plan,
     missing: Vec<Missing>,
+    /// The file trampolines are attached: files cost only their callers.
+    file_hooks: bool,
+    /// A standalone run's files are on (asked for, or cheap here).
+    files_on: bool,
 }
 
 fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, TracerError> {
@@ -414,27 +422,59 @@ impl KernelTracer {
             .load(OBJECT)?;
         // The syscall hooks put every syscall on the machine on the kernel's slow
         // path: a standalone run neither loads nor attaches them unless asked; the
-        // node daemon loads them once and attaches them while a run needs them.
+        // node daemon loads them once and attaches them while a run needs them. The
+        // file trampolines cost only their callers: loaded whenever files may be on.
         let syscall_hooks = options.syscall_hooks();
-        let loaded = load_programs(&mut ebpf, &plan, |p| {
-            p.needs == Needs::Always || syscall_hooks || options.shared
+        let want_file_hooks = options.files || options.files_if_cheap || options.shared;
+        let loaded = load_programs(&mut ebpf, &plan, |p| match p.needs {
+            Needs::Always => true,
+            Needs::SyscallHooks => syscall_hooks || options.shared,
+            Needs::Files => want_file_hooks,
         })?;
         // A program the kernel refuses (trampolines on some kernels) costs its
-        // feature, or the run when the feature is essential.
+        // feature, or the run when the feature is essential. The refusal is kept
+        // with the plan, so later runs on this kernel build do not try again.
+        let mut refused = false;
         for (p, result) in loaded {
-            if let Err(e) = result {
-                if p.feature.essential() || p.feature == Feature::Syscalls {
-                    return Err(e);
-                }
+            let Err(e) = result else { continue };
+            if p.feature.essential() || p.feature == Feature::Syscalls {
+                return Err(e);
+            }
+            if !matches!(p.hook, Hook::RawTp { .. }) {
+                refused = true;
+            }
+            if plan.serves(p.feature) {
                 plan.drop_feature(p.feature);
                 missing.push(Missing {
                     feature: p.feature,
-                    reason: e.to_string(),
+                    reason: format!("this kernel refused the program: {e}"),
                 });
             }
         }
-        for p in plan.programs().filter(|p| p.needs == Needs::Always) {
-            attach_one(&mut ebpf, p)?;
+        if refused {
+            for feature in plan.trampolines_refused() {
+                missing.push(Missing {
+                    feature,
+                    reason: "this kernel refuses trampoline (fentry/fexit) programs".into(),
+                });
+            }
+            if let Some(path) = offsets_cache::path() {
+                offsets_cache::write(&path, &offsets, &plan);
+            }
+        }
+        if plan.refuses_trampolines() && !missing.iter().any(|m| m.feature == Feature::Files) {
+            missing.push(Missing {
+                feature: Feature::Files,
+                reason: "this kernel refuses trampoline (fentry/fexit) programs (found by an \
+                         earlier run on this kernel build)"
+                    .into(),
+            });
+        }
+        let file_hooks = want_file_hooks && plan.serves(Feature::Files);
+        for p in plan.programs() {
+            if p.needs == Needs::Always || (p.needs == Needs::Files && file_hooks) {
+                attach_one(&mut ebpf, p)?;
+            }
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(TracerError::Missing(name))
@@ -480,8 +520,10 @@ impl KernelTracer {
             nr_cpus,
             plan,
             missing,
+            file_hooks,
+            files_on: options.files || (options.files_if_cheap && file_hooks),
         };
-        if syscall_hooks && !options.shared {
+        if !options.shared && tracer.needs_syscall_hooks(options.files, options.syscalls) {
             tracer.set_syscall_hooks(true)?;
         }
         Ok(tracer)
@@ -520,9 +562,25 @@ impl KernelTracer {
         !self.syscall_links.is_empty()
     }
 
-    /// Feature name to the hooks serving it now (the syscall hooks while attached).
+    /// Feature name to the hooks serving it now (the syscall hooks while attached,
+    /// the file trampolines where a run's files are on).
     pub fn hooks(&self) -> BTreeMap<String, Vec<String>> {
-        self.plan.hooks(self.syscall_hooks_attached())
+        self.plan.hooks(
+            self.syscall_hooks_attached(),
+            self.file_hooks && self.files_on,
+        )
+    }
+
+    /// Whether a standalone run has file records: asked for, or on by default where
+    /// the file trampolines serve them.
+    pub fn files_on(&self) -> bool {
+        self.files_on
+    }
+
+    /// Whether a run with these features needs the raw syscall hooks: syscall
+    /// counts always do, files only where the trampolines do not serve them.
+    pub fn needs_syscall_hooks(&self, files: bool, syscalls: bool) -> bool {
+        syscalls || (files && !self.file_hooks)
     }
 
     /// Features this kernel cannot serve, with the reasons.
@@ -536,7 +594,10 @@ impl KernelTracer {
     /// Starts run `run` asking for `flags` (`denet_common::run_flag`), with its
     /// event counters at zero and nothing of an earlier run of the same id left in
     /// the tracked set.
-    pub fn open_run(&mut self, run: u32, flags: u32) -> Result<(), TracerError> {
+    pub fn open_run(&mut self, run: u32, mut flags: u32) -> Result<(), TracerError> {
+        if flags & run_flag::FILES != 0 && self.file_hooks {
+            flags |= run_flag::FILE_TRAMPOLINES;
+        }
         for pid in self.tracked_pids(run) {
             self.untrack(pid);
         }

@@ -128,6 +128,7 @@ impl NodeTracer {
         let mut tracer = KernelTracer::load(TracerOptions {
             ringbuf_bytes,
             files: true,
+            files_if_cheap: false,
             syscalls: true,
             events: true,
             shared: true,
@@ -376,7 +377,7 @@ impl NodeTracer {
         if lock(&self.tracer).run_of(t.pid) != 0 {
             return Err(format!("process {} is tracked already", t.pid));
         }
-        let hooks = t.files || t.syscalls;
+        let hooks = lock(&self.tracer).needs_syscall_hooks(t.files, t.syscalls);
         let id = {
             let mut runs = lock(&self.runs);
             let mine = runs.by_uid.get(&peer.uid).copied().unwrap_or(0);
@@ -444,6 +445,7 @@ impl NodeTracer {
         let flags = TracerOptions {
             ringbuf_bytes: 0,
             files: t.files,
+            files_if_cheap: false,
             syscalls: t.syscalls,
             events: t.events,
             shared: true,

@@ -172,8 +172,10 @@ impl Header {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CgroupHeader {
-    /// The memory controller's directory of the run's cgroup.
+    /// The memory controller's directory of the run's cgroup (v2: its directory).
     pub path: String,
+    /// The cgroup version, 1 or 2; null when the node daemon made the cgroup.
+    pub version: Option<u8>,
     /// Made for the run; false: the cgroup the run was left in (a manager's, where
     /// it may not make one), read only, so its numbers include whatever else ran there.
     pub own: bool,
@@ -672,6 +674,7 @@ mod tests {
             cgroup: Some(CgroupHeader {
                 path: "/sys/fs/cgroup/memory/denet-100-101".into(),
                 own: true,
+                version: Some(1),
                 memory_limit_bytes: Some(1 << 30),
                 cpus: None,
                 max_pids: Some(64),

@@ -1,10 +1,13 @@
 //! A cgroup per run: the tree's exact memory peak, the limits a run asks for, and
 //! OOM kills named (the kernel's `mark_victim`, confirmed by the cgroup's own OOM
-//! counter). cgroup v1, as on this machine kind; root (the run makes its cgroup).
+//! counter). cgroup v1 on this machine kind, v2 in the guests of the kernel matrix
+//! (`cargo xtask kernel-test`); root (the run makes its cgroup).
 
 use serde_json::Value;
 
-use crate::helpers::{ebpf_ready, run_agent, u, Trace, WORKLOAD};
+use crate::helpers::{
+    agent_bin, cgroup_version, ebpf_ready, in_guest, run_agent, u, Trace, WORKLOAD,
+};
 
 fn summary_u(t: &Trace, key: &str) -> u64 {
     u(&t.summary()[key])
@@ -27,6 +30,7 @@ fn a_run_over_its_memory_limit_names_the_oom_victim() {
     let h = t.header();
     let cg = &h["cgroup"];
     assert_eq!(cg["memory_limit_bytes"], 100 << 20, "{h}");
+    assert_eq!(cg["version"], cgroup_version(), "{h}");
     let path = cg["path"].as_str().unwrap();
     assert!(
         !std::path::Path::new(path).exists(),
@@ -129,7 +133,7 @@ fn max_pids_and_cpus_are_enforced() {
 
 #[test]
 fn bad_limits_are_refused() {
-    let agent = crate::helpers::agent_bin();
+    let agent = agent_bin();
     for (args, says) in [
         (&["--memory-limit", "lots"][..], "unknown unit"),
         (&["--memory-limit", "100k"][..], "at least 1 MiB"),
@@ -147,4 +151,129 @@ fn bad_limits_are_refused() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+}
+
+/// cgroup v2 gives controllers only to the children of a cgroup without processes:
+/// an agent inside a manager's cgroup that holds processes (a login scope, a Slurm
+/// task) reads that cgroup, says why in the header, and refuses limits it cannot set.
+#[test]
+fn a_v2_cgroup_with_processes_is_read_not_fought() {
+    if !ebpf_ready("a_v2_cgroup_with_processes_is_read_not_fought") {
+        return;
+    }
+    if cgroup_version() != 2 {
+        eprintln!(
+            "skipped a_v2_cgroup_with_processes_is_read_not_fought: cgroup v1 here; \
+             it runs in the cgroup v2 guests of cargo xtask kernel-test"
+        );
+        return;
+    }
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids").unwrap();
+    let managed = root.join(format!("denet-managed-{}", std::process::id()));
+    std::fs::create_dir(&managed).unwrap();
+    let dir = crate::helpers::scratch_dir("managed");
+    let run = |limit: &[&str]| {
+        let out = dir.join("trace.jsonl");
+        let _ = std::fs::remove_file(&out);
+        // The agent enters the cgroup itself, so the cgroup holds a process.
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec {} run --standalone {} -o {} -- {WORKLOAD} alloc 64 50",
+            managed.display(),
+            agent_bin().display(),
+            limit.join(" "),
+            out.display()
+        );
+        let status = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        (status, std::fs::read_to_string(&out).unwrap_or_default())
+    };
+    let (status, text) = run(&[]);
+    assert!(status.status.success(), "{status:?}");
+    let records = crate::helpers::parse_jsonl(&text);
+    let h = &records[0];
+    let cg = &h["cgroup"];
+    assert_eq!(cg["own"], false, "{h}");
+    assert_eq!(cg["version"], 2, "{h}");
+    assert_eq!(cg["path"], managed.display().to_string(), "{h}");
+    let why = h["cgroup_unavailable_reason"].as_str().unwrap();
+    assert!(why.contains("holds processes"), "{why}");
+    // Still read: the 64 MiB the command touched is within the cgroup's peak.
+    let s = records.iter().find(|r| r["kind"] == "summary").unwrap();
+    assert!(u(&s["memory_peak_bytes"]) >= 64 << 20, "{s}");
+    // A limit it cannot set is refused, not ignored.
+    let (status, _) = run(&["--memory-limit", "100M"]);
+    assert_eq!(status.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        stderr.contains("need a cgroup") && stderr.contains("holds processes"),
+        "{stderr}"
+    );
+    // The agent's cgroup is left as it was: no child made in it.
+    let children: Vec<_> = std::fs::read_dir(&managed)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(children.is_empty(), "{children:?}");
+    // The kernel lets go of a cgroup a moment after its last task is reaped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while let Err(e) = std::fs::remove_dir(&managed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "removing {managed:?}: {e}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The machine runs out of memory (no limit on the run): the victim is named and the
+/// scope says it was not the run's own limit. Only where the machine is the test's
+/// own: a guest of the kernel matrix, with 2 GiB.
+#[test]
+fn a_machine_wide_oom_is_told_from_the_runs_limit() {
+    if !ebpf_ready("a_machine_wide_oom_is_told_from_the_runs_limit") {
+        return;
+    }
+    if !in_guest() {
+        eprintln!(
+            "skipped a_machine_wide_oom_is_told_from_the_runs_limit: it exhausts the \
+             machine's memory, so it runs only in the guests of cargo xtask kernel-test"
+        );
+        return;
+    }
+    let total_mib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        / 1024;
+    let t = run_agent(
+        &[],
+        &[
+            "sh",
+            "-c",
+            // One allocation a little under the machine's memory: the kernel grants it
+            // (more than the memory would be refused at once), and touching it runs
+            // the machine out, since the kernel and everything else hold the rest.
+            &format!("{WORKLOAD} alloc {} 50; echo status=$?", total_mib - 64),
+        ],
+    );
+    assert_eq!(t.exit_code(), 0, "{}", t.stderr);
+    let s = t.summary();
+    assert_eq!(s["oom_kills"], 1, "{s}");
+    assert_eq!(s["oom_scope"], "machine", "{s}");
+    assert_eq!(s["memory_limit_bytes"], Value::Null, "{s}");
+    let victim = &s["oom_victims"][0];
+    assert_eq!(victim["argv"][1], "alloc", "{s}");
+    let w = t
+        .processes()
+        .into_iter()
+        .find(|p| p["argv"][1] == "alloc")
+        .unwrap();
+    assert_eq!(w["oom_killed"], true, "{w}");
 }

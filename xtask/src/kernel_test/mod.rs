@@ -38,6 +38,8 @@ const GUEST_TESTS: &[&str] = &[
     "memory_limits::the_memory_peak_of_a_known_allocation_without_a_limit",
     "memory_limits::max_pids_and_cpus_are_enforced",
     "memory_limits::bad_limits_are_refused",
+    "memory_limits::a_v2_cgroup_with_processes_is_read_not_fought",
+    "memory_limits::a_machine_wide_oom_is_told_from_the_runs_limit",
     "kernel_hooks::the_header_names_each_features_hook",
 ];
 

@@ -39,6 +39,21 @@ pub fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
+/// Inside a guest of the kernel matrix (`cargo xtask kernel-test`): a machine of
+/// its own, booted for the tests, where a test may exhaust its memory.
+pub fn in_guest() -> bool {
+    std::env::var_os("DENET_IN_GUEST").is_some_and(|v| v == "1")
+}
+
+/// The cgroup version runs use here: 1 where v1's memory controller is mounted.
+pub fn cgroup_version() -> u64 {
+    if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+        1
+    } else {
+        2
+    }
+}
+
 /// True when eBPF tests can run. Not root: skip with a message, or fail in CI.
 pub fn ebpf_ready(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
