@@ -17,6 +17,9 @@ LOG_NAME=setup-tests
 # tmux: drives `denet-agent top` in a terminal (tests/tests/it/top_tui.rs).
 apt_install hyperfine bpftool strace bwa samtools libcap2-bin python3 passwd dpkg-dev time \
   r-base-core tmux
+# The kernel matrix (cargo xtask kernel-test, docs/kernels.md): QEMU boots Debian's
+# stock kernels; busybox, kmod (depmod) and the decompressors build their initramfs.
+apt_install qemu-system-x86 busybox-static kmod xz-utils zstd
 # 2. Report, notebook and Python package test tools: Debian's Chromium renders the HTML
 #    report in a test; pandas, polars and matplotlib (in a venv under target/, never
 #    the system Python) run the notebook example. The tests find them there.

@@ -24,4 +24,11 @@ export DENET_WHEEL_DIR="$PWD/target/wheels"
 # The integration tests are one binary (tests/tests/it); its tests run one at a time,
 # since many of them time the kernel or the CPU and would disturb each other.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-1}"
-cargo test --locked --release --workspace --exclude denet-ebpf --no-fail-fast "$@"
+status=0
+cargo test --locked --release --workspace --exclude denet-ebpf --no-fail-fast "$@" || status=$?
+# The kernel matrix (docs/kernels.md): the eBPF tests again on Debian's stock 6.1 and
+# 6.12 kernels, booted under QEMU. Skipped when the call names tests to run.
+if [ $# -eq 0 ]; then
+  cargo xtask kernel-test || status=$?
+fi
+exit "$status"

@@ -186,19 +186,20 @@ struct RunArgs {
     /// (twice), so it counts in the agent's RSS; lost events are counted either way.
     #[arg(long, default_value_t = 2, value_name = "MIB")]
     ringbuf_mib: u32,
-    /// Per-file records (paths, bytes read and written per fd). On by default where
-    /// the kernel takes trampolines on the file syscalls (only their callers pay;
-    /// the header's kernel_hooks.files says so); elsewhere this attaches the syscall
-    /// hooks: while attached, every syscall of every process on the machine pays
-    /// about 0.2 us more (see docs/benchmarks.md and docs/kernels.md).
+    /// Per-file records (paths, bytes read and written per fd). Where the kernel takes
+    /// trampolines, they hook the file syscalls' own functions (every read, write,
+    /// open and close on the machine pays for them, other syscalls do not); elsewhere
+    /// this attaches the syscall hooks: while attached, every syscall of every
+    /// process on the machine pays about 0.2 us more (docs/kernels.md,
+    /// docs/benchmarks.md).
     #[arg(long)]
     files: bool,
     /// Per-process syscall counts. Attaches the syscall hooks (shared with --files):
     /// every syscall on the machine pays about 0.2 us more while attached.
     #[arg(long)]
     syscalls: bool,
-    /// No file records, not even where the kernel makes them cheap.
-    #[arg(long, conflicts_with = "files")]
+    /// Accepted for old scripts: file records are off unless --files.
+    #[arg(long, hide = true, conflicts_with = "files")]
     no_files: bool,
     /// Accepted for old scripts: syscall hooks are off unless --syscalls/--files.
     #[arg(long, hide = true, conflicts_with_all = ["files", "syscalls"])]
@@ -268,7 +269,7 @@ fn note_old_flags(no_files: bool, no_syscalls: bool) {
 }
 
 fn run_config(args: RunArgs) -> Result<RunConfig> {
-    note_old_flags(false, args.no_syscalls);
+    note_old_flags(args.no_files, args.no_syscalls);
     if !args.ringbuf_mib.is_power_of_two() || args.ringbuf_mib > 1024 {
         bail!(
             "--ringbuf-mib must be a power of two up to 1024, got {}",
@@ -304,7 +305,6 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
         },
         ringbuf_bytes: args.ringbuf_mib * 1024 * 1024,
         files: args.files,
-        files_if_cheap: !args.files && !args.no_files,
         syscalls: args.syscalls,
         events: args.events,
         node_socket: (!args.standalone).then_some(args.node_socket),

@@ -116,9 +116,9 @@ fn beside(agent: &Path, runs: usize, dd: &[String], configs: &[(usize, &[&str])]
         println!(
             "| {n} | {} | {:.3} ({:.3}-{:.3}) | {:.2}x | {:.3} | {:.2}x |",
             if flags.is_empty() {
-                "default"
+                "default".to_owned()
             } else {
-                "--files --syscalls"
+                flags.join(" ")
             },
             s.median,
             s.min,
@@ -224,9 +224,9 @@ fn fixed_cost(agent: &Path, opts: &BenchOptions) -> Result<()> {
         out.push(format!(
             "| {} | {:.1} ({:.1}-{:.1}) | {:.1} (max {:.1}) |",
             if flags.is_empty() {
-                "default"
+                "default".to_owned()
             } else {
-                "--files --syscalls"
+                flags.join(" ")
             },
             (t.median - b.median) * 1e3,
             (t.min - b.median) * 1e3,
@@ -404,10 +404,16 @@ pub fn run(root: &Path, agent: &Path, opts: &BenchOptions) -> Result<()> {
     Ok(())
 }
 
-/// The `beside` table inside a kernel-test guest: alone, beside four default runs and
-/// beside four with the syscall hooks, on a smaller dd (guest code is slow).
+/// The `beside` table inside a kernel-test guest: alone, beside four default runs,
+/// four with `--files` (the file trampolines where the kernel takes them) and four
+/// with the syscall hooks, on a smaller dd (guest code is slow).
 pub fn guest_beside(root: &Path, runs: usize) -> Result<()> {
     let agent = root.join("target/release/denet-agent");
     let dd = strings(&["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=200K"]);
-    beside(&agent, runs, &dd, &[(0, &[]), (4, &[]), (4, FULL)])
+    beside(
+        &agent,
+        runs,
+        &dd,
+        &[(0, &[]), (4, &[]), (4, &["--files"]), (4, FULL)],
+    )
 }

@@ -82,12 +82,7 @@ pub(super) fn open_kernel(config: &RunConfig, options: TracerOptions) -> Result<
         }
     }
     match KernelTracer::load(options) {
-        Ok(tracer) => {
-            let files = tracer.files_on();
-            let mut k = kernel(Some(Tracer::Own(Box::new(tracer))), None);
-            k.files = files;
-            Ok(k)
-        }
+        Ok(tracer) => Ok(kernel(Some(Tracer::Own(Box::new(tracer))), None)),
         Err(e) => {
             let reason = if nix::unistd::geteuid().is_root() {
                 e.to_string()
@@ -125,7 +120,6 @@ pub(super) fn track_command(
             let flags = TracerOptions {
                 ringbuf_bytes: 0,
                 files: kernel.files,
-                files_if_cheap: false,
                 syscalls: kernel.syscalls,
                 events: kernel.events,
                 shared: false,

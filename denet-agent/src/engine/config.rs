@@ -25,12 +25,9 @@ pub struct RunConfig {
     pub kill_grace: Duration,
     pub ebpf: EbpfMode,
     pub ringbuf_bytes: u32,
-    /// Per-file accounting (`file` records), asked for: attaches the file
-    /// trampolines where the kernel takes them, else the syscall hooks.
+    /// Per-file accounting (`file` records): attaches the file trampolines where the
+    /// kernel takes them, else the syscall hooks.
     pub files: bool,
-    /// File records where they are cheap (the kernel takes the file trampolines):
-    /// the default, off with `--no-files`.
-    pub files_if_cheap: bool,
     /// Per-process syscall counts: attaches the syscall hooks.
     pub syscalls: bool,
     /// Raw scheduler and block I/O `event` records.

@@ -50,7 +50,6 @@ pub fn run_controlled(
     let options = TracerOptions {
         ringbuf_bytes: config.ringbuf_bytes,
         files: config.files,
-        files_if_cheap: config.files_if_cheap,
         syscalls: config.syscalls,
         events: config.events,
         shared: false,

@@ -94,8 +94,9 @@ pub enum Needs {
     /// Only with `--files` or `--syscalls`: on `raw_syscalls`, so while attached it
     /// runs for every syscall of every task on the machine.
     SyscallHooks,
-    /// The file accounting on the file syscalls' own functions: only their callers
-    /// pay, so runs have file records by default where the kernel takes them.
+    /// With `--files`, where the kernel takes trampolines: the file accounting on
+    /// the file syscalls' own functions, so other syscalls pay nothing (the raw
+    /// syscall hooks slow every syscall of the machine).
     Files,
 }
 

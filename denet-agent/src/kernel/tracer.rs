@@ -60,11 +60,8 @@ pub(crate) mod names {
 #[derive(Debug, Clone, Copy)]
 pub struct TracerOptions {
     pub ringbuf_bytes: u32,
-    /// Per-file accounting (open/read/write/close per fd), asked for.
+    /// Per-file accounting (open/read/write/close per fd).
     pub files: bool,
-    /// Per-file accounting where it is cheap: the kernel takes trampolines on the
-    /// file syscalls' functions (only their callers pay).
-    pub files_if_cheap: bool,
     /// Per-process syscall counts.
     pub syscalls: bool,
     /// Raw scheduler and block I/O events through the ring buffer.
@@ -181,10 +178,9 @@ pub struct KernelTracer {
     /// The hook of each feature on this kernel, and what it cannot serve.
     plan: Plan,
     missing: Vec<Missing>,
-    /// The file trampolines are attached: files cost only their callers.
+    /// The file trampolines are attached (a run of its own with files, where the
+    /// kernel takes them).
     file_hooks: bool,
-    /// A standalone run's files are on (asked for, or cheap here).
-    files_on: bool,
 }
 
 fn resolve_offsets(btf: &Btf) -> Result<KernelOffsets, TracerError> {
@@ -423,9 +419,12 @@ impl KernelTracer {
         // The syscall hooks put every syscall on the machine on the kernel's slow
         // path: a standalone run neither loads nor attaches them unless asked; the
         // node daemon loads them once and attaches them while a run needs them. The
-        // file trampolines cost only their callers: loaded whenever files may be on.
+        // file trampolines cost only the file syscalls: a run of its own with files
+        // uses them where the kernel takes them. The node daemon does not, so it never
+        // leaves them on the machine's file syscalls; its runs' files use the
+        // syscall hooks.
         let syscall_hooks = options.syscall_hooks();
-        let want_file_hooks = options.files || options.files_if_cheap || options.shared;
+        let want_file_hooks = !options.shared && options.files;
         let loaded = load_programs(&mut ebpf, &plan, |p| match p.needs {
             Needs::Always => true,
             Needs::SyscallHooks => syscall_hooks || options.shared,
@@ -521,7 +520,6 @@ impl KernelTracer {
             plan,
             missing,
             file_hooks,
-            files_on: options.files || (options.files_if_cheap && file_hooks),
         };
         if !options.shared && tracer.needs_syscall_hooks(options.files, options.syscalls) {
             tracer.set_syscall_hooks(true)?;
@@ -563,18 +561,10 @@ impl KernelTracer {
     }
 
     /// Feature name to the hooks serving it now (the syscall hooks while attached,
-    /// the file trampolines where a run's files are on).
+    /// the file trampolines when attached).
     pub fn hooks(&self) -> BTreeMap<String, Vec<String>> {
-        self.plan.hooks(
-            self.syscall_hooks_attached(),
-            self.file_hooks && self.files_on,
-        )
-    }
-
-    /// Whether a standalone run has file records: asked for, or on by default where
-    /// the file trampolines serve them.
-    pub fn files_on(&self) -> bool {
-        self.files_on
+        self.plan
+            .hooks(self.syscall_hooks_attached(), self.file_hooks)
     }
 
     /// Whether a run with these features needs the raw syscall hooks: syscall

@@ -128,7 +128,6 @@ impl NodeTracer {
         let mut tracer = KernelTracer::load(TracerOptions {
             ringbuf_bytes,
             files: true,
-            files_if_cheap: false,
             syscalls: true,
             events: true,
             shared: true,
@@ -445,7 +444,6 @@ impl NodeTracer {
         let flags = TracerOptions {
             ringbuf_bytes: 0,
             files: t.files,
-            files_if_cheap: false,
             syscalls: t.syscalls,
             events: t.events,
             shared: true,

@@ -275,51 +275,43 @@ fn files_and_syscalls_are_opt_in() {
         return;
     }
     let _serial = exclusive();
-    // Default: no syscall hooks, so no counts; file records only where the kernel
-    // takes the file trampolines (the header names them); everything else
+    // Default: no syscall hooks, so no counts and no file records; everything else
     // (scheduler split, exit accounting) stays.
-    let t = run_agent(&[], &["sh", "-c", "cat /etc/hostname >/dev/null"]);
-    clean(&t);
-    let cheap = file_trampolines(&t);
-    assert_eq!(t.header()["files"], cheap, "{}", t.header());
-    assert_eq!(t.header()["syscalls_counted"], false);
-    assert!(t.header()["kernel_hooks"].get("syscalls").is_none());
-    assert_eq!(t.of_kind("file").is_empty(), !cheap);
-    if cheap {
-        let cat = named(&t, "cat");
-        assert!(
-            files_of(&t, u(&cat[0]["pid"]))
-                .iter()
-                .any(|f| f["path"] == "/etc/hostname"),
-            "no record of /etc/hostname"
-        );
-    }
     let t = run_agent(&[], &[WORKLOAD, "getppid", "1000"]);
     clean(&t);
+    assert_eq!(t.header()["files"], false);
+    assert_eq!(t.header()["syscalls_counted"], false);
+    assert!(t.of_kind("file").is_empty());
+    assert_eq!(t.summary()["file_count"], 0);
     assert!(t.root().get("syscalls").is_none(), "{}", t.root());
     assert!(u(&t.root()["oncpu_ns"]) > 0);
     // syscr counts read-type syscalls from the task's own I/O accounting, hooks or not.
     assert!(t.root()["syscr"].is_u64(), "{}", t.root());
-    // --no-files: none, even where cheap.
-    let t = run_agent(
-        &["--no-files"],
-        &["sh", "-c", "cat /etc/hostname >/dev/null"],
-    );
-    clean(&t);
-    assert_eq!(t.header()["files"], false);
-    assert!(t.of_kind("file").is_empty());
-    assert!(t.header()["kernel_hooks"].get("files").is_none());
-    // --syscalls alone: counts, and file records only where cheap.
+    // --syscalls alone: counts, no file records.
     let t = run_agent(&["--syscalls"], &[WORKLOAD, "getppid", "1000"]);
     clean(&t);
     assert_eq!(t.header()["syscalls_counted"], true);
-    assert_eq!(t.header()["files"], cheap);
+    assert_eq!(t.header()["files"], false);
     assert_eq!(syscall(t.root(), "getppid"), 1000);
-    // --files alone: file records, no syscall counts.
+    assert!(t.of_kind("file").is_empty());
+    // --files alone: file records, no syscall counts; by trampolines on the file
+    // syscalls where the kernel takes them (Debian's 6.1 and 6.12), else by the raw
+    // syscall hooks (this machine kind's kernel refuses trampolines).
     let t = run_agent(&["--files"], &["sh", "-c", "cat /etc/hostname >/dev/null"]);
     clean(&t);
     assert_eq!(t.header()["files"], true);
     assert_eq!(t.header()["syscalls_counted"], false);
+    let hooks = &t.header()["kernel_hooks"];
+    match t.header()["kernel_hooks_unavailable"].get("files") {
+        Some(why) => {
+            assert!(why.as_str().unwrap().contains("refuse"), "{}", t.header());
+            assert!(hooks.get("files").is_none() && hooks.get("syscalls").is_some());
+        }
+        None => {
+            assert_eq!(hooks["files"].as_array().unwrap().len(), 24, "{hooks}");
+            assert!(hooks.get("syscalls").is_none(), "{hooks}");
+        }
+    }
     assert!(t.processes().iter().all(|p| p.get("syscalls").is_none()));
     let cat = named(&t, "cat");
     assert!(
@@ -334,39 +326,24 @@ fn files_and_syscalls_are_opt_in() {
     );
 }
 
-/// Whether this kernel serves the file accounting by trampolines on the file
-/// syscalls (Debian's 6.1 and 6.12 do; this machine kind's kernel refuses them).
-fn file_trampolines(t: &Trace) -> bool {
-    let h = t.header();
-    match h["kernel_hooks_unavailable"].get("files") {
-        Some(why) => {
-            assert!(
-                why.as_str().unwrap().contains("refuse"),
-                "files unavailable for another reason: {h}"
-            );
-            false
-        }
-        None => true,
-    }
-}
-
 #[test]
-fn old_opt_out_flag_is_accepted_with_a_note() {
-    if !ebpf_ready("old_opt_out_flag_is_accepted_with_a_note") {
+fn old_opt_out_flags_are_accepted_with_a_note() {
+    if !ebpf_ready("old_opt_out_flags_are_accepted_with_a_note") {
         return;
     }
     let _serial = exclusive();
-    let t = run_agent(
-        &["--no-syscalls"],
-        &["sh", "-c", "cat /etc/hostname >/dev/null"],
-    );
-    clean(&t);
-    assert!(
-        t.stderr.contains("--no-syscalls is the default now"),
-        "{}",
-        t.stderr
-    );
-    assert_eq!(t.header()["syscalls_counted"], false);
+    for flag in ["--no-files", "--no-syscalls"] {
+        let t = run_agent(&[flag], &["sh", "-c", "cat /etc/hostname >/dev/null"]);
+        clean(&t);
+        assert!(
+            t.stderr.contains(&format!("{flag} is the default now")),
+            "{}",
+            t.stderr
+        );
+        assert_eq!(t.header()["files"], false);
+        assert_eq!(t.header()["syscalls_counted"], false);
+        assert!(t.of_kind("file").is_empty());
+    }
     // Contradictions are refused before anything runs.
     let out = std::process::Command::new(crate::helpers::agent_bin())
         .args(["run", "--files", "--no-files", "--", "true"])

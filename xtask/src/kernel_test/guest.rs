@@ -89,7 +89,11 @@ pub fn boot(kernel: &Kernel, job: &Job, out: &Path, limit: Duration) -> Result<D
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-cpu", "max", "-smp", "2", "-m", "2048"])
-        .args(["-accel", "tcg", "-nographic", "-no-reboot"])
+        // One host thread for both vCPUs: with a thread each, a vCPU could run stale
+        // translated code while the kernel patches its text (static keys flipped as
+        // tracepoints attach), an emulator race that crashed a 6.12 guest with an
+        // int3 Oops.
+        .args(["-accel", "tcg,thread=single", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(kernel.vmlinuz())
         .arg("-initrd")
