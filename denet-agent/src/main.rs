@@ -231,6 +231,11 @@ struct RunArgs {
     /// Most processes (and threads) the run's cgroup may hold at once.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=denet_agent::engine::MAX_PIDS_LIMIT))]
     max_pids: Option<u64>,
+    /// Exit with N when the OOM killer killed any process of the run, whatever the
+    /// command made of it (tools often turn the kill into exit 1): so a workflow
+    /// engine whose retry rule looks for 137 retries with more memory.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8))]
+    oom_exit_code: Option<u8>,
     /// Read control requests (`stop [GRACE_MS]`, `pause`, `resume`, one per line) from
     /// this file descriptor; its end stops the run. Used by `serve` for its jobs.
     #[arg(long, value_name = "FD", hide = true)]
@@ -360,6 +365,7 @@ fn export(args: ExportArgs) -> Result<i32> {
 
 fn run_command(args: RunArgs) -> Result<i32> {
     let report_path = args.report.clone();
+    let oom_exit_code = args.oom_exit_code;
     let control = args.control_fd.map(control_channel).transpose()?;
     let config = run_config(args)?;
     let out = config.out.clone();
@@ -384,9 +390,27 @@ fn run_command(args: RunArgs) -> Result<i32> {
             out.display().to_string()
         },
     );
+    let oom_kills = s.oom_kills.unwrap_or(0);
+    if oom_kills > 0 {
+        let cause = match (s.oom_scope.as_deref(), s.memory_limit_bytes) {
+            (Some("run_limit"), Some(limit)) => {
+                format!("limit {} MiB reached", limit.div_ceil(1 << 20))
+            }
+            (Some("run_limit"), None) => "the run's cgroup limit reached".to_owned(),
+            _ => "the machine, or a cgroup around the run, ran out of memory".to_owned(),
+        };
+        let _ = writeln!(
+            std::io::stderr(),
+            "denet-agent: {oom_kills} process{} killed by the OOM killer ({cause})",
+            if oom_kills == 1 { "" } else { "es" }
+        );
+    }
     // Reported: the programs can go now.
     drop(outcome.kernel.take());
     let mut status = outcome.exit_status;
+    if let (Some(code), true) = (oom_exit_code, oom_kills > 0) {
+        status = i32::from(code);
+    }
     if let Some(path) = report_path {
         match export::export(&out, Format::Html, &path, warn_to_stderr()) {
             Ok(()) => {

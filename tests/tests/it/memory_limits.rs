@@ -122,13 +122,101 @@ fn max_pids_and_cpus_are_enforced() {
     assert_eq!(sleeps, 3, "{:?}", t.processes());
     assert!(u(&t.summary()["pids_peak"]) <= 4);
 
-    // Half a CPU: a 600 ms busy loop takes at least twice as long in wall time.
-    let t = run_agent(&["--cpus", "0.5"], &[WORKLOAD, "burn", "600"]);
+    // A fork storm of 200 against --max-pids 20: forks fail past 20 tasks, nothing
+    // escapes (every process the kernel saw is in the trace, at most 20 at once),
+    // and the run ends with its summary.
+    let t = run_agent(
+        &["--max-pids", "20"],
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 200 ]; do sleep 1 & i=$((i+1)); done 2>/dev/null; wait; true",
+        ],
+    );
+    // dash gives up on its first failed fork ("Cannot fork", status 2).
+    assert_eq!(t.summary()["exit_code"], 2, "{}", t.stderr);
+    assert_eq!(t.processes_named("sleep").len(), 19, "sh and 19 sleeps");
+    assert!(u(&t.summary()["pids_peak"]) <= 20, "{}", t.summary());
+    assert_eq!(t.summary()["incomplete_processes"], 0);
+
+    // Half a CPU: a 1 s busy loop gets about 1 s of CPU over about 2 s of wall time.
+    let t = run_agent(&["--cpus", "0.5"], &[WORKLOAD, "burn", "1000"]);
     assert_eq!(t.exit_code(), 0, "{}", t.stderr);
     let s = t.summary();
     let cpu = (u(&s["cpu_user_ns"]) + u(&s["cpu_sys_ns"])) as f64;
     let wall = u(&s["wall_ns"]) as f64;
-    assert!(cpu / wall <= 0.6, "cpu {cpu} over wall {wall}");
+    assert!((0.9e9..1.3e9).contains(&cpu), "cpu {cpu} ns");
+    assert!(
+        (0.35..=0.6).contains(&(cpu / wall)),
+        "cpu {cpu} over wall {wall}"
+    );
+}
+
+/// Two children hold 100 MiB each at the same time, then a third holds 150 MiB
+/// alone: the cgroup's peak is the concurrent 200 MiB (plus the programs' own pages
+/// and page cache), which no per-process peak (at most 150 MiB) could tell.
+#[test]
+fn the_concurrent_peak_of_the_tree_is_exact() {
+    if !ebpf_ready("the_concurrent_peak_of_the_tree_is_exact") {
+        return;
+    }
+    let t = run_agent(
+        &[],
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "{WORKLOAD} alloc 100 1500 & {WORKLOAD} alloc 100 1500 & wait; {WORKLOAD} alloc 150 200"
+            ),
+        ],
+    );
+    assert_eq!(t.exit_code(), 0, "{}", t.stderr);
+    let peak = summary_u(&t, "memory_peak_bytes") as f64;
+    let mib = (1u64 << 20) as f64;
+    // Within 5% of 200 MiB, plus at most 16 MiB of baseline (binaries, page cache).
+    assert!(
+        peak >= 200.0 * mib && peak <= 210.0 * mib + 16.0 * mib,
+        "memory_peak_bytes {} MiB",
+        peak / mib
+    );
+    let largest = summary_u(&t, "max_process_peak_rss_kb") as f64 * 1024.0;
+    assert!(
+        largest < 160.0 * mib,
+        "largest process {} MiB",
+        largest / mib
+    );
+}
+
+/// `--oom-exit-code N`: the tool turns the kill into exit 1; the agent exits N, and
+/// its summary line says why.
+#[test]
+fn oom_exit_code_replaces_the_tools_status() {
+    if !ebpf_ready("oom_exit_code_replaces_the_tools_status") {
+        return;
+    }
+    let cmd = format!("{WORKLOAD} alloc 300 50 || exit 1");
+    let t = run_agent(&["--memory-limit", "100M"], &["sh", "-c", &cmd]);
+    assert_eq!(t.exit_code(), 1, "{}", t.stderr);
+    assert!(
+        t.stderr
+            .contains("1 process killed by the OOM killer (limit 100 MiB reached)"),
+        "{}",
+        t.stderr
+    );
+    let t = run_agent(
+        &["--memory-limit", "100M", "--oom-exit-code", "137"],
+        &["sh", "-c", &cmd],
+    );
+    assert_eq!(t.exit_code(), 137, "{}", t.stderr);
+    assert_eq!(
+        t.summary()["exit_code"],
+        1,
+        "the command's own status is kept"
+    );
+    // Without a kill, the command's status stands.
+    let t = run_agent(&["--oom-exit-code", "137"], &["sh", "-c", "exit 3"]);
+    assert_eq!(t.exit_code(), 3, "{}", t.stderr);
+    assert!(!t.stderr.contains("OOM killer"), "{}", t.stderr);
 }
 
 #[test]
@@ -270,6 +358,11 @@ fn a_machine_wide_oom_is_told_from_the_runs_limit() {
     assert_eq!(s["memory_limit_bytes"], Value::Null, "{s}");
     let victim = &s["oom_victims"][0];
     assert_eq!(victim["argv"][1], "alloc", "{s}");
+    assert!(
+        t.stderr.contains("ran out of memory"),
+        "the summary line says who ran out: {}",
+        t.stderr
+    );
     let w = t
         .processes()
         .into_iter()

@@ -40,6 +40,8 @@ const GUEST_TESTS: &[&str] = &[
     "memory_limits::bad_limits_are_refused",
     "memory_limits::a_v2_cgroup_with_processes_is_read_not_fought",
     "memory_limits::a_machine_wide_oom_is_told_from_the_runs_limit",
+    "memory_limits::the_concurrent_peak_of_the_tree_is_exact",
+    "memory_limits::oom_exit_code_replaces_the_tools_status",
     "kernel_hooks::the_header_names_each_features_hook",
 ];
 
