@@ -389,6 +389,9 @@ impl KernelTracer {
     /// Loads the programs with offsets from this kernel's BTF and attaches them.
     pub fn load(options: TracerOptions) -> Result<Self, TracerError> {
         let (offsets, mut plan, mut missing) = kernel_offsets()?;
+        // A plan with features BTF cannot serve is never cached (their reasons are
+        // not kept), not even to record a refusal of trampolines.
+        let cacheable = missing.is_empty();
         let nr_cpus =
             aya::util::nr_cpus().map_err(|(what, e)| TracerError::Btf(format!("{what}: {e}")))?;
         let settings = Settings {
@@ -457,11 +460,16 @@ impl KernelTracer {
                     reason: "this kernel refuses trampoline (fentry/fexit) programs".into(),
                 });
             }
-            if let Some(path) = offsets_cache::path() {
+            if let (Some(path), true) = (offsets_cache::path(), cacheable) {
                 offsets_cache::write(&path, &offsets, &plan);
             }
         }
-        if plan.refuses_trampolines() && !missing.iter().any(|m| m.feature == Feature::Files) {
+        // Said only to a run that asked for files, so a default run's header does not
+        // depend on whether an earlier run tried.
+        if want_file_hooks
+            && plan.refuses_trampolines()
+            && !missing.iter().any(|m| m.feature == Feature::Files)
+        {
             missing.push(Missing {
                 feature: Feature::Files,
                 reason: "this kernel refuses trampoline (fentry/fexit) programs (found by an \

@@ -318,6 +318,57 @@ fn a_v2_cgroup_with_processes_is_read_not_fought() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// cgroup v2 where the agent's cgroup offers no memory controller (its parent did not
+/// enable it): a clear reason in the header, and the run goes on without a cgroup.
+#[test]
+fn a_v2_cgroup_without_the_memory_controller_is_said() {
+    if !ebpf_ready("a_v2_cgroup_without_the_memory_controller_is_said") {
+        return;
+    }
+    if cgroup_version() != 2 {
+        eprintln!(
+            "skipped a_v2_cgroup_without_the_memory_controller_is_said: cgroup v1 here; \
+             it runs in the cgroup v2 guests of cargo xtask kernel-test"
+        );
+        return;
+    }
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids").unwrap();
+    // `outer` enables nothing for its children, so `inner` has no controllers.
+    let outer = root.join(format!("denet-nomem-{}", std::process::id()));
+    let inner = outer.join("inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    let dir = crate::helpers::scratch_dir("nomem");
+    let out = dir.join("trace.jsonl");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {} run --standalone -o {} -- /bin/true",
+        inner.display(),
+        agent_bin().display(),
+        out.display()
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let records = crate::helpers::parse_jsonl(&std::fs::read_to_string(&out).unwrap());
+    let h = &records[0];
+    assert!(h["cgroup"].is_null(), "{h}");
+    let why = h["cgroup_unavailable_reason"].as_str().unwrap();
+    assert!(why.contains("memory controller is not available"), "{why}");
+    let s = records.iter().find(|r| r["kind"] == "summary").unwrap();
+    assert_eq!(s["exit_code"], 0, "{s}");
+    assert!(s["memory_peak_bytes"].is_null(), "{s}");
+    for d in [&inner, &outer] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Err(e) = std::fs::remove_dir(d) {
+            assert!(std::time::Instant::now() < deadline, "removing {d:?}: {e}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The machine runs out of memory (no limit on the run): the victim is named and the
 /// scope says it was not the run's own limit. Only where the machine is the test's
 /// own: a guest of the kernel matrix, with 2 GiB.

@@ -39,6 +39,7 @@ const GUEST_TESTS: &[&str] = &[
     "memory_limits::max_pids_and_cpus_are_enforced",
     "memory_limits::bad_limits_are_refused",
     "memory_limits::a_v2_cgroup_with_processes_is_read_not_fought",
+    "memory_limits::a_v2_cgroup_without_the_memory_controller_is_said",
     "memory_limits::a_machine_wide_oom_is_told_from_the_runs_limit",
     "memory_limits::the_concurrent_peak_of_the_tree_is_exact",
     "memory_limits::oom_exit_code_replaces_the_tools_status",
