@@ -140,12 +140,14 @@ fn max_pids_and_cpus_are_enforced() {
     assert_eq!(t.summary()["incomplete_processes"], 0);
 
     // Half a CPU: a 1 s busy loop gets about 1 s of CPU over about 2 s of wall time.
+    // CPU: the 1 s burned, less tick rounding, plus start-up (up to 0.6 s under the
+    // kernel matrix's emulation).
     let t = run_agent(&["--cpus", "0.5"], &[WORKLOAD, "burn", "1000"]);
     assert_eq!(t.exit_code(), 0, "{}", t.stderr);
     let s = t.summary();
     let cpu = (u(&s["cpu_user_ns"]) + u(&s["cpu_sys_ns"])) as f64;
     let wall = u(&s["wall_ns"]) as f64;
-    assert!((0.9e9..1.3e9).contains(&cpu), "cpu {cpu} ns");
+    assert!((0.95e9..1.6e9).contains(&cpu), "cpu {cpu} ns");
     assert!(
         (0.35..=0.6).contains(&(cpu / wall)),
         "cpu {cpu} over wall {wall}"
