@@ -72,13 +72,9 @@ pub(super) fn create(name: &str, parent_pid: u32) -> Result<PathBuf, CgroupError
     Ok(dir)
 }
 
-/// "max" or a byte count.
-fn read_max(path: &Path) -> Option<u64> {
-    read_u64(path)
-}
-
+/// `memory.max`: a byte count, or "max" (no limit), which reads as None.
 pub(super) fn memory_limit(dir: &Path) -> Option<u64> {
-    read_max(&dir.join("memory.max"))
+    read_u64(&dir.join("memory.max"))
 }
 
 pub(super) fn apply_limits(dir: &Path, limits: &Limits) -> Result<(), CgroupError> {

@@ -25,6 +25,11 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// fentry/fexit: needs aya's parse of the kernel BTF, and some kernels refuse it.
+    pub fn is_trampoline(&self) -> bool {
+        !matches!(self, Hook::RawTp { .. })
+    }
+
     /// `raw_tp/sched_switch`, `fentry/taskstats_exit`, `fexit/sock_sendmsg`.
     pub fn describe(&self) -> String {
         match self {
@@ -282,7 +287,7 @@ impl Plan {
         self.chosen |= REFUSES_TRAMPOLINES;
         let mut dropped: Vec<Feature> = self
             .programs()
-            .filter(|p| !matches!(p.hook, Hook::RawTp { .. }))
+            .filter(|p| p.hook.is_trampoline())
             .map(|p| p.feature)
             .collect();
         dropped.sort_unstable();

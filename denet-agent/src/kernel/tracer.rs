@@ -278,20 +278,20 @@ fn kernel_offsets() -> Result<(KernelOffsets, Plan, Vec<Missing>), TracerError> 
     Ok((offsets, plan, missing))
 }
 
+/// A program of the plan and whether the kernel accepted it.
+type Loaded = (&'static Program, Result<(), TracerError>);
+
 /// Loads (verifies) the programs of the plan that `needed` selects, on every CPU at
 /// once: the kernel's verifier is most of a run's start-up and runs in the loading
 /// thread. Returns each program's result. Trampolines (fentry/fexit) need aya's own
 /// parse of the kernel BTF, done only when the plan has one.
-/// A program of the plan and whether the kernel accepted it.
-type Loaded = (&'static Program, Result<(), TracerError>);
-
 fn load_programs(
     ebpf: &mut Ebpf,
     plan: &Plan,
     needed: impl Fn(&Program) -> bool,
 ) -> Result<Vec<Loaded>, TracerError> {
     let wanted: Vec<&'static Program> = plan.programs().filter(|p| needed(p)).collect();
-    let kernel_btf = if wanted.iter().any(|p| !matches!(p.hook, Hook::RawTp { .. })) {
+    let kernel_btf = if wanted.iter().any(|p| p.hook.is_trampoline()) {
         Some(aya::Btf::from_sys_fs().map_err(|e| TracerError::Btf(e.to_string()))?)
     } else {
         None
@@ -339,18 +339,23 @@ fn load_one(
             let program: &mut RawTracePoint = program.try_into().map_err(err)?;
             program.load().map_err(err)
         }
-        Hook::FEntry(function) | Hook::FExit(function) => {
-            let btf = btf.ok_or(TracerError::Missing("kernel BTF for a trampoline"))?;
-            if matches!(p.hook, Hook::FEntry(_)) {
-                let program: &mut FEntry = program.try_into().map_err(err)?;
-                program.load(function, btf).map_err(err)
-            } else {
-                let program: &mut FExit = program.try_into().map_err(err)?;
-                program.load(function, btf).map_err(err)
-            }
+        Hook::FEntry(function) => {
+            let program: &mut FEntry = program.try_into().map_err(err)?;
+            program.load(function, trampoline_btf(btf)?).map_err(err)
+        }
+        Hook::FExit(function) => {
+            let program: &mut FExit = program.try_into().map_err(err)?;
+            program.load(function, trampoline_btf(btf)?).map_err(err)
         }
     }
 }
+
+fn trampoline_btf(btf: Option<&aya::Btf>) -> Result<&aya::Btf, TracerError> {
+    btf.ok_or(TracerError::Missing("kernel BTF for a trampoline"))
+}
+
+/// Why a trampoline feature is missing on a kernel that refuses them.
+const TRAMPOLINES_REFUSED: &str = "this kernel refuses trampoline (fentry/fexit) programs";
 
 /// Attaches one loaded program. The link stays with the object: dropping the
 /// tracer detaches it.
@@ -442,7 +447,7 @@ impl KernelTracer {
             if p.feature.essential() || p.feature == Feature::Syscalls {
                 return Err(e);
             }
-            if !matches!(p.hook, Hook::RawTp { .. }) {
+            if p.hook.is_trampoline() {
                 refused = true;
             }
             if plan.serves(p.feature) {
@@ -457,7 +462,7 @@ impl KernelTracer {
             for feature in plan.trampolines_refused() {
                 missing.push(Missing {
                     feature,
-                    reason: "this kernel refuses trampoline (fentry/fexit) programs".into(),
+                    reason: TRAMPOLINES_REFUSED.into(),
                 });
             }
             if let (Some(path), true) = (offsets_cache::path(), cacheable) {
@@ -472,9 +477,9 @@ impl KernelTracer {
         {
             missing.push(Missing {
                 feature: Feature::Files,
-                reason: "this kernel refuses trampoline (fentry/fexit) programs (found by an \
-                         earlier run on this kernel build)"
-                    .into(),
+                reason: format!(
+                    "{TRAMPOLINES_REFUSED} (found by an earlier run on this kernel build)"
+                ),
             });
         }
         let file_hooks = want_file_hooks && plan.serves(Feature::Files);

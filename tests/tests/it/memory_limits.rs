@@ -243,6 +243,60 @@ fn bad_limits_are_refused() {
     }
 }
 
+/// The cgroup v2 root, with memory and pids enabled for its children; None (and a
+/// message) where runs use cgroup v1, as on this machine kind.
+fn v2_root(test: &str) -> Option<&'static std::path::Path> {
+    if cgroup_version() != 2 {
+        eprintln!(
+            "skipped {test}: cgroup v1 here; it runs in the cgroup v2 guests of \
+             cargo xtask kernel-test"
+        );
+        return None;
+    }
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids").unwrap();
+    Some(root)
+}
+
+/// `denet-agent run --standalone ARGS -- sh -c CMD` started inside `cgroup`: the
+/// agent enters it itself, so the cgroup holds a process of its own. Returns the
+/// agent's output and the trace's records (none when it wrote no trace).
+fn run_in_cgroup(
+    cgroup: &std::path::Path,
+    dir: &std::path::Path,
+    args: &[&str],
+    cmd: &str,
+) -> (std::process::Output, Vec<Value>) {
+    let out = dir.join("trace.jsonl");
+    let _ = std::fs::remove_file(&out);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {} run --standalone {} -o {} -- {cmd}",
+        cgroup.display(),
+        agent_bin().display(),
+        args.join(" "),
+        out.display()
+    );
+    let output = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    (output, crate::helpers::parse_jsonl(&text))
+}
+
+/// Removes a cgroup the test made; the kernel lets go of it a moment after its last
+/// task is reaped.
+fn remove_cgroup(dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while let Err(e) = std::fs::remove_dir(dir) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "removing {dir:?}: {e}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// cgroup v2 gives controllers only to the children of a cgroup without processes:
 /// an agent inside a manager's cgroup that holds processes (a login scope, a Slurm
 /// task) reads that cgroup, says why in the header, and refuses limits it cannot set.
@@ -251,38 +305,15 @@ fn a_v2_cgroup_with_processes_is_read_not_fought() {
     if !ebpf_ready("a_v2_cgroup_with_processes_is_read_not_fought") {
         return;
     }
-    if cgroup_version() != 2 {
-        eprintln!(
-            "skipped a_v2_cgroup_with_processes_is_read_not_fought: cgroup v1 here; \
-             it runs in the cgroup v2 guests of cargo xtask kernel-test"
-        );
+    let Some(root) = v2_root("a_v2_cgroup_with_processes_is_read_not_fought") else {
         return;
-    }
-    let root = std::path::Path::new("/sys/fs/cgroup");
-    std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids").unwrap();
+    };
     let managed = root.join(format!("denet-managed-{}", std::process::id()));
     std::fs::create_dir(&managed).unwrap();
     let dir = crate::helpers::scratch_dir("managed");
-    let run = |limit: &[&str]| {
-        let out = dir.join("trace.jsonl");
-        let _ = std::fs::remove_file(&out);
-        // The agent enters the cgroup itself, so the cgroup holds a process.
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec {} run --standalone {} -o {} -- {WORKLOAD} alloc 64 50",
-            managed.display(),
-            agent_bin().display(),
-            limit.join(" "),
-            out.display()
-        );
-        let status = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        (status, std::fs::read_to_string(&out).unwrap_or_default())
-    };
-    let (status, text) = run(&[]);
+    let alloc = format!("{WORKLOAD} alloc 64 50");
+    let (status, records) = run_in_cgroup(&managed, &dir, &[], &alloc);
     assert!(status.status.success(), "{status:?}");
-    let records = crate::helpers::parse_jsonl(&text);
     let h = &records[0];
     let cg = &h["cgroup"];
     assert_eq!(cg["own"], false, "{h}");
@@ -294,7 +325,7 @@ fn a_v2_cgroup_with_processes_is_read_not_fought() {
     let s = records.iter().find(|r| r["kind"] == "summary").unwrap();
     assert!(u(&s["memory_peak_bytes"]) >= 64 << 20, "{s}");
     // A limit it cannot set is refused, not ignored.
-    let (status, _) = run(&["--memory-limit", "100M"]);
+    let (status, _) = run_in_cgroup(&managed, &dir, &["--memory-limit", "100M"], &alloc);
     assert_eq!(status.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&status.stderr);
     assert!(
@@ -308,15 +339,7 @@ fn a_v2_cgroup_with_processes_is_read_not_fought() {
         .filter(|e| e.path().is_dir())
         .collect();
     assert!(children.is_empty(), "{children:?}");
-    // The kernel lets go of a cgroup a moment after its last task is reaped.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while let Err(e) = std::fs::remove_dir(&managed) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "removing {managed:?}: {e}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    remove_cgroup(&managed);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -327,33 +350,16 @@ fn a_v2_cgroup_without_the_memory_controller_is_said() {
     if !ebpf_ready("a_v2_cgroup_without_the_memory_controller_is_said") {
         return;
     }
-    if cgroup_version() != 2 {
-        eprintln!(
-            "skipped a_v2_cgroup_without_the_memory_controller_is_said: cgroup v1 here; \
-             it runs in the cgroup v2 guests of cargo xtask kernel-test"
-        );
+    let Some(root) = v2_root("a_v2_cgroup_without_the_memory_controller_is_said") else {
         return;
-    }
-    let root = std::path::Path::new("/sys/fs/cgroup");
-    std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids").unwrap();
+    };
     // `outer` enables nothing for its children, so `inner` has no controllers.
     let outer = root.join(format!("denet-nomem-{}", std::process::id()));
     let inner = outer.join("inner");
     std::fs::create_dir_all(&inner).unwrap();
     let dir = crate::helpers::scratch_dir("nomem");
-    let out = dir.join("trace.jsonl");
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec {} run --standalone -o {} -- /bin/true",
-        inner.display(),
-        agent_bin().display(),
-        out.display()
-    );
-    let status = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let (status, records) = run_in_cgroup(&inner, &dir, &[], "/bin/true");
     assert!(status.status.success(), "{status:?}");
-    let records = crate::helpers::parse_jsonl(&std::fs::read_to_string(&out).unwrap());
     let h = &records[0];
     assert!(h["cgroup"].is_null(), "{h}");
     let why = h["cgroup_unavailable_reason"].as_str().unwrap();
@@ -361,13 +367,8 @@ fn a_v2_cgroup_without_the_memory_controller_is_said() {
     let s = records.iter().find(|r| r["kind"] == "summary").unwrap();
     assert_eq!(s["exit_code"], 0, "{s}");
     assert!(s["memory_peak_bytes"].is_null(), "{s}");
-    for d in [&inner, &outer] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while let Err(e) = std::fs::remove_dir(d) {
-            assert!(std::time::Instant::now() < deadline, "removing {d:?}: {e}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
+    remove_cgroup(&inner);
+    remove_cgroup(&outer);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -104,15 +104,17 @@ pub fn kernel(root: &Path, series: &str) -> Result<Kernel> {
     let base = root.join("target/kernels");
     let debs = base.join("debs");
     std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let deb = std::fs::read_dir(&debs)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        });
-    let deb = match deb {
+    let find_deb = || -> Result<Option<PathBuf>> {
+        Ok(std::fs::read_dir(&debs)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            }))
+    };
+    let deb = match find_deb()? {
         Some(deb) => deb,
         None => {
             eprintln!("kernel-test: downloading {package} {version}");
@@ -122,7 +124,12 @@ pub fn kernel(root: &Path, series: &str) -> Result<Kernel> {
                     .args(["download", "-q"])
                     .arg(format!("{package}={version}")),
             )?;
-            return kernel(root, series);
+            find_deb()?.with_context(|| {
+                format!(
+                    "apt-get download left no {package}_*.deb in {}",
+                    debs.display()
+                )
+            })?
         }
     };
     let dir = base.join(&package);
