@@ -93,6 +93,20 @@ pub struct HeldChild {
     exec_error: OwnedFd,
 }
 
+/// The OOM score adjustment the agent gives itself once the command is forked.
+///
+/// On a machine-wide OOM the kernel should kill the biggest task, never the small
+/// agent that has to report the kill. -999 rather than -1000: as a last resort the
+/// kernel may still take it.
+pub const AGENT_OOM_SCORE_ADJ: i32 = -999;
+
+/// Makes the agent the OOM killer's last choice. Called after the fork, so the
+/// command and its descendants keep the score the caller had: they gain nothing.
+/// Lowering needs CAP_SYS_RESOURCE; without it (an ordinary user) nothing changes.
+pub fn shield_agent_from_oom_killer() -> bool {
+    std::fs::write("/proc/self/oom_score_adj", AGENT_OOM_SCORE_ADJ.to_string()).is_ok()
+}
+
 /// Finds `program` the way execvp would, so "not found" and "not executable" can be
 /// told apart before forking.
 pub fn resolve_program(program: &str) -> Result<PathBuf, LaunchError> {

@@ -13,7 +13,7 @@ use super::{
     clock,
     config::{RunConfig, RunOutcome},
     control::Control,
-    launch::{HeldChild, LaunchError},
+    launch::{self, HeldChild, LaunchError},
     run_loop::{record_self_usage, RunState, Signals},
     say,
 };
@@ -62,6 +62,7 @@ pub fn run_controlled(
         Err(e) => return start_failed(&config, &kernel, &mut out, fork_ns, &e),
     };
     let pid = held.pid();
+    launch::shield_agent_from_oom_killer();
     // Must succeed before release, or the command would run untraced (or unlimited).
     if let Err(e) = track_command(&config, &mut kernel, pid, fork_ns)
         .and_then(|()| own_cgroup(&config, &mut kernel, pid))

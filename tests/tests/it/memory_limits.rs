@@ -372,6 +372,54 @@ fn a_v2_cgroup_without_the_memory_controller_is_said() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The agent that must report an OOM kill is the OOM killer's last choice, and the
+/// command keeps the score its caller had: it gains no protection from the agent.
+#[test]
+fn the_agent_shields_itself_from_the_oom_killer_but_not_the_command() {
+    if !ebpf_ready("the_agent_shields_itself_from_the_oom_killer_but_not_the_command") {
+        return;
+    }
+    let ours = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    let dir = crate::helpers::scratch_dir("oomadj");
+    let out = std::process::Command::new(agent_bin())
+        .args(["run", "--standalone", "-o"])
+        .arg(dir.join("t.jsonl"))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            // $PPID of the shell is the agent; cat is the command's descendant.
+            "cat /proc/self/oom_score_adj /proc/$PPID/oom_score_adj",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // Lowering a score takes CAP_SYS_RESOURCE, which the containers of this machine
+    // kind withhold even from root; the kernel matrix's guests have it.
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let agent = if cap_eff & (1 << CAP_SYS_RESOURCE) != 0 {
+        "-999"
+    } else {
+        eprintln!("no CAP_SYS_RESOURCE here: the agent keeps the caller's score");
+        ours.trim()
+    };
+    if in_guest() {
+        assert_eq!(agent, "-999", "the guests' root has CAP_SYS_RESOURCE");
+    }
+    assert_eq!(lines, [ours.trim(), agent], "command's, then agent's score");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bit of CAP_SYS_RESOURCE in the capability sets (linux/capability.h).
+const CAP_SYS_RESOURCE: u32 = 24;
+
 /// The machine runs out of memory (no limit on the run): the victim is named and the
 /// scope says it was not the run's own limit. Only where the machine is the test's
 /// own: a guest of the kernel matrix, with 2 GiB.

@@ -41,6 +41,7 @@ const GUEST_TESTS: &[&str] = &[
     "memory_limits::a_v2_cgroup_with_processes_is_read_not_fought",
     "memory_limits::a_v2_cgroup_without_the_memory_controller_is_said",
     "memory_limits::a_machine_wide_oom_is_told_from_the_runs_limit",
+    "memory_limits::the_agent_shields_itself_from_the_oom_killer_but_not_the_command",
     "memory_limits::the_concurrent_peak_of_the_tree_is_exact",
     "memory_limits::oom_exit_code_replaces_the_tools_status",
     "kernel_hooks::the_header_names_each_features_hook",
