@@ -21,5 +21,6 @@ pub mod node;
 pub(crate) mod process;
 pub mod report;
 pub mod service;
+pub(crate) mod task;
 pub mod top;
 pub mod trace;

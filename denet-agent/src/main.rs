@@ -295,6 +295,7 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
             stderr: redirect(args.stderr, args.stderr_fd, "stderr-fd")?,
             cwd: None,
             env: None,
+            extra_env: Vec::new(),
         },
         out,
         interval_ms: args.interval_ms,

@@ -16,6 +16,7 @@ use crate::{
         link::NodeLink,
         protocol::{TrackRequest, PROTOCOL_VERSION},
     },
+    task::Marks,
     trace::{records::SCHEMA_VERSION, CgroupHeader, Header},
 };
 
@@ -113,6 +114,7 @@ pub(super) fn track_command(
     kernel: &mut Kernel,
     pid: u32,
     fork_ns: u64,
+    task_marks: &Marks,
 ) -> Result<()> {
     match kernel.tracer.as_mut() {
         None => Ok(()),
@@ -141,6 +143,7 @@ pub(super) fn track_command(
                 syscalls: kernel.syscalls,
                 events: kernel.events,
                 limits: config.limits,
+                task_marks: task_marks.clone(),
             };
             match link.track(request) {
                 Ok(granted) => {

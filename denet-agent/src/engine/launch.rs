@@ -83,6 +83,8 @@ pub struct LaunchSpec {
     pub cwd: Option<PathBuf>,
     /// Full environment of the command (`None`: the agent's).
     pub env: Option<Vec<(String, String)>>,
+    /// Variables the agent adds to that environment (set over any of the same name).
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// A forked child blocked before exec.
@@ -169,6 +171,33 @@ fn open_redirect(to: &Redirect, what: &'static str) -> Result<File, LaunchError>
     })
 }
 
+/// The command's `KEY=VALUE` environment, or `None` to pass on the agent's as is.
+/// The agent's own variables are taken as bytes: no lossy conversion.
+fn command_env(spec: &LaunchSpec) -> Result<Option<Vec<CString>>, LaunchError> {
+    let overridden = |key: &[u8]| spec.extra_env.iter().any(|(k, _)| k.as_bytes() == key);
+    let mut vars: Vec<Vec<u8>> = match &spec.env {
+        Some(vars) => vars
+            .iter()
+            .filter(|(k, _)| !overridden(k.as_bytes()))
+            .map(|(k, v)| format!("{k}={v}").into_bytes())
+            .collect(),
+        None if spec.extra_env.is_empty() => return Ok(None),
+        None => std::env::vars_os()
+            .filter(|(k, _)| !overridden(k.as_bytes()))
+            .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
+            .collect(),
+    };
+    vars.extend(
+        spec.extra_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}").into_bytes()),
+    );
+    vars.iter()
+        .map(|v| cstring(v))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
 fn pipe_cloexec(what: &'static str) -> Result<(OwnedFd, OwnedFd), LaunchError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|errno| LaunchError::Sys { what, errno })
@@ -187,14 +216,7 @@ impl HeldChild {
             .iter()
             .map(|a| cstring(a.as_bytes()))
             .collect::<Result<_, _>>()?;
-        let env: Option<Vec<CString>> = match &spec.env {
-            Some(vars) => Some(
-                vars.iter()
-                    .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
-                    .collect::<Result<_, _>>()?,
-            ),
-            None => None,
-        };
+        let env = command_env(spec)?;
         let cwd = match &spec.cwd {
             Some(dir) => Some(cstring(OsStr::as_bytes(dir.as_os_str()))?),
             None => None,

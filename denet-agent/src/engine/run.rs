@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     kernel::TracerOptions,
+    task::RunTasks,
     trace::{writer::JsonlWriter, Summary},
 };
 
@@ -30,7 +31,7 @@ pub fn run(config: RunConfig) -> Result<RunOutcome> {
 
 /// [`run`], also obeying `control` requests (stop, pause, resume the tree).
 pub fn run_controlled(
-    config: RunConfig,
+    mut config: RunConfig,
     control: Option<mpsc::UnboundedReceiver<Control>>,
 ) -> Result<RunOutcome> {
     // Orphaned descendants are re-parented to us, so we can follow and reap them.
@@ -56,6 +57,12 @@ pub fn run_controlled(
     };
     let mut kernel = open_kernel(&config, options)?;
 
+    let mut tasks = RunTasks::new(
+        &config.launch.argv,
+        config.launch.env.as_deref(),
+        config.launch.cwd.as_deref(),
+    );
+    config.launch.extra_env.extend(tasks.snakemake_job_list());
     let fork_ns = clock::boottime_ns();
     let held = match HeldChild::spawn(&config.launch) {
         Ok(h) => h,
@@ -64,7 +71,7 @@ pub fn run_controlled(
     let pid = held.pid();
     launch::shield_agent_from_oom_killer();
     // Must succeed before release, or the command would run untraced (or unlimited).
-    if let Err(e) = track_command(&config, &mut kernel, pid, fork_ns)
+    if let Err(e) = track_command(&config, &mut kernel, pid, fork_ns, &tasks.root)
         .and_then(|()| own_cgroup(&config, &mut kernel, pid))
     {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -82,7 +89,7 @@ pub fn run_controlled(
     }
 
     let driven = control.is_some();
-    let mut state = RunState::new(&config, pid, fork_ns, kernel, out)?;
+    let mut state = RunState::new(&config, pid, fork_ns, kernel, out, &tasks)?;
     if let Err(e) = runtime.block_on(state.main_loop(&config, control, signals)) {
         // A driven run (a `serve` job) must not outlive a failure of its agent: nobody
         // could see, stop or account for the tree any more.

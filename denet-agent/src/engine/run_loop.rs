@@ -40,6 +40,7 @@ use crate::{
         sampler::{AdaptiveInterval, Sampler},
         tracker::Tracker,
     },
+    task::{Resolver, RunTasks},
     trace::{writer::JsonlWriter, OomVictim, Process, Summary},
 };
 
@@ -101,6 +102,8 @@ pub(super) struct RunState {
     /// The file the command's stderr goes to (`--stderr FILE`): its failure excerpt
     /// goes in the summary when the run fails.
     stderr_file: Option<std::path::PathBuf>,
+    /// Names each process record's task.
+    tasks: Resolver,
 }
 
 impl RunState {
@@ -110,6 +113,7 @@ impl RunState {
         start_ns: u64,
         mut kernel: Kernel,
         out: JsonlWriter,
+        tasks: &RunTasks,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut live = HashSet::new();
@@ -130,6 +134,7 @@ impl RunState {
                     std::process::id(),
                     start_ns,
                     config.launch.argv.clone(),
+                    tasks.root.clone(),
                 );
                 let mut files = FileTracker::default();
                 if let Some(cwd) = launch_cwd(config) {
@@ -170,6 +175,7 @@ impl RunState {
             grace: config.kill_grace,
             paused: false,
             cgroup: kernel.cgroup,
+            tasks: tasks.resolver(),
             stderr_file: match &config.launch.stderr {
                 Some(super::launch::Redirect::Path(p)) => Some(p.clone()),
                 _ => None,
@@ -303,7 +309,9 @@ impl RunState {
                     rss_kb,
                 });
             }
-            self.write_process(&info.to_record())?;
+            let mut record = info.to_record();
+            record.task = self.tasks.resolve(&info.marks);
+            self.write_process(&record)?;
         }
         for e in &msg.events {
             self.summary.event_count += 1;

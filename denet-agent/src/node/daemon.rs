@@ -433,7 +433,13 @@ impl NodeTracer {
             }
         }
         let mut tracker = Tracker::new(self.page_kb);
-        tracker.add_root(t.pid, peer.pid, t.start_boot_ns, t.argv.clone());
+        tracker.add_root(
+            t.pid,
+            peer.pid,
+            t.start_boot_ns,
+            t.argv.clone(),
+            t.task_marks.clone(),
+        );
         let mut files = FileTracker::default();
         if let Some(cwd) = &t.cwd {
             files.set_cwd(t.pid, cwd.clone());

@@ -12,6 +12,7 @@ use crate::{
         tracer::{KernelCounters, RunCounters},
     },
     process::collector::{CollectorMsg, CollectorReport},
+    task::Marks,
 };
 
 /// Bumped when a message changes meaning; the daemon refuses other versions.
@@ -71,6 +72,10 @@ pub struct TrackRequest {
     /// Limits of the run's cgroup (the daemon makes it).
     #[serde(default)]
     pub limits: Limits,
+    /// The command's task marks (its Slurm job, an engine task it starts): only
+    /// labels on the caller's own records.
+    #[serde(default)]
+    pub task_marks: Marks,
 }
 
 /// What the daemon sends.
@@ -180,6 +185,7 @@ mod tests {
             syscalls: false,
             events: false,
             limits: Limits::default(),
+            task_marks: Marks::default(),
         });
         send(&mut wire, &track).unwrap();
         let mut batch = CollectorMsg::default();

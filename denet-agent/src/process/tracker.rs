@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use super::decode_wait_status;
 use crate::{
     kernel::{counters::ProcDepth, syscall_names::syscall_name},
+    task::Marks,
     trace::Process,
 };
 use denet_common::{
@@ -100,6 +101,9 @@ pub struct ProcessInfo {
     pub depth: Option<ProcDepth>,
     /// The OOM killer chose it: its resident KiB then.
     pub oom_rss_kb: Option<u64>,
+    /// What workflow engines left on it or its ancestors.
+    #[serde(default)]
+    pub marks: Marks,
 }
 
 /// Splits NUL-separated argv bytes as in /proc/PID/cmdline.
@@ -138,7 +142,14 @@ impl Tracker {
     }
 
     /// The command itself: its pid is tracked before it is released.
-    pub fn add_root(&mut self, pid: u32, ppid: u32, start_boot_ns: u64, argv: Vec<String>) {
+    pub fn add_root(
+        &mut self,
+        pid: u32,
+        ppid: u32,
+        start_boot_ns: u64,
+        argv: Vec<String>,
+        marks: Marks,
+    ) {
         self.started += 1;
         self.live.insert(
             pid,
@@ -147,6 +158,7 @@ impl Tracker {
                 ppid: Some(ppid),
                 start_boot_ns: Some(start_boot_ns),
                 argv,
+                marks,
                 ..Default::default()
             },
         );
@@ -159,13 +171,14 @@ impl Tracker {
         if let Some(stale) = self.live.remove(&pid) {
             done.push(stale);
         }
-        let (argv, argv_truncated, exe) = match self.live.get(&ev.parent_tgid) {
+        let (argv, argv_truncated, exe, marks) = match self.live.get(&ev.parent_tgid) {
             Some(parent) => (
                 parent.argv.clone(),
                 parent.argv_truncated,
                 parent.exe.clone(),
+                parent.marks.clone(),
             ),
-            None => (Vec::new(), false, None),
+            None => Default::default(),
         };
         self.started += 1;
         self.live.insert(
@@ -177,6 +190,7 @@ impl Tracker {
                 argv,
                 argv_truncated,
                 exe,
+                marks,
                 ..Default::default()
             },
         );
@@ -196,6 +210,14 @@ impl Tracker {
         p.exe = Some(c_string(&ev.filename));
         if ev.flags & EXEC_ARGV_UNREADABLE == 0 {
             p.argv = split_argv(&ev.argv[..argv_len]);
+            let pid = p.pid;
+            // Read only when the argv starts a task that needs it (a relative
+            // `.command.run`); /proc, never a path of the user's.
+            p.marks.after_exec(&p.argv, || {
+                std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .ok()
+                    .map(|d| d.to_string_lossy().into_owned())
+            });
         }
         p.argv_truncated = ev.flags & EXEC_ARGV_TRUNCATED != 0;
     }
@@ -363,7 +385,7 @@ mod tests {
     fn threads_sum_and_last_thread_completes() {
         let mut t = Tracker::new(4);
         let mut done = Vec::new();
-        t.add_root(10, 1, 5, vec!["sh".into()]);
+        t.add_root(10, 1, 5, vec!["sh".into()], Marks::default());
         t.on_fork(&fork(10, 11, 7), &mut done);
         t.on_exit(&exit(13, 11, 9, false, 400), &mut done);
         assert!(done.is_empty());

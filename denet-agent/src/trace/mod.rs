@@ -15,5 +15,5 @@ pub mod writer;
 pub use reader::{TraceError, TraceReader};
 pub use records::{
     CgroupHeader, Clock, EventRecord, FileRecord, Header, OomVictim, ProcSample, Process, Record,
-    Sample, Summary,
+    Sample, SlurmJob, Summary, Task,
 };

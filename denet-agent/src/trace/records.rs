@@ -257,6 +257,94 @@ pub struct Process {
     /// "ebpf" (exact, read at exit), "proc" (last /proc sample), or "missing" (the
     /// exit was not seen: events were lost).
     pub source: Option<Word>,
+    /// The workflow task the process belongs to (left out when it belongs to none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
+}
+
+/// A workflow engine's task: a Snakemake job, a Nextflow task, a Slurm job. A
+/// process belongs to the task of the nearest ancestor (itself included) that an
+/// engine marked; a Snakemake or Nextflow task inside a Slurm job keeps the Slurm
+/// fields too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Task {
+    /// "snakemake", "nextflow" or "slurm".
+    pub engine: Word,
+    /// Snakemake's rule, Nextflow's process, Slurm's job name (null: not known).
+    pub name: Option<String>,
+    /// The engine's id of this task: Snakemake's job id, Nextflow's hash (`ab/cdef12`,
+    /// as in its trace), Slurm's job id (`123`, or `123_4` for an array task). Null
+    /// where the engine gives none.
+    pub id: Option<String>,
+    /// Snakemake's wildcards of the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wildcards: Option<BTreeMap<String, String>>,
+    /// Nextflow's tag of the task (`sayHello (1)` has tag `1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Nextflow's work directory of the task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<String>,
+    /// The Slurm job the process ran in (also under Snakemake or Nextflow).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmJob>,
+}
+
+/// Where a process ran under Slurm, from the variables Slurm sets for a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SlurmJob {
+    /// `SLURM_JOB_ID`.
+    pub job_id: u64,
+    /// `SLURM_ARRAY_JOB_ID` and `SLURM_ARRAY_TASK_ID`, for an array job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub array_job_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub array_task_id: Option<u64>,
+    /// `SLURM_STEP_ID` ("batch" for the batch script, which sets none).
+    pub step: Option<String>,
+    /// `SLURM_JOB_NAME`.
+    pub job_name: Option<String>,
+    /// `SLURM_JOB_USER`.
+    pub user: Option<String>,
+    /// `SLURM_CLUSTER_NAME`.
+    pub cluster: Option<String>,
+}
+
+impl Task {
+    /// What `stats --by task` and the exports group by: the rule or process name,
+    /// else the engine.
+    pub fn group_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.engine)
+    }
+
+    /// One task instance: engine, name, id and wildcards (two processes with the
+    /// same key belong to the same task).
+    pub fn key(&self) -> String {
+        let mut k = format!(
+            "{}:{}:{}",
+            self.engine,
+            self.group_name(),
+            self.id.as_deref().unwrap_or("")
+        );
+        if let Some(w) = &self.wildcards {
+            for (name, value) in w {
+                k.push_str(&format!(":{name}={value}"));
+            }
+        }
+        k
+    }
+
+    /// Wildcards as Snakemake prints them: `sample=A,lane=1`.
+    pub fn wildcards_text(&self) -> String {
+        self.wildcards
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 impl Process {
@@ -730,6 +818,7 @@ mod tests {
                 syscalls: Some(vec![(0, 8), (1, 1), (231, 1)]),
             }),
             oom_rss_kb: None,
+            marks: Default::default(),
         };
         // Chosen by the OOM killer (SIGKILL).
         let killed = ProcessInfo {
@@ -809,6 +898,28 @@ mod tests {
         w.write(&header).unwrap();
         w.write(&info.to_record()).unwrap();
         w.write(&killed.to_record()).unwrap();
+        // A Snakemake job's process, in a Slurm array task.
+        w.write(&Process {
+            pid: Some(104),
+            task: Some(Task {
+                engine: "snakemake".into(),
+                name: Some("map_reads".into()),
+                id: Some("12".into()),
+                wildcards: Some(BTreeMap::from([("sample".into(), "A1".into())])),
+                slurm: Some(SlurmJob {
+                    job_id: 124,
+                    array_job_id: Some(120),
+                    array_task_id: Some(4),
+                    step: Some("batch".into()),
+                    job_name: Some("wf".into()),
+                    user: Some("alice".into()),
+                    cluster: Some("denet".into()),
+                }),
+                ..Task::default()
+            }),
+            ..info.to_record()
+        })
+        .unwrap();
         w.write(&FileRecord {
             pid: Some(102),
             fd: Some(1),
@@ -871,7 +982,14 @@ mod tests {
                         .as_ref()
                         .is_some_and(|s| s["read"] == 8 && s["exit_group"] == 1));
                 }
+                Record::Process(p) if p.pid == Some(104) => {
+                    let t = p.task.as_ref().expect("the task reads back");
+                    assert_eq!(t.key(), "snakemake:map_reads:12:sample=A1");
+                    let slurm = t.slurm.as_ref().expect("with its Slurm job");
+                    assert_eq!(slurm.display_id(), "120_4");
+                }
                 Record::Process(p) => {
+                    assert!(p.task.is_none());
                     assert_eq!(p.signal, Some(9));
                     assert!(!p.core_dumped);
                     assert_eq!(p.oom_killed, Some(true));
@@ -897,7 +1015,7 @@ mod tests {
             }
             kinds.push(std::mem::discriminant(&rec));
         }
-        assert_eq!(kinds.len(), 5, "records after the header");
+        assert_eq!(kinds.len(), 6, "records after the header");
         assert!(reader.summary_seen());
         assert!(
             reader.warnings().is_empty(),
