@@ -138,6 +138,15 @@ struct StatsArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Group by workflow task (Snakemake rule, Nextflow process, Slurm job) instead
+    /// of the whole run: per task name and per task instance.
+    #[arg(long, value_enum)]
+    by: Option<StatsBy>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatsBy {
+    Task,
 }
 
 #[derive(Args)]
@@ -337,12 +346,23 @@ fn warn_to_stderr() -> denet_agent::trace::reader::WarnFn {
 fn stats(args: StatsArgs) -> Result<i32> {
     let r = report::analyze(&args.file, warn_to_stderr())
         .with_context(|| args.file.display().to_string())?;
-    let out = if args.json {
-        let mut s = serde_json::to_string_pretty(&r).context("encoding the report")?;
-        s.push('\n');
-        s
-    } else {
-        report::text::render(&r)
+    let out = match (args.by, args.json) {
+        (Some(StatsBy::Task), true) => {
+            let tasks = serde_json::json!({
+                "task_groups": r.task_groups,
+                "tasks": r.tasks,
+            });
+            let mut s = serde_json::to_string_pretty(&tasks).context("encoding the report")?;
+            s.push('\n');
+            s
+        }
+        (Some(StatsBy::Task), false) => report::text::render_tasks(&r),
+        (None, true) => {
+            let mut s = serde_json::to_string_pretty(&r).context("encoding the report")?;
+            s.push('\n');
+            s
+        }
+        (None, false) => report::text::render(&r),
     };
     write_stdout(out.as_bytes())?;
     Ok(0)

@@ -40,7 +40,7 @@ use crate::{
         sampler::{AdaptiveInterval, Sampler},
         tracker::Tracker,
     },
-    task::{Resolver, RunTasks},
+    task::{Marks, Resolver, RunTasks},
     trace::{writer::JsonlWriter, OomVictim, Process, Summary},
 };
 
@@ -104,6 +104,8 @@ pub(super) struct RunState {
     stderr_file: Option<std::path::PathBuf>,
     /// Names each process record's task.
     tasks: Resolver,
+    /// The command's task marks (for a /proc fallback started late).
+    root_marks: Marks,
 }
 
 impl RunState {
@@ -154,7 +156,7 @@ impl RunState {
                     .context("starting the node tracer's reader")?;
                 live_counters = Some(link.live_counters());
             }
-            None => proc_tree = Some(ProcTree::new(pid, std::process::id())),
+            None => proc_tree = Some(ProcTree::new(pid, std::process::id(), tasks.root.clone())),
         }
         Ok(Self {
             pid,
@@ -176,6 +178,7 @@ impl RunState {
             paused: false,
             cgroup: kernel.cgroup,
             tasks: tasks.resolver(),
+            root_marks: tasks.root.clone(),
             stderr_file: match &config.launch.stderr {
                 Some(super::launch::Redirect::Path(p)) => Some(p.clone()),
                 _ => None,
@@ -287,7 +290,11 @@ impl RunState {
             // starting with a reading now.
             self.tracer = None;
             if self.proc_tree.is_none() {
-                self.proc_tree = Some(ProcTree::new(self.pid, std::process::id()));
+                self.proc_tree = Some(ProcTree::new(
+                    self.pid,
+                    std::process::id(),
+                    self.root_marks.clone(),
+                ));
                 self.sample()?;
             }
         }
@@ -356,7 +363,8 @@ impl RunState {
             .max(sample.rss_kb.unwrap_or(0));
         self.out.write(&sample).context("writing a sample")?;
         if let Some(tree) = &mut self.proc_tree {
-            for p in tree.update(&readings, now) {
+            for (mut p, marks) in tree.update(&readings, now) {
+                p.task = self.tasks.resolve(&marks);
                 self.write_process(&p)?;
             }
             self.out.flush().context("writing process records")?;
@@ -563,7 +571,8 @@ impl RunState {
             s.ebpf_stats_errors = f.node.stats_insert_errors;
         }
         if let Some(mut tree) = self.proc_tree.take() {
-            for p in tree.flush(self.root_status) {
+            for (mut p, marks) in tree.flush(self.root_status) {
+                p.task = self.tasks.resolve(&marks);
                 self.write_process(&p)?;
             }
             self.out.flush().context("writing process records")?;

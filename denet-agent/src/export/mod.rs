@@ -5,6 +5,7 @@ pub mod csv;
 pub mod html;
 pub mod nextflow;
 pub mod perfetto;
+pub mod snakemake;
 pub mod svg;
 
 use std::{
@@ -25,6 +26,8 @@ pub enum Format {
     Perfetto,
     /// One self-contained HTML report (no network needed).
     Html,
+    /// Snakemake's benchmark table (TSV), one row per workflow task.
+    SnakemakeBenchmark,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +72,14 @@ pub fn export(
             "csv writes several tables: give a directory with -o DIR".into(),
         ));
     }
-    if format == Format::Html {
+    if matches!(format, Format::Html | Format::SnakemakeBenchmark) {
         let report = crate::report::analyze(input, on_warning)?;
         let mut w = create(out)?;
-        html::write(&mut w, &report).map_err(at(out))?;
+        if format == Format::Html {
+            html::write(&mut w, &report).map_err(at(out))?;
+        } else {
+            snakemake::export(&report, &mut w, out)?;
+        }
         return w.flush().map_err(at(out));
     }
     let mut reader = TraceReader::open(input, on_warning)?;
@@ -89,6 +96,6 @@ pub fn export(
             perfetto::export(&mut reader, &mut w, out)?;
             w.flush().map_err(at(out))
         }
-        Format::Html => Ok(()),
+        Format::Html | Format::SnakemakeBenchmark => Ok(()),
     }
 }

@@ -36,6 +36,8 @@ pub const COLUMNS: &[&str] = &[
     "write_bytes",
     "vol_ctxt",
     "inv_ctxt",
+    "tag",
+    "workdir",
 ];
 
 const NA: &str = "-";
@@ -132,12 +134,40 @@ fn row(task_id: u64, p: &Process, to_unix: &dyn Fn(u64) -> Option<u64>) -> Vec<S
     };
     let date = |t: Option<u64>| t.and_then(to_unix).map_or_else(|| NA.to_string(), fmt_date);
     let wall_ms = p.wall().map(|ns| ns / 1_000_000);
+    // A process of a workflow task carries the task's columns: its hash (Nextflow)
+    // or job id, its process or rule, and `NAME (TAG)` as Nextflow names tasks.
+    let (hash, process, name, tag, workdir) = match &p.task {
+        Some(t) => {
+            let tag = t.tag.clone().or_else(|| {
+                let w = t.wildcards_text();
+                (!w.is_empty()).then_some(w)
+            });
+            let name = match &tag {
+                Some(tag) => format!("{} ({tag})", t.group_name()),
+                None => t.group_name().to_string(),
+            };
+            (
+                t.id.clone().unwrap_or_else(|| NA.to_string()),
+                t.group_name().to_string(),
+                name,
+                tag.unwrap_or_else(|| NA.to_string()),
+                t.work_dir.clone().unwrap_or_else(|| NA.to_string()),
+            )
+        }
+        None => (
+            NA.to_string(),
+            command::program(&p.argv, p.exe.as_deref()),
+            command::label(&p.argv, p.exe.as_deref()),
+            NA.to_string(),
+            NA.to_string(),
+        ),
+    };
     vec![
         task_id.to_string(),
-        NA.to_string(),
+        clean(&hash),
         num(p.pid.map(u64::from)),
-        clean(&command::program(&p.argv, p.exe.as_deref())),
-        clean(&command::label(&p.argv, p.exe.as_deref())),
+        clean(&process),
+        clean(&name),
         status.to_string(),
         exit,
         date(p.start_boot_ns),
@@ -156,6 +186,8 @@ fn row(task_id: u64, p: &Process, to_unix: &dyn Fn(u64) -> Option<u64>) -> Vec<S
         opt(p.write_bytes, fmt_mem),
         num(p.vol_ctxt),
         num(p.inv_ctxt),
+        clean(&tag),
+        clean(&workdir),
     ]
 }
 

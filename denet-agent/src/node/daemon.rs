@@ -226,7 +226,7 @@ impl NodeTracer {
         let _ = read_half.set_read_timeout(None);
         let mut reader = BufReader::new(read_half);
         let track = match first {
-            Ok(Request::Track(t)) => t,
+            Ok(Request::Track(t)) => *t,
             Ok(Request::ListRuns) => {
                 let runs = self.runs_of(peer.uid);
                 let _ = protocol::send(&mut writer, &Reply::Runs { runs });

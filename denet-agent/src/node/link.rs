@@ -148,7 +148,10 @@ impl NodeLink {
     /// Asks the daemon to track `request.pid` (our child, held before exec).
     pub fn track(&mut self, request: TrackRequest) -> Result<Granted, LinkError> {
         let reader = self.reader.as_mut().ok_or(LinkError::Unexpected)?;
-        protocol::send(&mut *lock(&self.shared.writer), &Request::Track(request))?;
+        protocol::send(
+            &mut *lock(&self.shared.writer),
+            &Request::Track(Box::new(request)),
+        )?;
         let stream = reader.get_ref();
         let _ = stream.set_read_timeout(Some(ANSWER_WITHIN));
         let reply = protocol::receive::<Reply>(reader, MAX_REPLY_BYTES);

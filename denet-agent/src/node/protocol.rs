@@ -28,7 +28,7 @@ pub const MAX_REPLY_BYTES: usize = 256 << 20;
 #[serde(rename_all = "snake_case")]
 pub enum Request {
     /// Track `pid`, the caller's own child held before exec, as a new run.
-    Track(TrackRequest),
+    Track(Box<TrackRequest>),
     /// The live counters of these processes of the run.
     Live { pids: Vec<u32> },
     /// The run's processes in the kernel's tracked set.
@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn messages_survive_the_wire_and_long_lines_are_refused() {
         let mut wire = Vec::new();
-        let track = Request::Track(TrackRequest {
+        let track = Request::Track(Box::new(TrackRequest {
             version: PROTOCOL_VERSION,
             pid: 42,
             start_boot_ns: 7,
@@ -186,7 +186,7 @@ mod tests {
             events: false,
             limits: Limits::default(),
             task_marks: Marks::default(),
-        });
+        }));
         send(&mut wire, &track).unwrap();
         let mut batch = CollectorMsg::default();
         batch.started.push(9);

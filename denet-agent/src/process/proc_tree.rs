@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::procfs::{self, ProcIo, ProcStat};
-use crate::trace::Process;
+use crate::{task::Marks, trace::Process};
 
 struct Seen {
     ppid: u32,
@@ -19,6 +19,8 @@ struct Seen {
     stat: ProcStat,
     io: Option<ProcIo>,
     hwm_kb: Option<u64>,
+    /// Task marks: the parent's when first seen, then what its argv adds.
+    marks: Marks,
 }
 
 pub struct ProcTree {
@@ -26,15 +28,17 @@ pub struct ProcTree {
     agent: u32,
     tck: u64,
     seen: HashMap<u32, Seen>,
+    root_marks: Marks,
 }
 
 impl ProcTree {
-    pub fn new(root: u32, agent: u32) -> Self {
+    pub fn new(root: u32, agent: u32, root_marks: Marks) -> Self {
         Self {
             root,
             agent,
             tck: procfs::clock_ticks_and_page_kb().0,
             seen: HashMap::new(),
+            root_marks,
         }
     }
 
@@ -55,27 +59,44 @@ impl ProcTree {
         out
     }
 
-    /// Records the latest readings; returns records of processes that are gone.
-    pub fn update(&mut self, readings: &[(u32, ProcStat)], now_ns: u64) -> Vec<Process> {
+    /// Records the latest readings; returns records of processes that are gone, with
+    /// their task marks.
+    pub fn update(&mut self, readings: &[(u32, ProcStat)], now_ns: u64) -> Vec<(Process, Marks)> {
         let mut alive = HashSet::with_capacity(readings.len());
+        // Parents come before their children in the readings (`discover`).
         for (pid, stat) in readings {
             alive.insert(*pid);
             let io = procfs::read_io(*pid);
             let hwm = procfs::read_vm_hwm_kb(*pid);
             let tck = self.tck;
+            let inherited = if *pid == self.root {
+                self.root_marks.clone()
+            } else {
+                self.seen
+                    .get(&stat.ppid)
+                    .map(|p| p.marks.clone())
+                    .unwrap_or_default()
+            };
             let entry = self.seen.entry(*pid).or_insert_with(|| Seen {
                 ppid: stat.ppid,
-                argv: procfs::read_cmdline(*pid),
+                argv: Vec::new(),
                 exe: procfs::read_exe(*pid),
                 start_boot_ns: stat.start_ticks.saturating_mul(1_000_000_000) / tck,
                 last_seen_ns: now_ns,
                 stat: stat.clone(),
                 io: None,
                 hwm_kb: None,
+                marks: inherited,
             });
             // An exec since the last reading changes the command line.
             let argv = procfs::read_cmdline(*pid);
-            if !argv.is_empty() {
+            if !argv.is_empty() && argv != entry.argv {
+                let pid = *pid;
+                entry.marks.after_exec(&argv, || {
+                    std::fs::read_link(format!("/proc/{pid}/cwd"))
+                        .ok()
+                        .map(|d| d.to_string_lossy().into_owned())
+                });
                 entry.argv = argv;
             }
             entry.last_seen_ns = now_ns;
@@ -96,7 +117,7 @@ impl ProcTree {
 
     /// Records for everything still known (end of run). `root_status` is the wait
     /// status of the command, the one exit status the agent knows in this mode.
-    pub fn flush(&mut self, root_status: Option<u32>) -> Vec<Process> {
+    pub fn flush(&mut self, root_status: Option<u32>) -> Vec<(Process, Marks)> {
         let all: Vec<(u32, Seen)> = self.seen.drain().collect();
         all.into_iter()
             .map(|(pid, s)| {
@@ -106,7 +127,7 @@ impl ProcTree {
             .collect()
     }
 
-    fn record(&self, pid: u32, s: Seen, status: Option<u32>) -> Process {
+    fn record(&self, pid: u32, s: Seen, status: Option<u32>) -> (Process, Marks) {
         let ns = |ticks: u64| ticks.saturating_mul(1_000_000_000) / self.tck;
         let (exit_code, signal, core_dumped) = match status {
             Some(raw) => super::decode_wait_status(raw),
@@ -115,7 +136,7 @@ impl ProcTree {
         let have_io = s.io.is_some();
         let io = s.io.unwrap_or_default();
         let opt = |v: u64| have_io.then_some(v);
-        Process {
+        let process = Process {
             pid: Some(pid),
             ppid: Some(s.ppid),
             argv: s.argv,
@@ -148,6 +169,7 @@ impl ProcTree {
             threads: Some(s.stat.threads),
             source: Some("proc".into()),
             ..Default::default()
-        }
+        };
+        (process, s.marks)
     }
 }

@@ -4,6 +4,7 @@
 pub mod command;
 pub mod series;
 pub mod stats;
+pub mod tasks;
 pub mod text;
 pub mod tree;
 pub mod units;

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::{
     command,
     series::{Point, Series},
+    tasks::{TaskGroup, TaskRun, TaskTable},
     tree::{Agg, Group, TreeBuilder},
     units,
 };
@@ -291,6 +292,13 @@ pub struct StatsReport {
     pub files: Vec<FileRow>,
     /// pids in the last sample that have no exit record after it.
     pub still_running: Vec<u32>,
+    /// Workflow task instances (Snakemake jobs, Nextflow tasks, Slurm jobs), by
+    /// start; left out when the trace has none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskRun>,
+    /// The instances grouped by task name (rule, process).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub task_groups: Vec<TaskGroup>,
     #[serde(skip)]
     pub series: Series,
 }
@@ -318,6 +326,7 @@ pub struct StatsBuilder {
     runq_hist: Vec<u64>,
     /// Start estimate from the header, for rows built before the summary is known.
     t0_estimate: u64,
+    tasks: TaskTable,
 }
 
 fn rel(t: Option<u64>, t0: u64) -> Option<i64> {
@@ -345,6 +354,7 @@ impl StatsBuilder {
     fn add_process(&mut self, p: &Process) {
         self.seq += 1;
         self.all.add_process(p);
+        self.tasks.add(p);
         self.tree.add(p);
         if let Some(pid) = p.pid {
             self.live.remove(&pid);
@@ -530,6 +540,8 @@ impl StatsBuilder {
             .map(|g| tree_node(g, t0))
             .collect();
         let start_unix_ns = header.boot_to_unix_ns(t0);
+        let tasks = self.tasks.finish();
+        let task_groups = super::tasks::groups(&tasks);
         StatsReport {
             trace,
             run: RunInfo {
@@ -552,6 +564,8 @@ impl StatsBuilder {
             syscalls,
             files,
             still_running,
+            tasks,
+            task_groups,
             series: {
                 let mut series = self.series;
                 series.finish();

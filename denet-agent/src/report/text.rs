@@ -112,6 +112,15 @@ pub fn render(r: &StatsReport) -> String {
         opt(t.io.read_bytes, units::bytes),
         opt(t.io.write_bytes, units::bytes),
     );
+    if !r.tasks.is_empty() {
+        let _ = writeln!(
+            o,
+            "Tasks    {} workflow tasks in {} groups ({} failed): denet-agent stats --by task",
+            r.tasks.len(),
+            r.task_groups.len(),
+            r.tasks.iter().filter(|t| t.failed()).count()
+        );
+    }
     let _ = writeln!(
         o,
         "         {} samples{}",
@@ -279,6 +288,89 @@ fn node_cells(n: &TreeNode) -> String {
         opt(n.io.wchar, units::bytes),
         n.exit
     )
+}
+
+/// `stats --by task`: per task name, then every task instance.
+pub fn render_tasks(r: &StatsReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "Run      {}", r.run.command);
+    if r.tasks.is_empty() {
+        let _ = writeln!(
+            o,
+            "Tasks    none: no process of this trace ran in a Snakemake job, a Nextflow \
+             task or a Slurm job (docs/workflows.md)"
+        );
+        return o;
+    }
+    let failed = r.tasks.iter().filter(|t| t.failed()).count();
+    let _ = writeln!(
+        o,
+        "Tasks    {} in {} group{}, {failed} failed",
+        r.tasks.len(),
+        r.task_groups.len(),
+        if r.task_groups.len() == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        o,
+        "\n  {} {:>6} {:>6} {:>4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        fit("name", 24),
+        "tasks",
+        "failed",
+        "OOM",
+        "wall sum",
+        "wall max",
+        "CPU",
+        "peak RSS",
+        "read",
+        "written"
+    );
+    for g in &r.task_groups {
+        let _ = writeln!(
+            o,
+            "  {} {:>6} {:>6} {:>4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            fit(&g.name, 24),
+            g.tasks,
+            g.failed,
+            g.oom_killed,
+            units::duration_ns(g.wall_ns),
+            units::duration_ns(g.wall_max_ns),
+            units::duration_ns(g.cpu_ns),
+            opt(g.peak_rss_kb, units::kib),
+            units::bytes(g.rchar),
+            units::bytes(g.wchar),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n  {} {:>8} {:>10} {:>10} {:>5} {:>10}  {}",
+        fit("task", 24),
+        "id",
+        "wall",
+        "CPU",
+        "procs",
+        "peak RSS",
+        "exit"
+    );
+    for t in &r.tasks {
+        let mut name = t.task.group_name().to_string();
+        let w = t.task.wildcards_text();
+        if !w.is_empty() {
+            name = format!("{name} [{w}]");
+        }
+        let _ = writeln!(
+            o,
+            "  {} {:>8} {:>10} {:>10} {:>5} {:>10}  {}{}",
+            fit(&name, 24),
+            t.task.id.as_deref().unwrap_or("-"),
+            opt(t.wall_ns(), units::duration_ns),
+            units::duration_ns(t.cpu_ns()),
+            t.processes,
+            opt(t.peak_rss_kb, units::kib),
+            units::exit_status(t.exit_code, t.signal, false),
+            if t.oom_kills > 0 { " (OOM kill)" } else { "" },
+        );
+    }
+    o
 }
 
 fn render_top(o: &mut String, title: &str, rows: &[ProcRow]) {
