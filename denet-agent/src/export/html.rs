@@ -306,6 +306,32 @@ fn top_table(o: &mut String, id: &str, title: &str, rows: &[ProcRow]) {
     o.push_str("</table></div>");
 }
 
+/// Per task name (rule, Nextflow process, Slurm job name): only for traces of
+/// workflows.
+fn tasks_section(o: &mut String, r: &StatsReport) {
+    if r.task_groups.is_empty() {
+        return;
+    }
+    o.push_str(r#"<section id="tasks"><h2>Workflow tasks <span class="muted">(per rule or process; peak RSS: the largest process's)</span></h2><table><tr><th>engine</th><th>name</th><th class="n">tasks</th><th class="n">failed</th><th class="n">OOM killed</th><th class="n">wall (sum)</th><th class="n">wall (max)</th><th class="n">CPU</th><th class="n">peak RSS</th><th class="n">read</th><th class="n">written</th></tr>"#);
+    for g in &r.task_groups {
+        o.push_str(&format!(
+            r#"<tr><td>{}</td><td><code>{}</code></td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td></tr>"#,
+            esc(&g.engine),
+            esc(&g.name),
+            g.tasks,
+            g.failed,
+            g.oom_killed,
+            units::duration_ns(g.wall_ns),
+            units::duration_ns(g.wall_max_ns),
+            units::duration_ns(g.cpu_ns),
+            opt(g.peak_rss_kb, units::kib),
+            units::bytes(g.rchar),
+            units::bytes(g.wchar),
+        ));
+    }
+    o.push_str("</table></section>");
+}
+
 pub fn render(r: &StatsReport) -> String {
     let mut o = String::with_capacity(64 * 1024);
     let run = &r.run;
@@ -335,6 +361,7 @@ pub fn render(r: &StatsReport) -> String {
         .join(" · "))
     ));
     summary(&mut o, r);
+    tasks_section(&mut o, r);
 
     let span_s = r.totals.wall_ns as f64 / 1e9;
     let rows = r.tree_rows();

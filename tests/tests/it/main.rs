@@ -23,3 +23,4 @@ mod serve_api;
 mod shared_node;
 mod stats_cli;
 mod top_tui;
+mod workflows;

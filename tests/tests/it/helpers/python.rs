@@ -1,7 +1,8 @@
 //! A fresh Python venv with the wheel `cargo xtask wheel` built (scripts/test.sh sets
-//! DENET_WHEEL_DIR), installed with its pandas, polars and test extras: what a user
-//! gets from `pip install denet-agent[pandas,polars]`, plus matplotlib for the
-//! notebook example.
+//! DENET_WHEEL_DIR), installed with its pandas, polars, snakemake and test extras:
+//! what a user gets from `pip install denet-agent[pandas,polars,snakemake]`, plus
+//! matplotlib for the notebook example and Snakemake pinned to the version the
+//! workflow tests were written against.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,6 +11,9 @@ use std::{
 };
 
 use super::{in_ci, report::repo, scratch_dir};
+
+/// The Snakemake the workflow tests run (a 9.x from PyPI).
+pub const SNAKEMAKE_VERSION: &str = "9.27.1";
 
 fn wheel() -> Option<PathBuf> {
     let dir = std::env::var_os("DENET_WHEEL_DIR")
@@ -64,8 +68,9 @@ fn make_venv(whl: &Path) -> Result<PathBuf, String> {
             "--quiet",
             "--disable-pip-version-check",
         ])
-        .arg(format!("{}[pandas,polars,test]", whl.display()))
+        .arg(format!("{}[pandas,polars,snakemake,test]", whl.display()))
         .arg("matplotlib")
+        .arg(format!("snakemake=={SNAKEMAKE_VERSION}"))
         .output()
         .map_err(|e| format!("pip install: {e}"))?;
     if !out.status.success() {
