@@ -342,14 +342,13 @@ pub fn render_tasks(r: &StatsReport) -> String {
     }
     let _ = writeln!(
         o,
-        "\n  {} {:>8} {:>10} {:>10} {:>5} {:>10}  {}",
+        "\n  {} {:>8} {:>10} {:>10} {:>5} {:>10}  exit",
         fit("task", 24),
         "id",
         "wall",
         "CPU",
         "procs",
         "peak RSS",
-        "exit"
     );
     for t in &r.tasks {
         let mut name = t.task.group_name().to_string();
