@@ -112,7 +112,7 @@ fn snakemake_run(test: &str, logger: bool) -> Option<(Trace, std::path::PathBuf)
     Some((t, dir))
 }
 
-fn pid_index<'a>(t: &'a Trace) -> HashMap<u64, &'a Value> {
+fn pid_index(t: &Trace) -> HashMap<u64, &Value> {
     t.processes()
         .into_iter()
         .map(|p| (u(&p["pid"]), p))
