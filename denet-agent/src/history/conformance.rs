@@ -6,7 +6,7 @@
 // Assertion helpers: a failed call is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use super::{History, HistoryQuery, HistoryRow, Status};
+use super::{History, HistoryQuery, HistoryRow, Status, TaskQuery, TaskRow};
 
 /// A row with every optional field set (`full`) or empty.
 pub fn row(id: &str, name: &str, status: Status, end_unix_ms: i64, full: bool) -> HistoryRow {
@@ -51,6 +51,7 @@ pub fn row(id: &str, name: &str, status: Status, end_unix_ms: i64, full: bool) -
         failure_kind: full.then(|| "python_traceback".to_owned()),
         failure_excerpt: full
             .then(|| "Traceback (most recent call last):\nValueError: x\n".to_owned()),
+        slurm_job_id: full.then(|| "120_4".to_owned()),
     }
 }
 
@@ -169,4 +170,86 @@ pub async fn default_limit_is_100(h: &History) {
         ..Default::default()
     };
     assert_eq!(h.query(&q).await.unwrap().len(), 120);
+}
+
+/// A task row of run `run`, task `seq`; `full` sets every optional field.
+pub fn task_row(run: &str, seq: i64, name: &str, end_unix_ms: i64, full: bool) -> TaskRow {
+    TaskRow {
+        run_id: run.to_owned(),
+        seq,
+        engine: "snakemake".into(),
+        name: name.to_owned(),
+        task_id: full.then(|| format!("{seq}")),
+        wildcards: if full {
+            [("sample".to_string(), "ünï,1".to_string())].into()
+        } else {
+            Default::default()
+        },
+        slurm_job_id: full.then(|| "120_4".into()),
+        hostname: "node-1".into(),
+        user: "ünï user".into(),
+        uid: if full { u32::MAX - 1 } else { 0 },
+        start_unix_ms: end_unix_ms - 2500,
+        end_unix_ms,
+        duration_s: 2.5,
+        exit_code: full.then_some(0),
+        signal: (!full).then_some(9),
+        oom_kills: i64::from(!full),
+        timed_out: !full,
+        cpu_s: 1.25,
+        peak_rss_kb: full.then_some(i64::MAX),
+        read_bytes: 1 << 40,
+        write_bytes: 0,
+        process_count: 3,
+    }
+}
+
+/// Task rows come back as written; writing a run's tasks again replaces them
+/// (fewer rows: the rest go); the name pattern, since and uid filter.
+pub async fn tasks_roundtrip_replace_and_filter(h: &History) {
+    let a = [
+        task_row("run-a", 0, "map_reads", 10_000, true),
+        task_row("run-a", 1, "map_reads", 20_000, false),
+        task_row("run-a", 2, "sort", 30_000, true),
+    ];
+    h.insert_tasks("run-a", &a).await.unwrap();
+    h.insert_tasks("run-b", &[task_row("run-b", 0, "map%_x", 40_000, true)])
+        .await
+        .unwrap();
+    let all = h.query_tasks(&TaskQuery::default()).await.unwrap();
+    assert_eq!(all.len(), 4);
+    let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["map%_x", "map_reads", "map_reads", "sort"],
+        "bytewise by name"
+    );
+    assert_eq!(all[1], a[0], "every field as written");
+    assert_eq!(all[2], a[1], "empty fields as written");
+    // The name pattern: `*` is any text, `%` and `_` are themselves.
+    let q = |name: &str| TaskQuery {
+        name: Some(name.into()),
+        ..TaskQuery::default()
+    };
+    assert_eq!(h.query_tasks(&q("map*")).await.unwrap().len(), 3);
+    assert_eq!(h.query_tasks(&q("map%_x")).await.unwrap().len(), 1);
+    assert_eq!(h.query_tasks(&q("map_reads")).await.unwrap().len(), 2);
+    assert_eq!(h.query_tasks(&q("map_")).await.unwrap().len(), 0);
+    let since = TaskQuery {
+        since_unix_ms: Some(20_000),
+        ..TaskQuery::default()
+    };
+    assert_eq!(h.query_tasks(&since).await.unwrap().len(), 3);
+    let mine = TaskQuery {
+        uid: Some(0),
+        ..TaskQuery::default()
+    };
+    assert_eq!(h.query_tasks(&mine).await.unwrap().len(), 1);
+    // Run a again, with one task now: the other two go.
+    h.insert_tasks("run-a", &[task_row("run-a", 0, "sort", 50_000, true)])
+        .await
+        .unwrap();
+    let all = h.query_tasks(&TaskQuery::default()).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|t| t.name != "map_reads"));
 }

@@ -126,6 +126,74 @@ pub const MIGRATIONS: &[Migration] = &[
         ALTER TABLE job_history ADD COLUMN failure_excerpt TEXT;
     ",
     },
+    Migration {
+        version: 5,
+        description: "workflow tasks: the Slurm job of a run, and a row per task",
+        sqlite: "
+        ALTER TABLE job_history ADD COLUMN slurm_job_id TEXT;
+        CREATE INDEX job_history_slurm_job_id ON job_history (slurm_job_id);
+        CREATE TABLE task_history (
+            run_id          TEXT    NOT NULL,
+            seq             INTEGER NOT NULL,
+            engine          TEXT    NOT NULL,
+            name            TEXT    NOT NULL,
+            task_id         TEXT,
+            wildcards       TEXT, -- JSON object of strings
+            slurm_job_id    TEXT,
+            hostname        TEXT    NOT NULL,
+            user_name       TEXT    NOT NULL,
+            uid             INTEGER NOT NULL,
+            start_unix_ms   INTEGER NOT NULL,
+            end_unix_ms     INTEGER NOT NULL,
+            duration_s      REAL    NOT NULL,
+            exit_code       INTEGER,
+            signal          INTEGER,
+            oom_kills       INTEGER NOT NULL,
+            timed_out       INTEGER NOT NULL CHECK (timed_out IN (0, 1)),
+            cpu_s           REAL    NOT NULL,
+            peak_rss_kb     INTEGER,
+            read_bytes      INTEGER NOT NULL,
+            write_bytes     INTEGER NOT NULL,
+            process_count   INTEGER NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        );
+        CREATE INDEX task_history_name ON task_history (name);
+        CREATE INDEX task_history_end_unix_ms ON task_history (end_unix_ms);
+        CREATE INDEX task_history_uid ON task_history (uid);
+    ",
+        postgres: "
+        ALTER TABLE job_history ADD COLUMN slurm_job_id TEXT;
+        CREATE INDEX job_history_slurm_job_id ON job_history (slurm_job_id);
+        CREATE TABLE task_history (
+            run_id          TEXT             NOT NULL,
+            seq             BIGINT           NOT NULL,
+            engine          TEXT             NOT NULL,
+            name            TEXT             NOT NULL,
+            task_id         TEXT,
+            wildcards       TEXT, -- JSON object of strings
+            slurm_job_id    TEXT,
+            hostname        TEXT             NOT NULL,
+            user_name       TEXT             NOT NULL,
+            uid             BIGINT           NOT NULL,
+            start_unix_ms   BIGINT           NOT NULL,
+            end_unix_ms     BIGINT           NOT NULL,
+            duration_s      DOUBLE PRECISION NOT NULL,
+            exit_code       INTEGER,
+            signal          INTEGER,
+            oom_kills       BIGINT           NOT NULL,
+            timed_out       BOOLEAN          NOT NULL,
+            cpu_s           DOUBLE PRECISION NOT NULL,
+            peak_rss_kb     BIGINT,
+            read_bytes      BIGINT           NOT NULL,
+            write_bytes     BIGINT           NOT NULL,
+            process_count   BIGINT           NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        );
+        CREATE INDEX task_history_name ON task_history (name);
+        CREATE INDEX task_history_end_unix_ms ON task_history (end_unix_ms);
+        CREATE INDEX task_history_uid ON task_history (uid);
+    ",
+    },
 ];
 
 /// The schema version this binary writes and reads.

@@ -7,7 +7,11 @@
 
 pub mod migrations;
 mod postgres;
+pub mod resources;
 mod sqlite;
+pub mod tasks;
+
+pub use tasks::{TaskQuery, TaskRow};
 
 use std::sync::Arc;
 
@@ -110,6 +114,8 @@ pub struct HistoryRow {
     /// succeed.
     pub failure_kind: Option<String>,
     pub failure_excerpt: Option<String>,
+    /// The Slurm job the run was (`123`, or `120_4` for an array task), if any.
+    pub slurm_job_id: Option<String>,
 }
 
 /// Filters for [`History::query`]: exact name and status; `limit` 0 means
@@ -138,7 +144,7 @@ impl HistoryQuery {
 
 /// The `job_history` columns, in [`HistoryRow`] field order (both backends read
 /// and write them in this order).
-pub(crate) const COLUMNS: [&str; 34] = [
+pub(crate) const COLUMNS: [&str; 35] = [
     "id",
     "name",
     "cmd",
@@ -173,6 +179,7 @@ pub(crate) const COLUMNS: [&str; 34] = [
     "stderr_tail",
     "failure_kind",
     "failure_excerpt",
+    "slurm_job_id",
 ];
 
 /// `INSERT … ON CONFLICT (id) DO UPDATE` over all columns; `placeholder(i)` renders
@@ -345,6 +352,27 @@ impl History {
         }
     }
 
+    /// Writes a run's task rows, replacing any it had (one transaction).
+    pub async fn insert_tasks(&self, run_id: &str, rows: &[TaskRow]) -> Result<(), HistoryError> {
+        for r in rows {
+            validate_task(r)?;
+        }
+        match &self.backend {
+            Backend::Sqlite(s) => s.insert_tasks(run_id.to_owned(), rows.to_vec()).await,
+            Backend::Postgres(p) => p.insert_tasks(run_id, rows).await,
+        }
+    }
+
+    /// Task rows by name (bytewise, whatever the server's collation), then end time.
+    pub async fn query_tasks(&self, q: &TaskQuery) -> Result<Vec<TaskRow>, HistoryError> {
+        let mut rows = match &self.backend {
+            Backend::Sqlite(s) => s.query_tasks(q.clone()).await,
+            Backend::Postgres(p) => p.query_tasks(q).await,
+        }?;
+        rows.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        Ok(rows)
+    }
+
     /// Newest first (end_unix_ms descending, then id ascending), filtered by exact
     /// name and status.
     pub async fn query(&self, q: &HistoryQuery) -> Result<Vec<HistoryRow>, HistoryError> {
@@ -367,6 +395,18 @@ fn validate(row: &HistoryRow) -> Result<(), HistoryError> {
         if !v.is_finite() {
             return Err(HistoryError::InvalidRow {
                 id: row.id.clone(),
+                detail: format!("{field} is {v}, not a finite number"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_task(row: &TaskRow) -> Result<(), HistoryError> {
+    for (field, v) in [("duration_s", row.duration_s), ("cpu_s", row.cpu_s)] {
+        if !v.is_finite() {
+            return Err(HistoryError::InvalidRow {
+                id: format!("{}#{}", row.run_id, row.seq),
                 detail: format!("{field} is {v}, not a finite number"),
             });
         }

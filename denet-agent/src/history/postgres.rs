@@ -10,7 +10,11 @@ use tokio_postgres::{types::ToSql, Client, Config, NoTls, Row};
 
 use super::{
     cmd_from_json, cmd_to_json, get_sql, migrations, readable, select_sql, status_from_text,
-    upsert_sql, HistoryError, HistoryQuery, HistoryRow, Status,
+    tasks::{
+        like_pattern, select_tasks_sql, trim_tasks_sql, upsert_task_sql, wildcards_from_json,
+        wildcards_to_json,
+    },
+    upsert_sql, HistoryError, HistoryQuery, HistoryRow, Status, TaskQuery, TaskRow,
 };
 
 const BACKEND: &str = "postgres";
@@ -134,7 +138,7 @@ impl PgHistory {
         let sql = upsert_sql(|i| format!("${i}"));
         let cmd = cmd_to_json(&row.cmd);
         let uid = i64::from(row.uid);
-        let params: [&(dyn ToSql + Sync); 34] = [
+        let params: [&(dyn ToSql + Sync); 35] = [
             &row.id,
             &row.name,
             &cmd,
@@ -169,6 +173,7 @@ impl PgHistory {
             &row.stderr_tail,
             &row.failure_kind,
             &row.failure_excerpt,
+            &row.slurm_job_id,
         ];
         let op = format!("inserting job {:?}", row.id);
         self.call(&op, |c| {
@@ -189,6 +194,82 @@ impl PgHistory {
             })
             .await?;
         row.map(|r| from_row(&r, &op)).transpose()
+    }
+
+    /// Each row an upsert, then the rows past the last task removed: every step
+    /// is idempotent, so the reconnect-and-retry of `call` is safe, and a second
+    /// write of the run's tasks replaces the first.
+    pub(super) async fn insert_tasks(
+        &self,
+        run_id: &str,
+        rows: &[TaskRow],
+    ) -> Result<(), HistoryError> {
+        let op = format!("writing the tasks of run {run_id:?}");
+        let upsert = upsert_task_sql(|i| format!("${i}"));
+        let trim = trim_tasks_sql("$1", "$2");
+        let count = rows.len() as i64;
+        self.call(&op, |c| {
+            let (upsert, trim) = (&upsert, &trim);
+            async move {
+                let stmt = c.prepare(upsert.as_str()).await?;
+                for r in rows {
+                    let wildcards = wildcards_to_json(&r.wildcards);
+                    let uid = i64::from(r.uid);
+                    let params: [&(dyn ToSql + Sync); 22] = [
+                        &r.run_id,
+                        &r.seq,
+                        &r.engine,
+                        &r.name,
+                        &r.task_id,
+                        &wildcards,
+                        &r.slurm_job_id,
+                        &r.hostname,
+                        &r.user,
+                        &uid,
+                        &r.start_unix_ms,
+                        &r.end_unix_ms,
+                        &r.duration_s,
+                        &r.exit_code,
+                        &r.signal,
+                        &r.oom_kills,
+                        &r.timed_out,
+                        &r.cpu_s,
+                        &r.peak_rss_kb,
+                        &r.read_bytes,
+                        &r.write_bytes,
+                        &r.process_count,
+                    ];
+                    c.execute(&stmt, &params).await?;
+                }
+                c.execute(trim.as_str(), &[&run_id, &count]).await.map(drop)
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn query_tasks(&self, q: &TaskQuery) -> Result<Vec<TaskRow>, HistoryError> {
+        let sql = select_tasks_sql(q, |i| format!("${i}"));
+        let name = q.name.as_deref().map(like_pattern);
+        let uid = q.uid.map(i64::from);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if let Some(name) = &name {
+            params.push(name);
+        }
+        if let Some(since) = &q.since_unix_ms {
+            params.push(since);
+        }
+        if let Some(uid) = &uid {
+            params.push(uid);
+        }
+        let op = "querying tasks";
+        let rows = self
+            .call(op, |c| {
+                let sql = &sql;
+                let params = &params;
+                async move { c.query(sql.as_str(), params).await }
+            })
+            .await?;
+        rows.iter().map(|r| task_from_row(r, op)).collect()
     }
 
     pub(super) async fn query(&self, q: &HistoryQuery) -> Result<Vec<HistoryRow>, HistoryError> {
@@ -217,6 +298,39 @@ impl PgHistory {
             .await?;
         Ok(readable(rows.iter().map(|r| from_row(r, op))))
     }
+}
+
+fn task_from_row(r: &Row, op: &str) -> Result<TaskRow, HistoryError> {
+    let e = |source| err(op)(source);
+    let uid: i64 = r.try_get(9).map_err(e)?;
+    Ok(TaskRow {
+        run_id: r.try_get(0).map_err(e)?,
+        seq: r.try_get(1).map_err(e)?,
+        engine: r.try_get(2).map_err(e)?,
+        name: r.try_get(3).map_err(e)?,
+        task_id: r.try_get(4).map_err(e)?,
+        wildcards: wildcards_from_json(r.try_get(5).map_err(e)?),
+        slurm_job_id: r.try_get(6).map_err(e)?,
+        hostname: r.try_get(7).map_err(e)?,
+        user: r.try_get(8).map_err(e)?,
+        uid: u32::try_from(uid).map_err(|_| HistoryError::Corrupt {
+            backend: BACKEND,
+            op: op.to_string(),
+            detail: format!("uid {uid} out of range"),
+        })?,
+        start_unix_ms: r.try_get(10).map_err(e)?,
+        end_unix_ms: r.try_get(11).map_err(e)?,
+        duration_s: r.try_get(12).map_err(e)?,
+        exit_code: r.try_get(13).map_err(e)?,
+        signal: r.try_get(14).map_err(e)?,
+        oom_kills: r.try_get(15).map_err(e)?,
+        timed_out: r.try_get(16).map_err(e)?,
+        cpu_s: r.try_get(17).map_err(e)?,
+        peak_rss_kb: r.try_get(18).map_err(e)?,
+        read_bytes: r.try_get(19).map_err(e)?,
+        write_bytes: r.try_get(20).map_err(e)?,
+        process_count: r.try_get(21).map_err(e)?,
+    })
 }
 
 fn from_row(r: &Row, op: &str) -> Result<HistoryRow, HistoryError> {
@@ -266,6 +380,7 @@ fn from_row(r: &Row, op: &str) -> Result<HistoryRow, HistoryError> {
         stderr_tail: r.try_get(31).map_err(e)?,
         failure_kind: r.try_get(32).map_err(e)?,
         failure_excerpt: r.try_get(33).map_err(e)?,
+        slurm_job_id: r.try_get(34).map_err(e)?,
     })
 }
 

@@ -16,7 +16,11 @@ use rusqlite::{
 
 use super::{
     cmd_from_json, cmd_to_json, get_sql, migrations, readable, select_sql, status_from_text,
-    upsert_sql, HistoryError, HistoryQuery, HistoryRow, Status,
+    tasks::{
+        like_pattern, select_tasks_sql, trim_tasks_sql, upsert_task_sql, wildcards_from_json,
+        wildcards_to_json,
+    },
+    upsert_sql, HistoryError, HistoryQuery, HistoryRow, Status, TaskQuery, TaskRow,
 };
 
 const BACKEND: &str = "sqlite";
@@ -100,6 +104,51 @@ impl SqliteHistory {
                 .optional()
                 .map_err(err(op))?;
             raw.map(RawRow::into_row).transpose()
+        })
+        .await
+    }
+
+    pub(super) async fn insert_tasks(
+        &self,
+        run_id: String,
+        rows: Vec<TaskRow>,
+    ) -> Result<(), HistoryError> {
+        let op = format!("writing the tasks of run {run_id:?}");
+        self.with_conn(&op.clone(), move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err(op.clone()))?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(&upsert_task_sql(|i| format!("?{i}")))
+                    .map_err(err(op.clone()))?;
+                for r in &rows {
+                    stmt.execute(params_from_iter(task_values(r)))
+                        .map_err(err(op.clone()))?;
+                }
+            }
+            tx.execute(&trim_tasks_sql("?1", "?2"), (&run_id, rows.len() as i64))
+                .map_err(err(op.clone()))?;
+            tx.commit().map_err(err(op))
+        })
+        .await
+    }
+
+    pub(super) async fn query_tasks(&self, q: TaskQuery) -> Result<Vec<TaskRow>, HistoryError> {
+        self.with_conn("querying tasks", move |c| {
+            let op = "querying tasks";
+            let sql = select_tasks_sql(&q, |i| format!("?{i}"));
+            let mut params: Vec<Value> = Vec::new();
+            params.extend(q.name.as_deref().map(|n| Value::Text(like_pattern(n))));
+            params.extend(q.since_unix_ms.map(Value::Integer));
+            params.extend(q.uid.map(|u| Value::Integer(i64::from(u))));
+            let mut stmt = c.prepare_cached(&sql).map_err(err(op))?;
+            let rows = stmt
+                .query_map(params_from_iter(params), read_task)
+                .map_err(err(op))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err(op))?;
+            Ok(rows)
         })
         .await
     }
@@ -278,7 +327,64 @@ fn to_values(r: &HistoryRow) -> Vec<Value> {
         r.stderr_tail.clone().map_or(Value::Null, Value::Text),
         r.failure_kind.clone().map_or(Value::Null, Value::Text),
         r.failure_excerpt.clone().map_or(Value::Null, Value::Text),
+        r.slurm_job_id.clone().map_or(Value::Null, Value::Text),
     ]
+}
+
+fn task_values(r: &TaskRow) -> Vec<Value> {
+    let opt = |v: Option<i64>| v.map_or(Value::Null, Value::Integer);
+    let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::Text);
+    vec![
+        Value::Text(r.run_id.clone()),
+        Value::Integer(r.seq),
+        Value::Text(r.engine.clone()),
+        Value::Text(r.name.clone()),
+        text(&r.task_id),
+        Value::Text(wildcards_to_json(&r.wildcards)),
+        text(&r.slurm_job_id),
+        Value::Text(r.hostname.clone()),
+        Value::Text(r.user.clone()),
+        Value::Integer(i64::from(r.uid)),
+        Value::Integer(r.start_unix_ms),
+        Value::Integer(r.end_unix_ms),
+        Value::Real(r.duration_s),
+        opt(r.exit_code.map(i64::from)),
+        opt(r.signal.map(i64::from)),
+        Value::Integer(r.oom_kills),
+        Value::Integer(i64::from(r.timed_out)),
+        Value::Real(r.cpu_s),
+        opt(r.peak_rss_kb),
+        Value::Integer(r.read_bytes),
+        Value::Integer(r.write_bytes),
+        Value::Integer(r.process_count),
+    ]
+}
+
+fn read_task(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+    Ok(TaskRow {
+        run_id: r.get(0)?,
+        seq: r.get(1)?,
+        engine: r.get(2)?,
+        name: r.get(3)?,
+        task_id: r.get(4)?,
+        wildcards: wildcards_from_json(r.get(5)?),
+        slurm_job_id: r.get(6)?,
+        hostname: r.get(7)?,
+        user: r.get(8)?,
+        uid: r.get(9)?,
+        start_unix_ms: r.get(10)?,
+        end_unix_ms: r.get(11)?,
+        duration_s: r.get(12)?,
+        exit_code: r.get(13)?,
+        signal: r.get(14)?,
+        oom_kills: r.get(15)?,
+        timed_out: r.get(16)?,
+        cpu_s: r.get(17)?,
+        peak_rss_kb: r.get(18)?,
+        read_bytes: r.get(19)?,
+        write_bytes: r.get(20)?,
+        process_count: r.get(21)?,
+    })
 }
 
 /// A row as read, before `cmd` is parsed (parsing errors are ours, not rusqlite's).
@@ -329,6 +435,7 @@ impl RawRow {
                 stderr_tail: r.get(31)?,
                 failure_kind: r.get(32)?,
                 failure_excerpt: r.get(33)?,
+                slurm_job_id: r.get(34)?,
             },
         })
     }
@@ -441,6 +548,13 @@ mod tests {
     async fn query_filters_limit_and_order() {
         let dir = TempDir::new();
         conformance::query_filters_limit_and_order(&History::open(&dir.db()).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn tasks_roundtrip_replace_and_filter() {
+        let dir = TempDir::new();
+        conformance::tasks_roundtrip_replace_and_filter(&History::open(&dir.db()).await.unwrap())
+            .await;
     }
 
     #[tokio::test]

@@ -135,6 +135,7 @@ async fn row_from_trace(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow
         stderr_tail: None,
         failure_kind: None,
         failure_excerpt: None,
+        slurm_job_id: None,
     };
     if ending.never_started {
         row.status = if cancel_requested {

@@ -147,6 +147,14 @@ async fn query_filters_limit_and_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_roundtrip_replace_and_filter() {
+    let Some(db) = TestDb::create("tasks_roundtrip_replace_and_filter").await else {
+        return;
+    };
+    conformance::tasks_roundtrip_replace_and_filter(&History::open(&db.url).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_limit_is_100() {
     let Some(db) = TestDb::create("default_limit_is_100").await else {
         return;
