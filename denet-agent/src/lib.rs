@@ -20,6 +20,7 @@ pub(crate) mod kernel;
 pub mod node;
 pub(crate) mod process;
 pub mod report;
+pub mod run_history;
 pub mod service;
 pub(crate) mod task;
 pub mod top;

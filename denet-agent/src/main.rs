@@ -40,6 +40,40 @@ enum Command {
     Jobs(denet_agent::client::cli::JobsArgs),
     /// Watch the node's jobs (yours; root: all) or a trace being written, live.
     Top(denet_agent::top::TopArgs),
+    /// Read the history (SQLite or PostgreSQL): what workflow tasks needed.
+    History(HistoryArgs),
+}
+
+#[derive(Args)]
+struct HistoryArgs {
+    #[command(subcommand)]
+    command: HistoryCommand,
+}
+
+#[derive(Subcommand)]
+enum HistoryCommand {
+    /// Per task name (rule, process, Slurm job name): runs, failures, median / p95 /
+    /// max of wall, CPU, parallelism and peak memory, and what to request.
+    Resources(ResourcesArgs),
+}
+
+#[derive(Args)]
+struct ResourcesArgs {
+    /// The history: postgres://… or sqlite:PATH (or a plain path to a SQLite file).
+    #[arg(long, env = "DENET_AGENT_DB", value_name = "DB")]
+    db: String,
+    /// Only task names matching PATTERN (`*` matches any text).
+    #[arg(long, value_name = "PATTERN")]
+    name: Option<String>,
+    /// Only tasks that ended since T: a span back from now (90m, 12h, 7d, 2w) or a
+    /// date (2026-11-01, UTC).
+    #[arg(long, value_name = "T")]
+    since: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: denet_agent::history::resources::ResourceFormat,
+    /// Safety margin over the largest value seen, percent.
+    #[arg(long, default_value_t = 20.0, value_name = "PERCENT")]
+    margin: f64,
 }
 
 #[derive(Args)]
@@ -258,6 +292,15 @@ struct RunArgs {
     /// After the run, write the HTML report of the trace to FILE.
     #[arg(long, value_name = "FILE.html")]
     report: Option<PathBuf>,
+    /// After the run, write its history row and a row per workflow task to DB:
+    /// postgres://… or sqlite:PATH (many nodes can share one PostgreSQL server).
+    /// Opened before the command starts, so a bad DB fails at once.
+    #[arg(long, value_name = "DB")]
+    db: Option<String>,
+    /// The run's name in the history (default: the Slurm job's name inside a Slurm
+    /// job, else the command).
+    #[arg(long, value_name = "NAME", requires = "db")]
+    name: Option<String>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -368,6 +411,68 @@ fn stats(args: StatsArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// Opens (and migrates) the history `run --db` writes to, on a runtime of its own
+/// that keeps a PostgreSQL connection alive while the command runs.
+fn open_history(spec: &str) -> Result<(tokio::runtime::Runtime, denet_agent::history::History)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let db = rt
+        .block_on(denet_agent::history::History::open(
+            denet_agent::history::db_spec(spec),
+        ))
+        .context("--db")?;
+    Ok((rt, db))
+}
+
+fn history_resources(args: ResourcesArgs) -> Result<i32> {
+    use denet_agent::history::{self, resources};
+    if !(0.0..=1000.0).contains(&args.margin) {
+        anyhow::bail!("--margin {}: give a percentage from 0 to 1000", args.margin);
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let since_unix_ms = args
+        .since
+        .as_deref()
+        .map(|s| resources::parse_since(s, now_ms))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let query = history::TaskQuery {
+        name: args.name.clone(),
+        since_unix_ms,
+        uid: None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let rows = rt.block_on(async {
+        let db = history::History::open(history::db_spec(&args.db)).await?;
+        db.query_tasks(&query).await
+    })?;
+    if rows.is_empty() {
+        eprintln!(
+            "denet-agent: no task rows{}{} in this history (runs record them with --db)",
+            args.name
+                .as_deref()
+                .map_or(String::new(), |n| format!(" named {n:?}")),
+            args.since
+                .as_deref()
+                .map_or(String::new(), |s| format!(" since {s}"))
+        );
+        return Ok(1);
+    }
+    let margin = args.margin / 100.0;
+    let list = resources::summarize(&rows, margin);
+    write_stdout(resources::render(&list, args.format, margin).as_bytes())?;
+    Ok(0)
+}
+
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 fn write_stdout(bytes: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -388,11 +493,16 @@ fn run_command(args: RunArgs) -> Result<i32> {
     let report_path = args.report.clone();
     let oom_exit_code = args.oom_exit_code;
     let control = args.control_fd.map(control_channel).transpose()?;
+    let (db_spec, run_name) = (args.db.clone(), args.name.clone());
     let config = run_config(args)?;
     let out = config.out.clone();
     if report_path.is_some() && out.as_os_str() == "-" {
         bail!("--report reads the trace back after the run: give a trace file with -o FILE");
     }
+    if db_spec.is_some() && out.as_os_str() == "-" {
+        bail!("--db reads the trace back after the run: give a trace file with -o FILE");
+    }
+    let history = db_spec.map(|spec| open_history(&spec)).transpose()?;
     let mut outcome = run::run_controlled(config, control)?;
     let s = &outcome.summary;
     // Never fails: a job's agent may outlive its service, and with it its stderr.
@@ -431,6 +541,46 @@ fn run_command(args: RunArgs) -> Result<i32> {
     let mut status = outcome.exit_status;
     if let (Some(code), true) = (oom_exit_code, oom_kills > 0) {
         status = i32::from(code);
+    }
+    if let Some((rt, db)) = history {
+        let uid = nix::unistd::getuid().as_raw();
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map_or_else(|| uid.to_string(), |u| u.name);
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let who = denet_agent::run_history::RunIdentity {
+            id: format!(
+                "run-{host}-{}-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0),
+                std::process::id()
+            ),
+            name: run_name,
+            user,
+            uid,
+        };
+        match rt.block_on(denet_agent::run_history::record_trace(&db, &out, who)) {
+            Ok((row, tasks)) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "denet-agent: history: run {} and {tasks} task row{} in {}",
+                    row.id,
+                    if tasks == 1 { "" } else { "s" },
+                    db.backend()
+                );
+            }
+            Err(e) => {
+                eprintln!("denet-agent: error: recording the run in the history: {e}");
+                if status == 0 {
+                    status = 2;
+                }
+            }
+        }
     }
     if let Some(path) = report_path {
         match export::export(&out, Format::Html, &path, warn_to_stderr()) {
@@ -620,6 +770,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Jobs(args) => denet_agent::client::cli::run(args),
         Command::Top(args) => denet_agent::top::run(args),
+        Command::History(args) => match args.command {
+            HistoryCommand::Resources(args) => history_resources(args),
+        },
     };
     match result {
         Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),

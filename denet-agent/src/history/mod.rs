@@ -285,6 +285,12 @@ pub enum HistoryError {
     },
 }
 
+/// A history given on the command line: `sqlite:PATH` is the file PATH, a
+/// postgres:// URL is itself, anything else a path to a SQLite file.
+pub fn db_spec(given: &str) -> &str {
+    given.strip_prefix("sqlite:").unwrap_or(given)
+}
+
 /// The job-history store. Clone it freely: clones share one connection (SQLite)
 /// or one client (PostgreSQL).
 #[derive(Clone)]

@@ -35,7 +35,7 @@ use identity::Identity;
 use job::Job;
 use spec::{JobSpec, SpecDefaults};
 
-pub use outcome::decide_status;
+pub use crate::run_history::decide_status;
 
 /// The Unix socket of the node's service (a service started as root).
 pub const NODE_SOCKET: &str = "/run/denet-agent/agent.sock";

@@ -13,7 +13,12 @@ use super::{
     job::{unix_ms, Job, JobFile, LogStream, Status, StreamMsg},
     Service,
 };
-use crate::{history::HistoryRow, report, trace};
+use crate::{
+    history::HistoryRow,
+    report,
+    run_history::{self, decide_status},
+    trace,
+};
 
 /// What the supervisor saw of the run, beside the trace.
 #[derive(Debug, Default)]
@@ -24,32 +29,6 @@ pub(super) struct Ending {
     pub(super) never_started: bool,
     /// The service killed an agent that overran the job's timeout.
     pub(super) killed_at_timeout: bool,
-}
-
-/// The final status from what the run recorded.
-pub fn decide_status(
-    cancelled: bool,
-    timed_out: bool,
-    exit_code: Option<i32>,
-    start_error: bool,
-    wall_s: f64,
-    startup_window_s: f64,
-) -> Status {
-    if cancelled {
-        Status::Cancelled
-    } else if timed_out {
-        Status::TimedOut
-    } else if exit_code == Some(0) && !start_error {
-        Status::Succeeded
-    } else if start_error || wall_s < startup_window_s {
-        Status::StartupFailed
-    } else {
-        Status::Failed
-    }
-}
-
-fn opt_i64(v: Option<u64>) -> Option<i64> {
-    v.map(|x| x.min(i64::MAX as u64) as i64)
 }
 
 /// The history row from the job's trace (the numbers of `denet-agent stats`).
@@ -186,41 +165,9 @@ async fn row_from_trace(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow
             return row;
         }
     };
+    let start_error = run_history::fill_numbers(&mut row, &report);
     let t = &report.totals;
-    let wall_s = t.wall_ns as f64 / 1e9;
-    if let Some(start_ns) = report.run.start_unix_ns {
-        row.start_unix_ms = (start_ns / 1_000_000) as i64;
-    }
-    row.end_unix_ms = row.start_unix_ms + (t.wall_ns / 1_000_000) as i64;
-    row.duration_s = wall_s;
-    row.exit_code = t.exit_code;
-    row.signal = t.signal;
-    row.cpu_user_s = t.cpu_user_ns as f64 / 1e9;
-    row.cpu_sys_s = t.cpu_sys_ns as f64 / 1e9;
-    row.cpu_percent = t.cpu_percent.unwrap_or(if wall_s > 0.0 {
-        (row.cpu_user_s + row.cpu_sys_s) / wall_s * 100.0
-    } else {
-        0.0
-    });
-    if !row.cpu_percent.is_finite() {
-        row.cpu_percent = 0.0;
-    }
-    row.peak_rss_kb = opt_i64(t.max_process_peak_rss_kb).unwrap_or(0);
-    row.read_bytes = opt_i64(t.io.read_bytes);
-    row.write_bytes = opt_i64(t.io.write_bytes);
-    row.blk_read_bytes = opt_i64(t.depth.blk_read_bytes);
-    row.blk_write_bytes = opt_i64(t.depth.blk_write_bytes);
-    row.net_rx_bytes = opt_i64(t.depth.net_rx_bytes);
-    row.net_tx_bytes = opt_i64(t.depth.net_tx_bytes);
-    row.process_count = opt_i64(t.summary_process_count.or(Some(t.processes))).unwrap_or(0);
-    row.lost_events = opt_i64(t.lost_events).unwrap_or(0);
-    row.memory_peak_bytes = opt_i64(t.memory_peak_bytes);
-    row.memory_limit_bytes = opt_i64(t.memory_limit_bytes);
-    row.oom_kills = opt_i64(t.oom_kills).unwrap_or(0);
-    let start_error = t.error.is_some();
-    if let Some(e) = &t.error {
-        row.error = Some(e.clone());
-    }
+    let wall_s = row.duration_s;
     let cancelled = t.cancelled.unwrap_or(false);
     if cancelled {
         if let Some(r) = cancel_reason {
