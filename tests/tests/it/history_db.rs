@@ -106,6 +106,7 @@ async fn migrations_are_idempotent_and_rows_survive_reopen() {
             "job_history_end_unix_ms",
             "job_history_name",
             "job_history_pkey",
+            "job_history_slurm_job_id",
             "job_history_status",
             "job_history_uid"
         ]

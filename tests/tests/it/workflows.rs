@@ -378,3 +378,202 @@ fn a_nextflow_task_in_a_slurm_job_is_named_by_both() {
     assert!(in_task >= 4, "{procs:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A seeded history: 20 good runs of `align` (wall i s, CPU 2i s, peak 10i MiB),
+/// one OOM-killed (300 MiB) and one stopped by a timeout (100 s); 3 failed runs of
+/// `index`. The statistics and recommendations are the ones worked out by hand here
+/// (nearest-rank quantiles over the good runs; margins over the largest seen).
+fn seeded_tasks() -> Vec<denet_agent::history::TaskRow> {
+    use denet_agent::history::conformance::task_row;
+    let mut rows = Vec::new();
+    let mut seq = 0;
+    let mut push =
+        |name: &str, wall: f64, cpu: f64, mib: i64, exit: Option<i32>, oom: i64, t_o: bool| {
+            let mut r = task_row("seeded", seq, name, 1_000_000 + seq * 1000, true);
+            seq += 1;
+            r.duration_s = wall;
+            r.cpu_s = cpu;
+            r.peak_rss_kb = Some(mib * 1024);
+            r.exit_code = exit;
+            r.signal = if exit.is_some() { None } else { Some(9) };
+            r.oom_kills = oom;
+            r.timed_out = t_o;
+            rows.push(r);
+        };
+    for i in 1..=20 {
+        push(
+            "align",
+            f64::from(i),
+            2.0 * f64::from(i),
+            10 * i64::from(i),
+            Some(0),
+            0,
+            false,
+        );
+    }
+    push("align", 3.0, 6.0, 300, None, 1, false);
+    push("align", 100.0, 200.0, 50, None, 0, true);
+    for wall in [5.0, 6.0, 7.0] {
+        push("index", wall, wall / 2.0, 8, Some(1), 0, false);
+    }
+    rows
+}
+
+fn resources(db: &str, args: &[&str]) -> std::process::Output {
+    Command::new(agent_bin())
+        .args(["history", "resources", "--db", db])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn check_seeded_resources(db: &str) {
+    let out = resources(db, &["--format", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["margin_percent"], 20.0);
+    let align = &v["tasks"][0];
+    assert_eq!(align["name"], "align");
+    assert_eq!(
+        (
+            u(&align["runs"]),
+            u(&align["failures"]),
+            u(&align["oom_killed"]),
+            u(&align["timed_out"])
+        ),
+        (22, 2, 1, 1)
+    );
+    let spread = |k: &str| {
+        let s = &align[k];
+        (
+            s["median"].as_f64().unwrap(),
+            s["p95"].as_f64().unwrap(),
+            s["max"].as_f64().unwrap(),
+        )
+    };
+    // Good runs only: wall 1..20 (10th and 19th smallest), CPU twice that.
+    assert_eq!(spread("wall_s"), (10.0, 19.0, 20.0));
+    assert_eq!(spread("cpu_s"), (20.0, 38.0, 40.0));
+    assert_eq!(spread("parallelism"), (2.0, 2.0, 2.0));
+    assert_eq!(spread("peak_rss_mib"), (100.0, 190.0, 200.0));
+    // Memory: the OOM-killed run's 300 MiB + 20% = 360; time: the timed-out run's
+    // 100 s + 20% = 120 s = 2 min; threads: p95 parallelism 2.
+    assert_eq!(
+        align["recommendation"],
+        serde_json::json!({"memory_mib": 360, "threads": 2, "runtime_minutes": 2})
+    );
+    let index = &v["tasks"][1];
+    assert_eq!((u(&index["runs"]), u(&index["failures"])), (3, 3));
+    // No good run: all three count; 2nd and 3rd smallest.
+    assert_eq!(index["wall_s"]["median"], 6.0);
+    assert_eq!(index["wall_s"]["p95"], 7.0);
+
+    // A name pattern and a margin.
+    let out = resources(
+        db,
+        &["--format", "json", "--name", "ind*", "--margin", "50"],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        v["tasks"][0]["recommendation"]["memory_mib"], 12,
+        "8 MiB + 50%"
+    );
+
+    // Slurm options, one line per name.
+    let out = resources(db, &["--format", "slurm"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "align\t--mem=360M --cpus-per-task=2 --time=00:02:00"),
+        "{text}"
+    );
+    // A Nextflow config: a withName block per process, balanced.
+    let out = resources(db, &["--format", "nextflow"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("withName: 'align' {\n        memory = '360 MB'\n        cpus = 2\n        time = '2m'\n    }"), "{text}");
+    assert_eq!(
+        text.matches('{').count(),
+        text.matches('}').count(),
+        "{text}"
+    );
+
+    // Bad input: a clear message and a non-zero exit.
+    let out = resources(db, &["--since", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--since \"yesterday\""));
+    let out = resources(db, &["--name", "nothing*"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no task rows"));
+}
+
+/// The Snakemake profile is one real Snakemake takes: a dry run with it shows
+/// the recommended resources and threads on the rules' jobs.
+fn check_profile_with_snakemake(db: &str, test: &str) {
+    let Some(python) = wheel_python(test) else {
+        return;
+    };
+    let dir = scratch_dir("profile");
+    let out = resources(db, &["--format", "snakemake"]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::create_dir_all(dir.join("profile")).unwrap();
+    std::fs::write(dir.join("profile/config.yaml"), &out.stdout).unwrap();
+    std::fs::write(
+        dir.join("Snakefile"),
+        "rule all:\n    input: \"a.bam\", \"ref.idx\"\n\
+         rule align:\n    output: \"{s}.bam\"\n    shell: \"touch {output}\"\n\
+         rule index:\n    output: \"ref.idx\"\n    shell: \"touch {output}\"\n",
+    )
+    .unwrap();
+    let out = Command::new(python.with_file_name("snakemake"))
+        .arg("--profile")
+        .arg(dir.join("profile"))
+        .args(["--dry-run", "--cores", "4", "--directory"])
+        .arg(&dir)
+        .args(["--snakefile"])
+        .arg(dir.join("Snakefile"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("mem_mib=360"), "{text}");
+    assert!(text.contains("runtime=2"), "{text}");
+    assert!(text.contains("threads: 2"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn history_resources_of_a_seeded_sqlite_history() {
+    let test = "history_resources_of_a_seeded_sqlite_history";
+    let dir = scratch_dir("resources");
+    let db = format!("sqlite:{}", dir.join("h.db").display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = denet_agent::history::History::open(db.strip_prefix("sqlite:").unwrap())
+            .await
+            .unwrap();
+        h.insert_tasks("seeded", &seeded_tasks()).await.unwrap();
+    });
+    check_seeded_resources(&db);
+    check_profile_with_snakemake(&db, test);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_resources_of_a_seeded_postgres_history() {
+    let Some(db) =
+        crate::helpers::pg::TestDb::create("history_resources_of_a_seeded_postgres_history").await
+    else {
+        return;
+    };
+    let h = denet_agent::history::History::open(&db.url).await.unwrap();
+    h.insert_tasks("seeded", &seeded_tasks()).await.unwrap();
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || check_seeded_resources(&url))
+        .await
+        .unwrap();
+}
