@@ -75,4 +75,17 @@ if [ "$(id -u)" -eq 0 ]; then
 else
   log "not root: PostgreSQL is not set up; the PostgreSQL history tests will skip (set DENET_TEST_PG_URL to use a server of your own)"
 fi
+# 4. A real single-node Slurm for the workflow tests (tests/tests/it/slurm_jobs.rs):
+#    Debian's slurm-wlm and munge on loopback (scripts/setup-slurm.sh), with the
+#    project's TaskProlog installed as a node's administrator would
+#    (docs/workflows.md). Only as root; otherwise the Slurm tests skip (fail in CI).
+if [ "$(id -u)" -eq 0 ]; then
+  install -D -m 0755 "$(dirname "$0")/../packaging/slurm-task-prolog" /etc/slurm/denet-task-prolog
+  slurm_extra=$(mktemp)
+  echo "TaskProlog=/etc/slurm/denet-task-prolog" >"$slurm_extra"
+  DENET_SLURM_EXTRA_CONF="$slurm_extra" bash "$(dirname "$0")/setup-slurm.sh"
+  rm -f "$slurm_extra"
+else
+  log "not root: Slurm is not set up; the Slurm tests will skip"
+fi
 log "ok"

@@ -22,6 +22,7 @@ pub(crate) mod process;
 pub mod report;
 pub mod run_history;
 pub mod service;
-pub(crate) mod task;
+pub mod slurm;
+pub mod task;
 pub mod top;
 pub mod trace;

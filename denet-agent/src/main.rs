@@ -42,6 +42,38 @@ enum Command {
     Top(denet_agent::top::TopArgs),
     /// Read the history (SQLite or PostgreSQL): what workflow tasks needed.
     History(HistoryArgs),
+    /// Slurm: the TaskProlog that has the node daemon trace each batch job.
+    Slurm(SlurmArgs),
+}
+
+#[derive(Args)]
+struct SlurmArgs {
+    #[command(subcommand)]
+    command: SlurmCommand,
+}
+
+#[derive(Subcommand)]
+enum SlurmCommand {
+    /// Slurm's TaskProlog: asks the node daemon (`serve --slurm`) to trace this batch
+    /// task and record it. Never fails the job; prints `export
+    /// DENET_AGENT_TRACE_FILE=…` for it.
+    TaskProlog {
+        /// The node daemon's tracer socket.
+        #[arg(long, env = "DENET_AGENT_TRACER_SOCKET", default_value = denet_agent::node::TRACER_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The node daemon's recorder of one batch task (started by the daemon).
+    #[command(hide = true)]
+    Record {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        uid: u32,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -143,6 +175,11 @@ struct ServeArgs {
     /// Largest request body, bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
+    /// Trace every Slurm batch job on this node and record it in the history
+    /// (--db): the node's slurm.conf runs `denet-agent slurm task-prolog` as its
+    /// TaskProlog (docs/workflows.md). Root only.
+    #[arg(long)]
+    slurm: bool,
     /// Jobs use /proc sampling only.
     #[arg(long, conflicts_with = "require_ebpf")]
     no_ebpf: bool,
@@ -375,6 +412,7 @@ fn run_config(args: RunArgs) -> Result<RunConfig> {
                 .map_err(|e| anyhow::anyhow!("--cpus must be {e}"))?,
             max_pids: args.max_pids,
         },
+        adopt: None,
     })
 }
 
@@ -719,10 +757,23 @@ fn serve(args: ServeArgs) -> Result<i32> {
         }
         Ok(d)
     };
+    if args.slurm && node_socket.is_none() {
+        bail!("--slurm needs the node tracer: run serve as root, without --no-ebpf");
+    }
+    let slurm = args
+        .slurm
+        .then(|| -> Result<_> {
+            Ok(denet_agent::node::slurm::SlurmRecording {
+                agent_bin: std::env::current_exe().context("locating the denet-agent binary")?,
+                db: Some(db.clone()),
+            })
+        })
+        .transpose()?;
     let config = ServeConfig {
         socket,
         listen: args.listen,
         tokens,
+        slurm,
         node_socket,
         node_ringbuf_bytes: args.ringbuf_mib * 1024 * 1024,
         defaults: SpecDefaults {
@@ -772,6 +823,20 @@ fn main() -> ExitCode {
         Command::Top(args) => denet_agent::top::run(args),
         Command::History(args) => match args.command {
             HistoryCommand::Resources(args) => history_resources(args),
+        },
+        Command::Slurm(args) => match args.command {
+            SlurmCommand::TaskProlog { socket } => Ok(denet_agent::slurm::prolog::run(&socket)),
+            SlurmCommand::Record {
+                socket,
+                pid,
+                uid,
+                out,
+            } => denet_agent::slurm::recorder::record(denet_agent::slurm::recorder::RecordArgs {
+                socket,
+                pid,
+                uid,
+                out,
+            }),
         },
     };
     match result {

@@ -53,6 +53,11 @@ fn stage_files(root: &Path, stage: &Path) -> Result<()> {
         &stage.join("lib/systemd/system/denet-agent.service"),
         0o644,
     )?;
+    copy(
+        &root.join("packaging/slurm-task-prolog"),
+        &stage.join("usr/lib/denet-agent/slurm-task-prolog"),
+        0o755,
+    )?;
     let doc = stage.join("usr/share/doc/denet-agent");
     for (from, name) in DOCS {
         copy(&root.join(from), &doc.join(name), 0o644)?;

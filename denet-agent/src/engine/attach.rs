@@ -144,6 +144,7 @@ pub(super) fn track_command(
                 events: kernel.events,
                 limits: config.limits,
                 task_marks: task_marks.clone(),
+                adopt_token: config.adopt.as_ref().map(|a| a.token.clone()),
             };
             match link.track(request) {
                 Ok(granted) => {

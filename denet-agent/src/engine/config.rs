@@ -37,6 +37,18 @@ pub struct RunConfig {
     pub node_socket: Option<PathBuf>,
     /// Limits of the run's cgroup.
     pub limits: Limits,
+    /// Follow a process that is not ours instead of launching `launch` (the node
+    /// daemon's Slurm recorder): it is tracked with the daemon's token, never
+    /// signalled, and the run ends when it and its descendants are gone.
+    pub adopt: Option<Adoption>,
+}
+
+/// A process the node daemon handed over to follow.
+#[derive(Debug, Clone)]
+pub struct Adoption {
+    pub pid: u32,
+    pub token: String,
+    pub marks: crate::task::Marks,
 }
 
 /// How the run ended, for the caller's exit status.

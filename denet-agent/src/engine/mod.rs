@@ -14,7 +14,7 @@ pub mod run;
 mod run_loop;
 
 pub use crate::cgroup::{check_cpus, parse_size, Limits, MAX_PIDS_LIMIT};
-pub use config::{EbpfMode, RunConfig, RunOutcome};
+pub use config::{Adoption, EbpfMode, RunConfig, RunOutcome};
 pub use control::Control;
 pub use run::{run, run_controlled};
 

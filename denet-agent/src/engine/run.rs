@@ -56,6 +56,9 @@ pub fn run_controlled(
         shared: false,
     };
     let mut kernel = open_kernel(&config, options)?;
+    if let Some(adopt) = config.adopt.clone() {
+        return follow_adopted(config, control, runtime, signals, kernel, out, adopt);
+    }
 
     let mut tasks = RunTasks::new(
         &config.launch.argv,
@@ -99,6 +102,36 @@ pub fn run_controlled(
         return Err(e);
     }
     state.finish(start_error)
+}
+
+/// Follows a process the node daemon handed over (a Slurm task) until it and its
+/// descendants are gone.
+fn follow_adopted(
+    config: RunConfig,
+    control: Option<mpsc::UnboundedReceiver<Control>>,
+    runtime: tokio::runtime::Runtime,
+    signals: Signals,
+    mut kernel: Kernel,
+    mut out: JsonlWriter,
+    adopt: super::config::Adoption,
+) -> Result<RunOutcome> {
+    if !matches!(kernel.tracer, Some(super::attach::Tracer::Node(_))) {
+        anyhow::bail!("following a process that is not ours needs the node daemon");
+    }
+    let tasks = RunTasks::adopted(adopt.marks.clone());
+    let start_ns = clock::boottime_ns();
+    track_command(&config, &mut kernel, adopt.pid, start_ns, &tasks.root)?;
+    if kernel.tracer.is_none() {
+        anyhow::bail!(
+            "the node daemon did not take process {}: {}",
+            adopt.pid,
+            kernel.unavailable.as_deref().unwrap_or("refused")
+        );
+    }
+    out.write(&header(&config, &kernel, Some(adopt.pid), None))?;
+    let mut state = RunState::new(&config, adopt.pid, start_ns, kernel, out, &tasks)?;
+    runtime.block_on(state.main_loop(&config, control, signals))?;
+    state.finish(None)
 }
 
 /// The command could not be started at all: header and summary still get written.

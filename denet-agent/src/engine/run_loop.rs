@@ -104,9 +104,19 @@ pub(super) struct RunState {
     stderr_file: Option<std::path::PathBuf>,
     /// Names each process record's task.
     tasks: Resolver,
+    /// Following a process that is not our child (a Slurm task): never signalled,
+    /// its exit taken from the kernel's record.
+    adopted: bool,
+    /// An adopted run asked to stop following (SIGTERM to the recorder).
+    stop_following: bool,
+    /// When an adopted root was first found gone without its exit record.
+    root_vanished_at: Option<Instant>,
     /// The command's task marks (for a /proc fallback started late).
     root_marks: Marks,
 }
+
+/// How long an adopted run waits for the exit record of a root that is gone.
+const ADOPTED_EXIT_RECORD_WAIT: Duration = Duration::from_secs(2);
 
 impl RunState {
     pub(super) fn new(
@@ -178,6 +188,9 @@ impl RunState {
             paused: false,
             cgroup: kernel.cgroup,
             tasks: tasks.resolver(),
+            adopted: config.adopt.is_some(),
+            stop_following: false,
+            root_vanished_at: None,
             root_marks: tasks.root.clone(),
             stderr_file: match &config.launch.stderr {
                 Some(super::launch::Redirect::Path(p)) => Some(p.clone()),
@@ -203,7 +216,7 @@ impl RunState {
         loop {
             // Also catches children that exited before the SIGCHLD handler existed.
             self.reap();
-            if self.is_done() {
+            if self.stop_following || self.is_done() {
                 return Ok(());
             }
             let timeout_check = self.next_timeout_check(deadline);
@@ -308,6 +321,10 @@ impl RunState {
         }
         for info in &msg.finished {
             self.live.remove(&info.pid);
+            if self.adopted && info.pid == self.pid {
+                // Not our child: its exit status comes from the kernel's record.
+                self.root_status = Some(info.exit_status_raw.unwrap_or(0));
+            }
             if let Some(rss_kb) = info.oom_rss_kb {
                 *self.summary.oom_kills.get_or_insert(0) += 1;
                 self.summary.oom_victims.push(OomVictim {
@@ -392,7 +409,18 @@ impl RunState {
     /// Done when the command is reaped and no descendant is left: no child of ours
     /// (orphans are adopted by us) and, with eBPF, nothing in the kernel's tracked set.
     fn is_done(&mut self) -> bool {
-        if self.root_status.is_none() || !self.no_children {
+        if self.adopted && self.root_status.is_none() {
+            if kill(Pid::from_raw(self.pid as i32), None) != Err(nix::errno::Errno::ESRCH) {
+                return false;
+            }
+            // Gone (its parent reaped it): its exit record is on the way, unless
+            // events were lost. Wait for it a while, then go on without it.
+            let since = *self.root_vanished_at.get_or_insert_with(Instant::now);
+            if since.elapsed() < ADOPTED_EXIT_RECORD_WAIT {
+                return false;
+            }
+            self.summary.ebpf_track_errors += 1;
+        } else if self.root_status.is_none() || !self.no_children {
             return false;
         }
         if self.tracer.is_none() {
@@ -463,6 +491,10 @@ impl RunState {
     }
 
     pub(super) fn signal_tree(&self, sig: Signal) {
+        if self.adopted {
+            // Not ours to stop: Slurm owns the job.
+            return;
+        }
         for pid in self.tree_pids() {
             // ESRCH: already gone.
             let _ = kill(Pid::from_raw(pid as i32), sig);
@@ -470,7 +502,13 @@ impl RunState {
     }
 
     /// SIGINT/SIGTERM to the agent go to the command; once it is gone, to what is left.
-    fn forward(&self, sig: Signal) {
+    fn forward(&mut self, sig: Signal) {
+        if self.adopted {
+            // The recorder is asked to stop (its service stops): end the trace here,
+            // never touching the job.
+            self.stop_following = true;
+            return;
+        }
         if self.root_status.is_none() {
             let _ = kill(Pid::from_raw(self.pid as i32), sig);
         } else {
@@ -578,7 +616,11 @@ impl RunState {
             self.out.flush().context("writing process records")?;
         }
         let raw = self.root_status.unwrap_or(0);
-        let (exit_code, signal, _) = crate::process::decode_wait_status(raw);
+        let (mut exit_code, signal, _) = crate::process::decode_wait_status(raw);
+        if self.adopted && self.root_status.is_none() {
+            // An adopted process whose exit record never came: not known.
+            exit_code = None;
+        }
         let mut exit_status = match (exit_code, signal) {
             (Some(code), _) => code,
             (None, Some(sig)) => 128 + sig,

@@ -18,8 +18,12 @@ use std::{
 use denet_common::MAX_RUNS;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
-use super::protocol::{
-    self, Reply, Request, RunInfo, TrackRequest, MAX_REQUEST_BYTES, PROTOCOL_VERSION,
+use super::{
+    protocol::{
+        self, Reply, Request, RunInfo, SlurmTaskRequest, TrackRequest, MAX_REQUEST_BYTES,
+        PROTOCOL_VERSION,
+    },
+    slurm::{self, Pending, PendingTasks, SlurmRecording},
 };
 use crate::{
     cgroup::RunCgroup,
@@ -79,6 +83,10 @@ pub struct NodeTracer {
     connections: std::sync::atomic::AtomicUsize,
     socket: PathBuf,
     page_kb: u64,
+    /// Slurm batch tasks are traced and recorded (`serve --slurm`).
+    slurm: Option<SlurmRecording>,
+    /// Slurm tasks handed to a recorder, by token, until it tracks them.
+    pending: Mutex<PendingTasks>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -114,7 +122,11 @@ struct Peer {
 impl NodeTracer {
     /// Loads the programs, starts the collector and listens on `socket` (mode 0666:
     /// every local user may ask; each is checked by what the kernel says).
-    pub fn start(socket: &Path, ringbuf_bytes: u32) -> Result<Arc<NodeTracer>, NodeError> {
+    pub fn start(
+        socket: &Path,
+        ringbuf_bytes: u32,
+        slurm: Option<SlurmRecording>,
+    ) -> Result<Arc<NodeTracer>, NodeError> {
         // Two descriptors per run and per waiting connection: room for all of them.
         if let Ok((_, hard)) =
             nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -148,6 +160,8 @@ impl NodeTracer {
             connections: std::sync::atomic::AtomicUsize::new(0),
             socket: socket.to_path_buf(),
             page_kb: procfs::clock_ticks_and_page_kb().1,
+            slurm,
+            pending: Mutex::new(PendingTasks::new()),
         });
         let accepting = node.clone();
         std::thread::Builder::new()
@@ -230,6 +244,14 @@ impl NodeTracer {
             Ok(Request::ListRuns) => {
                 let runs = self.runs_of(peer.uid);
                 let _ = protocol::send(&mut writer, &Reply::Runs { runs });
+                return;
+            }
+            Ok(Request::SlurmTask(req)) => {
+                let reply = match self.adopt_slurm_task(peer, &req) {
+                    Ok((run, trace)) => Reply::Adopted { run, trace },
+                    Err(reason) => Reply::Refused { reason },
+                };
+                let _ = protocol::send(&mut writer, &reply);
                 return;
             }
             Ok(_) => {
@@ -345,6 +367,9 @@ impl NodeTracer {
                 Ok(Request::ListRuns) => Reply::Refused {
                     reason: "`list_runs` is a connection of its own".into(),
                 },
+                Ok(Request::SlurmTask(_)) => Reply::Refused {
+                    reason: "`slurm_task` is a connection of its own".into(),
+                },
                 Err(_) => return false,
             };
             // The next request is read once this answer is out: a client that asks
@@ -372,33 +397,133 @@ impl NodeTracer {
         // Pinned before it is checked: if the process exits and its pid is reused,
         // the pidfd still names the one that was checked (and is found dead below).
         let pidfd = Pidfd::open(t.pid).ok_or_else(|| format!("no process {}", t.pid))?;
-        check_owner(t.pid, peer)?;
+        // A Slurm task handed to the daemon's own recorder (root) with a token; the
+        // run is the job's user's. Anything else: the caller's own held child.
+        let adopted = match &t.adopt_token {
+            Some(token) => Some(self.take_pending(peer, token, t.pid)?),
+            None => {
+                check_owner(t.pid, peer)?;
+                None
+            }
+        };
+        let result = self.open_checked_run(peer, t, tx, pidfd, adopted.as_ref());
+        if let Some(p) = adopted {
+            let _ = p
+                .done
+                .send(result.as_ref().map(|r| r.id).map_err(Clone::clone));
+        }
+        result
+    }
+
+    /// The pending Slurm task of `token`, for its recorder: root's, and the pid it
+    /// was checked for.
+    fn take_pending(&self, peer: Peer, token: &str, pid: u32) -> Result<Pending, String> {
+        if peer.uid != 0 {
+            return Err("only the daemon's own recorder takes a Slurm task over".into());
+        }
+        let pending = lock(&self.pending)
+            .remove(token)
+            .ok_or("no Slurm task waits for this token")?;
+        if pending.pid != pid {
+            let _ = pending
+                .done
+                .send(Err("the recorder asked for another pid".into()));
+            return Err(format!(
+                "the token is for process {}, not {pid}",
+                pending.pid
+            ));
+        }
+        Ok(pending)
+    }
+
+    /// A Slurm TaskProlog's request: checks the task, starts its recorder and waits
+    /// until the recorder has it tracked (the task execs its script only after the
+    /// prolog returns). Returns the run and where its trace goes.
+    fn adopt_slurm_task(
+        &self,
+        peer: Peer,
+        req: &SlurmTaskRequest,
+    ) -> Result<(u32, String), String> {
+        let Some(cfg) = &self.slurm else {
+            return Err("this node's daemon does not trace Slurm jobs (serve --slurm)".into());
+        };
+        if req.version != PROTOCOL_VERSION {
+            return Err(format!(
+                "protocol version {} (this daemon speaks {PROTOCOL_VERSION})",
+                req.version
+            ));
+        }
+        let task = slurm::check_task(peer.pid, peer.uid, req)?;
+        if lock(&self.tracer).run_of(task.pid) != 0 {
+            return Err(format!("process {} is tracked already", task.pid));
+        }
+        let token = slurm::new_token()?;
+        let (done_tx, done_rx) = mpsc::channel();
+        lock(&self.pending).insert(
+            token.clone(),
+            Pending {
+                pid: task.pid,
+                uid: task.uid,
+                marks: crate::task::Marks {
+                    slurm: Some(task.job.clone()),
+                    engine: Vec::new(),
+                },
+                done: done_tx,
+            },
+        );
+        let answer = slurm::start_recorder(cfg, &self.socket, &task, &token, &done_rx);
+        lock(&self.pending).remove(&token);
+        if let Err(why) = &answer {
+            eprintln!(
+                "denet-agent: node tracer: Slurm job {} not traced: {why}",
+                task.job.display_id()
+            );
+        }
+        answer.map(|run| (run, task.trace.display().to_string()))
+    }
+
+    fn open_checked_run(
+        &self,
+        peer: Peer,
+        t: &TrackRequest,
+        tx: mpsc::SyncSender<Reply>,
+        pidfd: Pidfd,
+        adopted: Option<&Pending>,
+    ) -> Result<OpenRun, String> {
+        // An adopted task's run is its user's (the recorder asking is root).
+        let owner = adopted.map_or(peer.uid, |p| p.uid);
         if lock(&self.tracer).run_of(t.pid) != 0 {
-            return Err(format!("process {} is tracked already", t.pid));
+            return Err(format!(
+                "process {} is tracked already (inside a Slurm job the node daemon \
+                 traces, the job's own trace has it: see DENET_AGENT_TRACE_FILE; submit \
+                 with DENET_AGENT_SLURM=off to trace it with denet-agent run instead)",
+                t.pid
+            ));
         }
         let hooks = lock(&self.tracer).needs_syscall_hooks(t.files, t.syscalls);
         let id = {
             let mut runs = lock(&self.runs);
-            let mine = runs.by_uid.get(&peer.uid).copied().unwrap_or(0);
-            if peer.uid != 0 && mine >= MAX_RUNS_PER_UID {
+            let mine = runs.by_uid.get(&owner).copied().unwrap_or(0);
+            if owner != 0 && mine >= MAX_RUNS_PER_UID {
                 return Err(format!(
-                    "uid {} has {mine} runs on this node, the most one user may have",
-                    peer.uid
+                    "uid {owner} has {mine} runs on this node, the most one user may have"
                 ));
             }
             let id = (1..MAX_RUNS)
                 .find(|r| !runs.used.contains(r))
                 .ok_or("the node tracer serves as many runs as it can")?;
             runs.used.insert(id);
-            *runs.by_uid.entry(peer.uid).or_default() += 1;
+            *runs.by_uid.entry(owner).or_default() += 1;
             if hooks {
                 runs.hook_users += 1;
             }
             id
         };
         // The run's cgroup, inside the caller's (a manager's limits still hold), and
-        // the held command in it before it execs.
-        let cgroup =
+        // the held command in it before it execs. A Slurm task stays in Slurm's.
+        let cgroup = if adopted.is_some() {
+            Err("a Slurm task stays in the cgroup Slurm gave it".to_string())
+        } else {
             RunCgroup::create(&format!("denet-{}-{}", peer.pid, t.pid), peer.pid, t.limits)
                 .and_then(|cg| match cg.enter(t.pid) {
                     Ok(()) => Ok(cg),
@@ -407,13 +532,14 @@ impl NodeTracer {
                         Err(e)
                     }
                 })
-                .map_err(|e| e.to_string());
+                .map_err(|e| e.to_string())
+        };
         lock(&self.runs).info.insert(
             id,
             RunInfo {
                 run: id,
                 pid: t.pid,
-                uid: peer.uid,
+                uid: owner,
                 argv: t.argv.clone(),
                 start_boot_ns: t.start_boot_ns,
                 cgroup: cgroup.as_ref().ok().map(RunCgroup::memory_path),
@@ -422,7 +548,7 @@ impl NodeTracer {
         let run = OpenRun {
             id,
             hooks,
-            uid: peer.uid,
+            uid: owner,
             cgroup,
         };
         if let Err(why) = &run.cgroup {
@@ -438,7 +564,8 @@ impl NodeTracer {
             peer.pid,
             t.start_boot_ns,
             t.argv.clone(),
-            t.task_marks.clone(),
+            // A Slurm task's marks are the daemon's checked ones, not the recorder's.
+            adopted.map_or_else(|| t.task_marks.clone(), |p| p.marks.clone()),
         );
         let mut files = FileTracker::default();
         if let Some(cwd) = &t.cwd {

@@ -5,11 +5,13 @@
 //! writes its trace itself, as that user.
 //!
 //! `protocol` is the one definition of the messages; `daemon` is the side that owns
-//! the programs; `link` is the side a `run` uses.
+//! the programs; `link` is the side a `run` uses; `slurm` the checks and the
+//! recorder of the Slurm batch tasks the daemon traces (`serve --slurm`).
 
 pub(crate) mod daemon;
 pub(crate) mod link;
 pub(crate) mod protocol;
+pub mod slurm;
 
 /// Where the node daemon's tracer listens (every local user may connect).
 pub const TRACER_SOCKET: &str = "/run/denet-agent/tracer.sock";

@@ -40,6 +40,20 @@ pub enum Request {
     /// The runs the caller may see: its own (root: every run). A first request of
     /// its own, answered with [`Reply::Runs`]; the connection then ends.
     ListRuns,
+    /// From a Slurm TaskProlog (`denet-agent slurm task-prolog`): trace the caller's
+    /// parent, the job's task about to exec its script, and record it. A first
+    /// request of its own, answered with [`Reply::Adopted`] once the task is tracked.
+    SlurmTask(Box<SlurmTaskRequest>),
+}
+
+/// What a Slurm TaskProlog sends: the job's variables as the prolog sees them
+/// (labels only: the job id and step are read from the task's `slurmstepd`, the
+/// user from the kernel).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SlurmTaskRequest {
+    pub version: u32,
+    /// `SLURM_*` variables and `DENET_AGENT_TRACE` (where the user wants the trace).
+    pub env: Vec<(String, String)>,
 }
 
 /// A run the daemon traces, as `ListRuns` shows it.
@@ -72,6 +86,10 @@ pub struct TrackRequest {
     /// Limits of the run's cgroup (the daemon makes it).
     #[serde(default)]
     pub limits: Limits,
+    /// Set by the daemon's own Slurm recorder: the one-time token of a Slurm task
+    /// the daemon checked and handed to it (the process is not the caller's child).
+    #[serde(default)]
+    pub adopt_token: Option<String>,
     /// The command's task marks (its Slurm job, an engine task it starts): only
     /// labels on the caller's own records.
     #[serde(default)]
@@ -98,6 +116,11 @@ pub enum Reply {
     /// The answer to `ListRuns`.
     Runs {
         runs: Vec<RunInfo>,
+    },
+    /// The answer to `SlurmTask`: tracked as run `run`, its trace written to `trace`.
+    Adopted {
+        run: u32,
+        trace: String,
     },
     /// Records of the run.
     Batch(CollectorMsg),
@@ -186,6 +209,7 @@ mod tests {
             events: false,
             limits: Limits::default(),
             task_marks: Marks::default(),
+            adopt_token: None,
         }));
         send(&mut wire, &track).unwrap();
         let mut batch = CollectorMsg::default();

@@ -72,32 +72,40 @@ pub fn with_fs_identity<T: Send + 'static>(
     if nix::unistd::geteuid().as_raw() == who.uid {
         return Ok(f());
     }
-    let (uid, gid, groups) = (who.uid, who.gid, who.groups.clone());
+    let who = who.clone();
     std::thread::Builder::new()
         .name("denet-as-user".into())
         .spawn(move || -> std::io::Result<T> {
-            // Raw syscalls: the libc wrappers of setgroups would change every thread
-            // of the process; the raw calls change this thread only.
-            // SAFETY: plain syscalls on this thread's own credentials.
-            unsafe {
-                if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::syscall(libc::SYS_setfsgid, gid);
-                libc::syscall(libc::SYS_setfsuid, uid);
-                // setfsuid reports the previous value, never an error: check it took.
-                if libc::syscall(libc::SYS_setfsuid, u32::MAX) != i64::from(uid)
-                    || libc::syscall(libc::SYS_setfsgid, u32::MAX) != i64::from(gid)
-                {
-                    return Err(std::io::Error::other(
-                        "could not take the caller's file-system identity",
-                    ));
-                }
-            }
+            set_thread_fs_identity(who.uid, who.gid, &who.groups)?;
             Ok(f())
         })?
         .join()
         .map_err(|_| std::io::Error::other("the thread acting as the caller panicked"))?
+}
+
+/// Gives the calling thread (only) the file-system identity `uid`, `gid` and
+/// supplementary `groups`: every path it opens from now on is checked with those
+/// rights. Root gets its own back with `(0, 0, &[0])`.
+pub fn set_thread_fs_identity(uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()> {
+    // Raw syscalls: the libc wrappers of setgroups would change every thread of
+    // the process; the raw calls change this thread only.
+    // SAFETY: plain syscalls on this thread's own credentials.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+        // setfsuid reports the previous value, never an error: check it took.
+        if libc::syscall(libc::SYS_setfsuid, u32::MAX) != i64::from(uid)
+            || libc::syscall(libc::SYS_setfsgid, u32::MAX) != i64::from(gid)
+        {
+            return Err(std::io::Error::other(
+                "could not take the caller's file-system identity",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Is `dir` a directory the caller may enter? Checked as the caller.

@@ -4,7 +4,7 @@
 //! duplicates, flags stuck jobs and keeps every run in a history database. Each job
 //! is a `denet-agent run` (one engine) in its own process, running as its owner.
 
-mod act_as;
+pub(crate) mod act_as;
 pub mod api;
 mod follow;
 pub mod identity;
@@ -55,6 +55,8 @@ pub struct ServeConfig {
     pub node_socket: Option<PathBuf>,
     /// The node tracer's ring buffer, bytes.
     pub node_ringbuf_bytes: u32,
+    /// The node tracer also traces and records Slurm batch jobs.
+    pub slurm: Option<crate::node::slurm::SlurmRecording>,
     /// Job directories (trace, logs) live under `<data_dir>/jobs/<id>`.
     pub data_dir: PathBuf,
     /// `postgres://...` or a SQLite file path.
@@ -128,9 +130,12 @@ impl Service {
         let agent_bin = std::env::current_exe().context("locating the denet-agent binary")?;
         let node = match &config.node_socket {
             Some(socket) => {
-                let node =
-                    crate::node::daemon::NodeTracer::start(socket, config.node_ringbuf_bytes)
-                        .context("starting the node tracer")?;
+                let node = crate::node::daemon::NodeTracer::start(
+                    socket,
+                    config.node_ringbuf_bytes,
+                    config.slurm.clone(),
+                )
+                .context("starting the node tracer")?;
                 eprintln!(
                     "denet-agent serve: node tracer on unix:{} (one set of kernel programs for every run on this node)",
                     socket.display()

@@ -45,6 +45,15 @@ impl RunTasks {
         }
     }
 
+    /// A process followed, not launched: its marks were found by whoever handed it
+    /// over; there is no job list.
+    pub fn adopted(root: Marks) -> Self {
+        Self {
+            root,
+            job_list: None,
+        }
+    }
+
     /// Creates the (empty, owner-only) file the plugin appends the run's jobs to, and
     /// returns the variable that tells the plugin where it is. Without it (no
     /// writable temporary directory), Snakemake jobs are still found, rules unnamed.

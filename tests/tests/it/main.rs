@@ -21,6 +21,7 @@ mod run_cli;
 mod run_ebpf;
 mod serve_api;
 mod shared_node;
+mod slurm_jobs;
 mod stats_cli;
 mod top_tui;
 mod workflows;
