@@ -40,7 +40,17 @@ fn golden_exports_of_the_recorded_traces() {
     for (trace, tag) in [
         ("tests/data/pipeline.jsonl", "pipeline"),
         ("tests/data/depth.jsonl", "depth"),
+        // A Snakemake workflow (13 jobs of 4 rules, with the logger plugin).
+        ("tests/data/snakemake.jsonl", "snakemake"),
     ] {
+        golden(
+            &format!("{tag}.tasks.txt"),
+            &stdout(&agent(&["stats", "--by", "task", trace])),
+        );
+        golden(
+            &format!("{tag}.snakemake-benchmark.tsv"),
+            &export_to_string(trace, "snakemake-benchmark"),
+        );
         golden(
             &format!("{tag}.stats.txt"),
             &stdout(&agent(&["stats", trace])),
