@@ -20,7 +20,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::{
     protocol::{
-        self, Reply, Request, RunInfo, SlurmTaskRequest, TrackRequest, MAX_REQUEST_BYTES,
+        self, Finished, Reply, Request, RunInfo, SlurmTaskRequest, TrackRequest, MAX_REQUEST_BYTES,
         PROTOCOL_VERSION,
     },
     slurm::{self, Pending, PendingTasks, SlurmRecording},
@@ -312,12 +312,12 @@ impl NodeTracer {
         let cgroup = run.cgroup.as_ref().ok().map(RunCgroup::usage);
         self.close_run(run);
         if finished {
-            let _ = tx.send(Reply::Finished {
+            let _ = tx.send(Reply::Finished(Box::new(Finished {
                 report,
                 run: run_counters,
                 node: node_now.since(&node_at_start),
                 cgroup,
-            });
+            })));
         }
         drop(tx);
         if let Ok(w) = writing {
@@ -571,7 +571,7 @@ impl NodeTracer {
         if let Some(cwd) = &t.cwd {
             files.set_cwd(t.pid, cwd.clone());
         }
-        let sink = Box::new(move |msg| tx.try_send(Reply::Batch(msg)).is_ok());
+        let sink = Box::new(move |msg| tx.try_send(Reply::Batch(Box::new(msg))).is_ok());
         self.collector
             .add(id, RunCollector::new(tracker, files, sink));
         let flags = TracerOptions {

@@ -18,15 +18,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::protocol::{self, Reply, Request, RunInfo, TrackRequest, MAX_REPLY_BYTES};
 use crate::{
-    cgroup::Usage,
-    kernel::{
-        counters::ProcDepth,
-        tracer::{KernelCounters, RunCounters},
-    },
-    process::{
-        collector::{CollectorMsg, CollectorReport},
-        sampler::LiveCounters,
-    },
+    kernel::counters::ProcDepth,
+    process::{collector::CollectorMsg, sampler::LiveCounters},
 };
 
 /// How long an answer may take (the daemon answers from memory and its maps).
@@ -58,14 +51,7 @@ pub struct Granted {
     pub cgroup: Result<String, String>,
 }
 
-/// A run's totals, as the daemon counted them.
-#[derive(Debug, Clone, Default)]
-pub struct Finished {
-    pub report: CollectorReport,
-    pub run: RunCounters,
-    pub node: KernelCounters,
-    pub cgroup: Option<Usage>,
-}
+pub use super::protocol::Finished;
 
 struct Shared {
     writer: Mutex<UnixStream>,
@@ -195,7 +181,7 @@ impl NodeLink {
             .spawn(move || loop {
                 match protocol::receive::<Reply>(&mut reader, MAX_REPLY_BYTES) {
                     Ok(Reply::Batch(msg)) => {
-                        let _ = tx.send(msg);
+                        let _ = tx.send(*msg);
                     }
                     Ok(other) => {
                         let _ = answers_tx.send(other);
@@ -243,17 +229,7 @@ impl NodeLink {
             let _ = t.join();
         }
         match reply? {
-            Reply::Finished {
-                report,
-                run,
-                node,
-                cgroup,
-            } => Ok(Finished {
-                report,
-                run,
-                node,
-                cgroup,
-            }),
+            Reply::Finished(finished) => Ok(*finished),
             _ => Err(LinkError::Unexpected),
         }
     }

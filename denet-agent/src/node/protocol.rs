@@ -122,8 +122,9 @@ pub enum Reply {
         run: u32,
         trace: String,
     },
-    /// Records of the run.
-    Batch(CollectorMsg),
+    /// Records of the run. (The large variants are boxed: the daemon's queue to
+    /// each client allocates every slot at the size of the largest variant.)
+    Batch(Box<CollectorMsg>),
     /// The counters of the asked-for processes that are the run's (the others are
     /// left out), with their pids.
     Live {
@@ -133,15 +134,19 @@ pub enum Reply {
         pids: Vec<u32>,
     },
     /// The run's totals; the daemon closes the connection after it.
-    Finished {
-        report: CollectorReport,
-        /// Events the kernel made for the run and the ring buffer dropped.
-        run: RunCounters,
-        /// The node's error counters over the run's lifetime (node-wide).
-        node: KernelCounters,
-        /// What the run's cgroup counted (none without one).
-        cgroup: Option<Usage>,
-    },
+    Finished(Box<Finished>),
+}
+
+/// A run's totals, as the daemon counted them.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Finished {
+    pub report: CollectorReport,
+    /// Events the kernel made for the run and the ring buffer dropped.
+    pub run: RunCounters,
+    /// The node's error counters over the run's lifetime (node-wide).
+    pub node: KernelCounters,
+    /// What the run's cgroup counted (none without one).
+    pub cgroup: Option<Usage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +222,7 @@ mod tests {
         batch
             .files
             .push(serde_json::value::to_raw_value(&serde_json::json!({"kind": "file"})).unwrap());
-        send(&mut wire, &Reply::Batch(batch)).unwrap();
+        send(&mut wire, &Reply::Batch(Box::new(batch))).unwrap();
         let mut r = std::io::BufReader::new(&wire[..]);
         match receive::<Request>(&mut r, MAX_REQUEST_BYTES).unwrap() {
             Request::Track(t) => {

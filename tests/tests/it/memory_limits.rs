@@ -481,6 +481,10 @@ fn a_machine_wide_oom_is_told_from_the_runs_limit() {
         .copied()
         .filter(|p| p["oom_killed"] == true)
         .collect();
-    assert_eq!(killed.len(), 1, "one of the two, the other completes: {allocs:?}");
+    assert_eq!(
+        killed.len(),
+        1,
+        "one of the two, the other completes: {allocs:?}"
+    );
     assert_eq!(killed[0]["pid"], victim["pid"], "{s}");
 }
