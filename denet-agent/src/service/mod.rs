@@ -29,13 +29,16 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::{
     engine::Control,
-    history::{History, HistoryRow},
+    history::{History, HistoryRow, TaskRow},
 };
 use identity::Identity;
 use job::Job;
 use spec::{JobSpec, SpecDefaults};
 
 pub use crate::run_history::decide_status;
+
+/// Task rows spooled beside a job's `row.json` until written.
+const TASKS_SPOOL: &str = "tasks.json";
 
 /// The Unix socket of the node's service (a service started as root).
 pub const NODE_SOCKET: &str = "/run/denet-agent/agent.sock";
@@ -238,12 +241,18 @@ impl Service {
         true
     }
 
-    /// Spools the row next to the trace, then writes it to the database (retrying:
-    /// the spool is replayed at the next start if the database stays down).
-    async fn record(&self, job: &Job, row: &HistoryRow) {
+    /// Spools the row and its task rows next to the trace, then writes them to the
+    /// database (retrying: the spool is replayed at the next start if the database
+    /// stays down).
+    async fn record(&self, job: &Job, row: &HistoryRow, tasks: &[TaskRow]) {
         let spool = job.dir.join("row.json");
+        let tasks_spool = job.dir.join(TASKS_SPOOL);
         if let Err(e) = std::fs::create_dir_all(&job.dir).and_then(|()| {
-            supervisor::write_private(&spool, &serde_json::to_vec(row).unwrap_or_default())
+            supervisor::write_private(&spool, &serde_json::to_vec(row).unwrap_or_default())?;
+            if tasks.is_empty() {
+                return Ok(());
+            }
+            supervisor::write_private(&tasks_spool, &serde_json::to_vec(tasks).unwrap_or_default())
         }) {
             eprintln!(
                 "denet-agent serve: job {}: cannot spool its row: {e}",
@@ -254,15 +263,21 @@ impl Service {
         for attempt in 1..=5 {
             // Bounded: a stalled database must not keep the job (and its name) open;
             // the spooled row is replayed at the next start.
-            let result =
-                match tokio::time::timeout(Duration::from_secs(10), self.history.insert(row)).await
-                {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err("the database did not answer within 10 s".to_string()),
-                };
+            let write = async {
+                self.history.insert(row).await?;
+                if !tasks.is_empty() {
+                    self.history.insert_tasks(&row.id, tasks).await?;
+                }
+                Ok::<(), crate::history::HistoryError>(())
+            };
+            let result = match tokio::time::timeout(Duration::from_secs(10), write).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("the database did not answer within 10 s".to_string()),
+            };
             match result {
                 Ok(()) => {
                     let _ = std::fs::remove_file(&spool);
+                    let _ = std::fs::remove_file(&tasks_spool);
                     return;
                 }
                 Err(e) => {
@@ -289,7 +304,7 @@ impl Service {
                 continue;
             };
             match serde_json::from_slice::<HistoryRow>(&bytes) {
-                Ok(row) => match self.history.insert(&row).await {
+                Ok(row) => match self.insert_with_spooled_tasks(&row, &dir).await {
                     Ok(()) => {
                         let _ = std::fs::remove_file(&spool);
                         eprintln!(
@@ -307,6 +322,27 @@ impl Service {
         }
     }
 
+    /// The row, then the task rows spooled beside it (if any; removed once written).
+    async fn insert_with_spooled_tasks(
+        &self,
+        row: &HistoryRow,
+        dir: &std::path::Path,
+    ) -> Result<(), crate::history::HistoryError> {
+        self.history.insert(row).await?;
+        let tasks_spool = dir.join(TASKS_SPOOL);
+        if let Ok(bytes) = std::fs::read(&tasks_spool) {
+            match serde_json::from_slice::<Vec<TaskRow>>(&bytes) {
+                Ok(tasks) => self.history.insert_tasks(&row.id, &tasks).await?,
+                Err(e) => eprintln!(
+                    "denet-agent serve: {}: unreadable: {e}",
+                    tasks_spool.display()
+                ),
+            }
+            let _ = std::fs::remove_file(&tasks_spool);
+        }
+        Ok(())
+    }
+
     async fn recover_unrecorded(&self, dir: &std::path::Path) {
         let Some(id) = dir.file_name().and_then(|n| n.to_str()) else {
             return;
@@ -319,8 +355,12 @@ impl Service {
             // Recorded, or the database cannot tell: leave it.
             _ => return,
         }
-        if let Some(row) = outcome::recover_row(self, dir).await {
-            match self.history.insert(&row).await {
+        if let Some((row, tasks)) = outcome::recover_row(self, dir).await {
+            let written = async {
+                self.history.insert(&row).await?;
+                self.history.insert_tasks(&row.id, &tasks).await
+            };
+            match written.await {
                 Ok(()) => eprintln!(
                     "denet-agent serve: recorded job {} ({}), which ran when the service stopped: {}",
                     row.id,

@@ -14,7 +14,7 @@ use super::{
     Service,
 };
 use crate::{
-    history::HistoryRow,
+    history::{HistoryRow, TaskRow},
     report,
     run_history::{self, decide_status},
     trace,
@@ -31,9 +31,14 @@ pub(super) struct Ending {
     pub(super) killed_at_timeout: bool,
 }
 
-/// The history row from the job's trace (the numbers of `denet-agent stats`).
-pub(super) async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
-    let mut row = row_from_trace(svc, job, ending).await;
+/// The history row from the job's trace (the numbers of `denet-agent stats`), and
+/// the rows of its workflow tasks.
+pub(super) async fn build_row(
+    svc: &Service,
+    job: &Job,
+    ending: &Ending,
+) -> (HistoryRow, Vec<TaskRow>) {
+    let (mut row, tasks) = row_from_trace(svc, job, ending).await;
     let kept = job.state().stderr_tail.clone();
     let tail = if kept.is_empty() {
         // A job recovered after a restart: its stderr is only on disk, in a directory
@@ -48,7 +53,7 @@ pub(super) async fn build_row(svc: &Service, job: &Job, ending: &Ending) -> Hist
         kept
     };
     add_failure_context(&mut row, &tail);
-    row
+    (row, tasks)
 }
 
 /// The tail of the job's stderr, and for a job that did not succeed the last error
@@ -66,8 +71,8 @@ fn add_failure_context(row: &mut HistoryRow, tail: &crate::failure::Tail) {
     row.stderr_tail = Some(tail.text());
 }
 
-/// The row as the trace (and what the supervisor saw) tells it.
-async fn row_from_trace(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow {
+/// The row as the trace (and what the supervisor saw) tells it, and the task rows.
+async fn row_from_trace(svc: &Service, job: &Job, ending: &Ending) -> (HistoryRow, Vec<TaskRow>) {
     let (cancel_requested, cancel_reason, stuck_seen, start_ms) = {
         let st = job.state();
         (
@@ -125,7 +130,7 @@ async fn row_from_trace(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow
         row.error = row
             .error
             .or(cancel_reason.map(|r| format!("cancelled: {r}")));
-        return row;
+        return (row, Vec::new());
     }
     let path = job.trace_path();
     let analysis = tokio::task::spawn_blocking(move || {
@@ -162,7 +167,7 @@ async fn row_from_trace(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow
                 .unwrap_or_default();
             row.error = Some(format!("{earlier}{why}{agent}"));
             row.duration_s = (row.end_unix_ms - row.start_unix_ms).max(0) as f64 / 1e3;
-            return row;
+            return (row, Vec::new());
         }
     };
     let start_error = run_history::fill_numbers(&mut row, &report);
@@ -189,14 +194,15 @@ async fn row_from_trace(svc: &Service, job: &Job, ending: &Ending) -> HistoryRow
             None => te.clone(),
         });
     }
-    row
+    let tasks = run_history::task_rows(&row, &report);
+    (row, tasks)
 }
 
 /// The row of a job whose service died before recording it (found at the next
 /// start: a job directory with a job.json, no spooled row and no database row). Its
 /// agent saw the control pipe close and stopped the job; its trace is waited for
 /// (up to the kill grace and a little more) and read like any other.
-pub(super) async fn recover_row(svc: &Service, dir: &Path) -> Option<HistoryRow> {
+pub(super) async fn recover_row(svc: &Service, dir: &Path) -> Option<(HistoryRow, Vec<TaskRow>)> {
     let file: JobFile = serde_json::from_slice(&std::fs::read(dir.join("job.json")).ok()?).ok()?;
     let spec = super::spec::JobSpec {
         limits: Default::default(),
@@ -232,8 +238,8 @@ pub(super) async fn recover_row(svc: &Service, dir: &Path) -> Option<HistoryRow>
 /// Records the row (spooled to the job directory first, so a database outage loses
 /// nothing), ends the job's stream and frees its name.
 pub(super) async fn finalize(svc: &Arc<Service>, job: &Arc<Job>, ending: Ending) {
-    let row = build_row(svc, job, &ending).await;
-    svc.record(job, &row).await;
+    let (row, tasks) = build_row(svc, job, &ending).await;
+    svc.record(job, &row, &tasks).await;
     {
         let mut st = job.state();
         let view = job.ended_view(&st, &row);

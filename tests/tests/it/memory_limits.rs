@@ -449,9 +449,10 @@ fn a_machine_wide_oom_is_told_from_the_runs_limit() {
             "-c",
             // Two allocations of 60% of the machine's memory at once: the kernel
             // grants each (more than the memory would be refused at once), and
-            // touching both runs the machine out; once one is killed the other fits.
-            // (One allocation just under the memory was not always enough: the
-            // kernel found room for it by reclaiming everything else.)
+            // touching both runs the machine out. Usually one is killed and the
+            // other then fits; sometimes the kernel takes both. (One allocation just
+            // under the memory was not always enough: the kernel found room for it
+            // by reclaiming everything else.)
             &format!(
                 "{WORKLOAD} alloc {mib} 50 & {WORKLOAD} alloc {mib} 50; wait",
                 mib = total_mib * 6 / 10
@@ -460,11 +461,13 @@ fn a_machine_wide_oom_is_told_from_the_runs_limit() {
     );
     assert_eq!(t.exit_code(), 0, "{}", t.stderr);
     let s = t.summary();
-    assert_eq!(s["oom_kills"], 1, "{s}");
+    let kills = u(&s["oom_kills"]);
+    assert!((1..=2).contains(&kills), "{s}");
     assert_eq!(s["oom_scope"], "machine", "{s}");
     assert_eq!(s["memory_limit_bytes"], Value::Null, "{s}");
-    let victim = &s["oom_victims"][0];
-    assert_eq!(victim["argv"][1], "alloc", "{s}");
+    let victims = s["oom_victims"].as_array().unwrap();
+    assert_eq!(victims.len() as u64, kills, "{s}");
+    assert!(victims.iter().all(|v| v["argv"][1] == "alloc"), "{s}");
     assert!(
         t.stderr.contains("ran out of memory"),
         "the summary line says who ran out: {}",
@@ -476,15 +479,14 @@ fn a_machine_wide_oom_is_told_from_the_runs_limit() {
         .filter(|p| p["argv"][1] == "alloc")
         .collect();
     assert_eq!(allocs.len(), 2, "{s}");
-    let killed: Vec<&Value> = allocs
+    // The records say the same as the summary: exactly the victims were killed.
+    let mut killed: Vec<u64> = allocs
         .iter()
-        .copied()
         .filter(|p| p["oom_killed"] == true)
+        .map(|p| u(&p["pid"]))
         .collect();
-    assert_eq!(
-        killed.len(),
-        1,
-        "one of the two, the other completes: {allocs:?}"
-    );
-    assert_eq!(killed[0]["pid"], victim["pid"], "{s}");
+    let mut named: Vec<u64> = victims.iter().map(|v| u(&v["pid"])).collect();
+    killed.sort_unstable();
+    named.sort_unstable();
+    assert_eq!(killed, named, "{allocs:?}");
 }

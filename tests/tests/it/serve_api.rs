@@ -1137,8 +1137,11 @@ async fn postgres_history_is_shared_and_survives_restart() {
     // Two services (two "nodes") writing to one PostgreSQL database.
     let a = Svc::start(&dir.join("a"), &["--db", &db.url]);
     let b = Svc::start(&dir.join("b"), &["--db", &db.url]);
+    // A job inside a Slurm job's environment: its run and its one task carry the
+    // job id in the history.
     let ja = a
-        .spawn(json!({"name": "pg-a", "cmd": ["sh", "-c", "exit 0"]}))
+        .spawn(json!({"name": "pg-a", "cmd": ["sh", "-c", "exit 0"],
+            "env": {"SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "wf"}}))
         .await;
     let jb = b
         .spawn(json!({"name": "pg-b", "cmd": ["sh", "-c", "sleep 1.2; exit 2"]}))
@@ -1188,6 +1191,30 @@ async fn postgres_history_is_shared_and_survives_restart() {
         .unwrap()
         .get(0);
     assert_eq!(n, 2);
+    let slurm: Option<String> = pg
+        .query_one("SELECT slurm_job_id FROM job_history WHERE id = $1", &[&ja])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slurm.as_deref(), Some("77"));
+    let tasks = pg
+        .query(
+            "SELECT run_id, engine, name, slurm_job_id FROM task_history",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 1, "the Slurm job is the run's one task");
+    let t = &tasks[0];
+    assert_eq!(
+        (
+            t.get::<_, String>(0),
+            t.get::<_, String>(1),
+            t.get::<_, String>(2),
+            t.get::<_, Option<String>>(3)
+        ),
+        (ja.clone(), "slurm".into(), "wf".into(), Some("77".into()))
+    );
 }
 
 /// `denet-agent jobs ...` against a service: its output and exit status.
