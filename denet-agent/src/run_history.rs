@@ -3,7 +3,7 @@
 //! job service for its jobs, and by the node daemon for the Slurm jobs it traces.
 
 use crate::{
-    history::{HistoryRow, Status, TaskRow},
+    history::{HistoryRow, RowIdentity, Status, TaskRow},
     report::stats::StatsReport,
 };
 
@@ -89,43 +89,16 @@ pub fn run_row(
     user: String,
     uid: u32,
 ) -> HistoryRow {
-    let mut row = HistoryRow {
+    let mut row = HistoryRow::unmeasured(RowIdentity {
         id,
         name,
         cmd: report.run.argv.clone(),
         cwd: report.run.cwd.clone().unwrap_or_default(),
         hostname: report.run.hostname.clone().unwrap_or_default(),
-        start_unix_ms: 0,
-        end_unix_ms: 0,
-        duration_s: 0.0,
-        status: Status::Failed,
-        exit_code: None,
-        signal: None,
-        cpu_user_s: 0.0,
-        cpu_sys_s: 0.0,
-        cpu_percent: 0.0,
-        peak_rss_kb: 0,
-        read_bytes: None,
-        write_bytes: None,
-        blk_read_bytes: None,
-        blk_write_bytes: None,
-        net_rx_bytes: None,
-        net_tx_bytes: None,
-        process_count: 0,
-        lost_events: 0,
-        stuck: false,
         trace_path,
-        error: None,
         user,
         uid,
-        memory_peak_bytes: None,
-        memory_limit_bytes: None,
-        oom_kills: 0,
-        stderr_tail: None,
-        failure_kind: None,
-        failure_excerpt: None,
-        slurm_job_id: None,
-    };
+    });
     let start_error = fill_numbers(&mut row, report);
     let t = &report.totals;
     row.status = decide_status(

@@ -118,6 +118,62 @@ pub struct HistoryRow {
     pub slurm_job_id: Option<String>,
 }
 
+/// Who a row is about, before anything is measured.
+pub struct RowIdentity {
+    pub id: String,
+    pub name: String,
+    pub cmd: Vec<String>,
+    pub cwd: String,
+    pub hostname: String,
+    pub trace_path: String,
+    pub user: String,
+    pub uid: u32,
+}
+
+impl HistoryRow {
+    /// A row with its identity and nothing measured yet (status `failed` until
+    /// decided, times and numbers zero, the optional ones null).
+    pub fn unmeasured(who: RowIdentity) -> HistoryRow {
+        HistoryRow {
+            id: who.id,
+            name: who.name,
+            cmd: who.cmd,
+            cwd: who.cwd,
+            hostname: who.hostname,
+            start_unix_ms: 0,
+            end_unix_ms: 0,
+            duration_s: 0.0,
+            status: Status::Failed,
+            exit_code: None,
+            signal: None,
+            cpu_user_s: 0.0,
+            cpu_sys_s: 0.0,
+            cpu_percent: 0.0,
+            peak_rss_kb: 0,
+            read_bytes: None,
+            write_bytes: None,
+            blk_read_bytes: None,
+            blk_write_bytes: None,
+            net_rx_bytes: None,
+            net_tx_bytes: None,
+            process_count: 0,
+            lost_events: 0,
+            stuck: false,
+            trace_path: who.trace_path,
+            error: None,
+            user: who.user,
+            uid: who.uid,
+            memory_peak_bytes: None,
+            memory_limit_bytes: None,
+            oom_kills: 0,
+            stderr_tail: None,
+            failure_kind: None,
+            failure_excerpt: None,
+            slurm_job_id: None,
+        }
+    }
+}
+
 /// Filters for [`History::query`]: exact name and status; `limit` 0 means
 /// [`DEFAULT_LIMIT`] (the caller clamps large values).
 #[derive(Debug, Clone, Default)]

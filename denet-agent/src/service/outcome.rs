@@ -14,7 +14,7 @@ use super::{
     Service,
 };
 use crate::{
-    history::{HistoryRow, TaskRow},
+    history::{HistoryRow, RowIdentity, TaskRow},
     report,
     run_history::{self, decide_status},
     trace,
@@ -83,44 +83,21 @@ async fn row_from_trace(svc: &Service, job: &Job, ending: &Ending) -> (HistoryRo
         )
     };
     let now = unix_ms();
-    let mut row = HistoryRow {
+    let mut row = HistoryRow::unmeasured(RowIdentity {
         id: job.id.clone(),
         name: job.spec.name.clone(),
         cmd: job.spec.cmd.clone(),
         cwd: job.spec.cwd.to_string_lossy().into_owned(),
         hostname: svc.hostname.clone(),
-        start_unix_ms: start_ms.unwrap_or(now),
-        end_unix_ms: now,
-        duration_s: 0.0,
-        // Decided below from how the job ended.
-        status: Status::Failed,
-        exit_code: None,
-        signal: None,
-        cpu_user_s: 0.0,
-        cpu_sys_s: 0.0,
-        cpu_percent: 0.0,
-        peak_rss_kb: 0,
-        read_bytes: None,
-        write_bytes: None,
-        blk_read_bytes: None,
-        blk_write_bytes: None,
-        net_rx_bytes: None,
-        net_tx_bytes: None,
-        process_count: 0,
-        lost_events: 0,
-        stuck: stuck_seen,
         trace_path: job.trace_path().to_string_lossy().into_owned(),
-        error: ending.error.clone(),
         user: job.owner.user.clone(),
         uid: job.owner.uid,
-        memory_peak_bytes: None,
-        memory_limit_bytes: None,
-        oom_kills: 0,
-        stderr_tail: None,
-        failure_kind: None,
-        failure_excerpt: None,
-        slurm_job_id: None,
-    };
+    });
+    // Decided below from how the job ended.
+    row.start_unix_ms = start_ms.unwrap_or(now);
+    row.end_unix_ms = now;
+    row.stuck = stuck_seen;
+    row.error = ending.error.clone();
     if ending.never_started {
         row.status = if cancel_requested {
             Status::Cancelled
