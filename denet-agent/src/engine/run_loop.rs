@@ -109,8 +109,10 @@ pub(super) struct RunState {
     adopted: bool,
     /// An adopted run asked to stop following (SIGTERM to the recorder).
     stop_following: bool,
-    /// When an adopted root was first found gone without its exit record.
+    /// When an adopted root was first found gone without its exit record, and
+    /// whether the wait for that record is over (it is then counted, once).
     root_vanished_at: Option<Instant>,
+    root_exit_unseen: bool,
     /// The command's task marks (for a /proc fallback started late).
     root_marks: Marks,
 }
@@ -191,6 +193,7 @@ impl RunState {
             adopted: config.adopt.is_some(),
             stop_following: false,
             root_vanished_at: None,
+            root_exit_unseen: false,
             root_marks: tasks.root.clone(),
             stderr_file: match &config.launch.stderr {
                 Some(super::launch::Redirect::Path(p)) => Some(p.clone()),
@@ -409,18 +412,19 @@ impl RunState {
     /// Done when the command is reaped and no descendant is left: no child of ours
     /// (orphans are adopted by us) and, with eBPF, nothing in the kernel's tracked set.
     fn is_done(&mut self) -> bool {
-        if self.adopted && self.root_status.is_none() {
+        if self.adopted && self.root_status.is_none() && !self.root_exit_unseen {
             if kill(Pid::from_raw(self.pid as i32), None) != Err(nix::errno::Errno::ESRCH) {
                 return false;
             }
             // Gone (its parent reaped it): its exit record is on the way, unless
-            // events were lost. Wait for it a while, then go on without it.
+            // events were lost. Wait for it a while, then go on without it, once.
             let since = *self.root_vanished_at.get_or_insert_with(Instant::now);
             if since.elapsed() < ADOPTED_EXIT_RECORD_WAIT {
                 return false;
             }
+            self.root_exit_unseen = true;
             self.summary.ebpf_track_errors += 1;
-        } else if self.root_status.is_none() || !self.no_children {
+        } else if !self.root_exit_unseen && (self.root_status.is_none() || !self.no_children) {
             return false;
         }
         if self.tracer.is_none() {
