@@ -211,6 +211,18 @@ pub async fn record_trace(
     if !report.totals.from_summary {
         return Err(RecordError::Unfinished(shown));
     }
+    let (row, tasks) = rows_of(&report, shown, who);
+    insert_rows(db, &row, &tasks).await?;
+    Ok((row, tasks.len()))
+}
+
+/// A finished run's row and task rows from its trace's report. Its name is
+/// `who.name`, else the Slurm job's name when the run was one, else the command.
+pub fn rows_of(
+    report: &StatsReport,
+    trace_path: String,
+    who: RunIdentity,
+) -> (HistoryRow, Vec<TaskRow>) {
     let name = who.name.unwrap_or_else(|| {
         report
             .tasks
@@ -218,9 +230,17 @@ pub async fn record_trace(
             .find_map(|t| t.task.slurm.as_ref().and_then(|s| s.job_name.clone()))
             .unwrap_or_else(|| report.run.command.clone())
     });
-    let row = run_row(&report, who.id, name, shown, who.user, who.uid);
-    let tasks = task_rows(&row, &report);
-    db.insert(&row).await?;
-    db.insert_tasks(&row.id, &tasks).await?;
-    Ok((row, tasks.len()))
+    let row = run_row(report, who.id, name, trace_path, who.user, who.uid);
+    let tasks = task_rows(&row, report);
+    (row, tasks)
+}
+
+/// Writes a run's row, then its task rows.
+pub async fn insert_rows(
+    db: &crate::history::History,
+    row: &HistoryRow,
+    tasks: &[TaskRow],
+) -> Result<(), crate::history::HistoryError> {
+    db.insert(row).await?;
+    db.insert_tasks(&row.id, tasks).await
 }

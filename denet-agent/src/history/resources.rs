@@ -77,21 +77,18 @@ pub struct TaskResources {
 
 /// Per name, in name order; `margin` is a fraction (0.2: 20% over).
 pub fn summarize(rows: &[TaskRow], margin: f64) -> Vec<TaskResources> {
-    let mut names: Vec<(&str, &str)> = rows
-        .iter()
-        .map(|r| (r.engine.as_str(), r.name.as_str()))
-        .collect();
-    names.sort_unstable_by(|a, b| a.1.as_bytes().cmp(b.1.as_bytes()).then(a.0.cmp(b.0)));
-    names.dedup();
-    names
+    // One pass: (name, engine) in byte order (str's order is its bytes').
+    let mut by_name: std::collections::BTreeMap<(&str, &str), Vec<&TaskRow>> =
+        std::collections::BTreeMap::new();
+    for r in rows {
+        by_name
+            .entry((r.name.as_str(), r.engine.as_str()))
+            .or_default()
+            .push(r);
+    }
+    by_name
         .into_iter()
-        .map(|(engine, name)| {
-            let all: Vec<&TaskRow> = rows
-                .iter()
-                .filter(|r| r.engine == engine && r.name == name)
-                .collect();
-            of_name(engine, name, &all, margin)
-        })
+        .map(|((name, engine), all)| of_name(engine, name, &all, margin))
         .collect()
 }
 

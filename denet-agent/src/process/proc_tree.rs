@@ -68,35 +68,37 @@ impl ProcTree {
             alive.insert(*pid);
             let io = procfs::read_io(*pid);
             let hwm = procfs::read_vm_hwm_kb(*pid);
-            let tck = self.tck;
-            let inherited = if *pid == self.root {
-                self.root_marks.clone()
-            } else {
-                self.seen
-                    .get(&stat.ppid)
-                    .map(|p| p.marks.clone())
-                    .unwrap_or_default()
+            if !self.seen.contains_key(pid) {
+                // First seen: its parent's marks (the command: the run's).
+                let marks = if *pid == self.root {
+                    self.root_marks.clone()
+                } else {
+                    self.seen
+                        .get(&stat.ppid)
+                        .map(|p| p.marks.clone())
+                        .unwrap_or_default()
+                };
+                let seen = Seen {
+                    ppid: stat.ppid,
+                    argv: Vec::new(),
+                    exe: procfs::read_exe(*pid),
+                    start_boot_ns: stat.start_ticks.saturating_mul(1_000_000_000) / self.tck,
+                    last_seen_ns: now_ns,
+                    stat: stat.clone(),
+                    io: None,
+                    hwm_kb: None,
+                    marks,
+                };
+                self.seen.insert(*pid, seen);
+            }
+            let Some(entry) = self.seen.get_mut(pid) else {
+                continue;
             };
-            let entry = self.seen.entry(*pid).or_insert_with(|| Seen {
-                ppid: stat.ppid,
-                argv: Vec::new(),
-                exe: procfs::read_exe(*pid),
-                start_boot_ns: stat.start_ticks.saturating_mul(1_000_000_000) / tck,
-                last_seen_ns: now_ns,
-                stat: stat.clone(),
-                io: None,
-                hwm_kb: None,
-                marks: inherited,
-            });
             // An exec since the last reading changes the command line.
             let argv = procfs::read_cmdline(*pid);
             if !argv.is_empty() && argv != entry.argv {
                 let pid = *pid;
-                entry.marks.after_exec(&argv, || {
-                    std::fs::read_link(format!("/proc/{pid}/cwd"))
-                        .ok()
-                        .map(|d| d.to_string_lossy().into_owned())
-                });
+                entry.marks.after_exec(&argv, || procfs::read_cwd(pid));
                 entry.argv = argv;
             }
             entry.last_seen_ns = now_ns;

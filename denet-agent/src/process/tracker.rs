@@ -212,12 +212,8 @@ impl Tracker {
             p.argv = split_argv(&ev.argv[..argv_len]);
             let pid = p.pid;
             // Read only when the argv starts a task that needs it (a relative
-            // `.command.run`); /proc, never a path of the user's.
-            p.marks.after_exec(&p.argv, || {
-                std::fs::read_link(format!("/proc/{pid}/cwd"))
-                    .ok()
-                    .map(|d| d.to_string_lossy().into_owned())
-            });
+            // `.command.run`).
+            p.marks.after_exec(&p.argv, || super::procfs::read_cwd(pid));
         }
         p.argv_truncated = ev.flags & EXEC_ARGV_TRUNCATED != 0;
     }

@@ -263,13 +263,7 @@ impl Service {
         for attempt in 1..=5 {
             // Bounded: a stalled database must not keep the job (and its name) open;
             // the spooled row is replayed at the next start.
-            let write = async {
-                self.history.insert(row).await?;
-                if !tasks.is_empty() {
-                    self.history.insert_tasks(&row.id, tasks).await?;
-                }
-                Ok::<(), crate::history::HistoryError>(())
-            };
+            let write = crate::run_history::insert_rows(&self.history, row, tasks);
             let result = match tokio::time::timeout(Duration::from_secs(10), write).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err("the database did not answer within 10 s".to_string()),
@@ -356,11 +350,7 @@ impl Service {
             _ => return,
         }
         if let Some((row, tasks)) = outcome::recover_row(self, dir).await {
-            let written = async {
-                self.history.insert(&row).await?;
-                self.history.insert_tasks(&row.id, &tasks).await
-            };
-            match written.await {
+            match crate::run_history::insert_rows(&self.history, &row, &tasks).await {
                 Ok(()) => eprintln!(
                     "denet-agent serve: recorded job {} ({}), which ran when the service stopped: {}",
                     row.id,

@@ -116,25 +116,23 @@ pub fn record(args: RecordArgs) -> Result<i32> {
     };
     let cluster = job.cluster.clone().unwrap_or_else(|| "slurm".into());
     let id = format!("slurm-{cluster}-{}", job.display_id());
-    let row = run_history::run_row(
+    let (row, tasks) = run_history::rows_of(
         &report,
-        id,
-        job.job_name
-            .clone()
-            .unwrap_or_else(|| report.run.command.clone()),
         args.out.display().to_string(),
-        user.name.clone(),
-        args.uid,
+        run_history::RunIdentity {
+            id,
+            name: job.job_name.clone(),
+            user: user.name.clone(),
+            uid: args.uid,
+        },
     );
-    let tasks = run_history::task_rows(&row, &report);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
         let history = History::open(crate::history::db_spec(&db)).await?;
-        history.insert(&row).await?;
-        history.insert_tasks(&row.id, &tasks).await
+        run_history::insert_rows(&history, &row, &tasks).await
     })
     .with_context(|| format!("recording Slurm job {}", job.display_id()))?;
     Ok(0)

@@ -122,19 +122,26 @@ impl Resolver {
     }
 
     fn read_more_jobs(&mut self) {
+        use std::io::{Read, Seek, SeekFrom};
         let Some(path) = &self.snakemake_jobs else {
             return;
         };
-        let Ok(text) = std::fs::read_to_string(path) else {
+        // Only what was added since the last read (the list only grows).
+        let mut added = Vec::new();
+        let read = std::fs::File::open(path).and_then(|mut f| {
+            f.seek(SeekFrom::Start(self.jobs_read as u64))?;
+            f.read_to_end(&mut added)
+        });
+        if read.is_err() {
             return;
-        };
-        // Only whole lines: the one being written is read next time.
-        let end = text.rfind('\n').map_or(0, |i| i + 1);
-        if end > self.jobs_read {
-            self.jobs
-                .extend(snakemake::read_jobs(&text[self.jobs_read..end]));
-            self.jobs_read = end;
         }
+        // Only whole lines: the one being written is read next time.
+        let end = added.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.jobs
+            .extend(snakemake::read_jobs(&String::from_utf8_lossy(
+                &added[..end],
+            )));
+        self.jobs_read += end;
     }
 }
 
